@@ -1,0 +1,43 @@
+# ThingHub developer entry points. Every target creates .venv itself.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+DATA   ?= ./data
+
+.PHONY: run test test-all lint bench bench-quick clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+## Run the hub with embedded defaults (data in ./data, MQTT 1883, HTTP 8080).
+run: $(STAMP)
+	$(BIN)/thinghub serve --data-dir $(DATA)
+
+## The test suite (what CI runs): lint gates, then every test but the long ones.
+test: $(STAMP)
+	$(BIN)/ruff check thinghub tests bench
+	$(BIN)/mypy
+	$(BIN)/pytest -m "not slow"
+
+## Every test, long ones included.
+test-all: $(STAMP)
+	$(BIN)/pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check thinghub tests bench
+	$(BIN)/ruff format --check thinghub tests bench
+	$(BIN)/mypy
+
+## Benchmarks: ThingHub, and mosquitto beside it when installed.
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
+bench-quick: $(STAMP)
+	$(BIN)/python -m bench --seconds 2 --runs 1
+
+clean:
+	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache
