@@ -1,0 +1,379 @@
+"""The broker facade: sessions, routing, retained messages, wills.
+
+Every way into the hub ends in ``Broker.publish(message)``: an MQTT client's PUBLISH (via
+``Client``), and later the HTTP dialects. ``publish`` stores a retained message, looks up the
+matching subscriptions in the trie, merges overlapping ones per session (one copy at the
+highest granted QoS, all subscription identifiers, §3.3.4), picks one member of each shared
+group (§4.8.2), and hands each copy to ``deliver``, which either writes it to the connected
+client or queues it on the session, within the configured bounds.
+
+Nothing here touches sockets: a connected client is reached through its ``Link``; timers and
+the time come from the ``Clock`` seam so tests can drive them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from ..config import MQTTSettings
+from ..message import Message
+from ..mqtt.packets import Subscription
+from ..topics import parse_shared
+from .auth import AllowAnonymous, Authenticator, Authorizer, DenyList, RequireCredentials
+from .client import Client, Link
+from .retained import RetainedIndex
+from .session import Outgoing, Session, SharedGroup, SubscriptionEntry, TimerHandle
+from .stats import Stats
+from .subtrie import SubscriptionTrie
+
+log = logging.getLogger("thinghub.broker")
+
+# Trie keys: a session's client id, or ("$share", group) for a shared group.
+TrieKey = str | tuple[str, str]
+TrieValue = SubscriptionEntry | SharedGroup
+
+
+class Clock(Protocol):
+    """The time seam: an asyncio event loop satisfies it; tests may pass a fake."""
+
+    def time(self) -> float: ...
+
+    def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
+
+
+class Broker:
+    def __init__(
+        self,
+        settings: MQTTSettings,
+        clock: Clock,
+        *,
+        authenticator: Authenticator | None = None,
+        authorizer: Authorizer | None = None,
+    ) -> None:
+        self.settings = settings
+        self.clock = clock
+        self.stats = Stats()
+        if authenticator is None:
+            authenticator = AllowAnonymous() if settings.allow_anonymous else RequireCredentials()
+        self.authenticator = authenticator
+        if authorizer is None and (settings.deny_publish or settings.deny_subscribe):
+            authorizer = DenyList(settings.deny_publish, settings.deny_subscribe)
+        self.authorizer = authorizer
+        self.sessions: dict[str, Session] = {}
+        self.clients: set[Client] = set()
+        self.subscriptions: SubscriptionTrie[TrieKey, TrieValue] = SubscriptionTrie()
+        self.retained: RetainedIndex[Message] = RetainedIndex()
+        self._retained_full_logged = False
+        # Shared groups by (group, filter), the same objects the trie holds.
+        self._groups: dict[tuple[str, str], SharedGroup] = {}
+
+    # ------------------------------------------------------------------ connections
+
+    def connection_made(self, link: Link) -> Client:
+        """A transport accepted a connection: the returned Client takes its bytes."""
+        client = Client(self, link)
+        self.clients.add(client)
+        return client
+
+    def open_session(self, client: Client, clean_start: bool, expiry: int) -> tuple[Session, bool]:
+        """Attach ``client`` to its session (§3.1.2.4), taking over any live connection.
+        Returns the session and the Session Present flag."""
+        client_id = client.client_id
+        session = self.sessions.get(client_id)
+        if session is not None and session.client is not None:
+            old = session.client
+            # A new connection with a Will Delay resumes this session, so the old will waits
+            # for the delay (and is then cancelled on resume) [MQTT-3.1.3-9]... unless the new
+            # connection starts clean, which ends the session and sends the will at once.
+            old.taken_over(publish_will=clean_start)
+        if session is not None:
+            session.cancel_timers()
+            if clean_start:
+                self.end_session(session)
+                session = None
+            else:
+                # The session resumed before the will delay ran out: no will [MQTT-3.1.3-9].
+                session.pending_will = None
+        present = session is not None
+        if session is None:
+            session = Session(client_id, expiry)
+            self.sessions[client_id] = session
+        session.expiry_interval = expiry
+        session.client = client
+        return session, present
+
+    def close_session(self, session: Session, will: Message | None, will_delay: int) -> None:
+        """The session's connection is gone: start its expiry clock and schedule its will."""
+        session.client = None
+        expiry = session.expiry_interval
+        if will is not None:
+            delay = min(will_delay, expiry)
+            if delay <= 0:
+                self.publish(will)
+            else:
+                session.pending_will = will
+                session.will_timer = self.clock.call_later(delay, self._will_due, session)
+        if expiry == 0:
+            self.end_session(session)
+        elif expiry < 0xFFFFFFFF:
+            session.expiry_timer = self.clock.call_later(expiry, self._session_expired, session)
+
+    def _will_due(self, session: Session) -> None:
+        session.will_timer = None
+        will, session.pending_will = session.pending_will, None
+        if will is not None:
+            self.publish(will)
+
+    def _session_expired(self, session: Session) -> None:
+        session.expiry_timer = None
+        if self.sessions.get(session.client_id) is session and session.client is None:
+            self.end_session(session)
+
+    def end_session(self, session: Session) -> None:
+        """Discard a session: its subscriptions, queue and in-flight messages (§4.1). A will
+        still waiting for its delay is sent now, since the session ended first (§3.1.3.2.2)."""
+        session.cancel_timers()
+        will, session.pending_will = session.pending_will, None
+        for entry in list(session.subscriptions.values()):
+            self._remove_from_trie(entry)
+        session.subscriptions.clear()
+        if session.queue:
+            log.debug("session %s ended with %d queued messages", session.client_id, len(session.queue))
+        session.queue.clear()
+        session.queued_bytes = 0
+        session.inflight.clear()
+        if self.sessions.get(session.client_id) is session:
+            del self.sessions[session.client_id]
+        if will is not None:
+            self.publish(will)
+
+    # ------------------------------------------------------------------ subscriptions
+
+    def subscribe(self, session: Session, sub: Subscription, subscription_id: int | None) -> bool:
+        """Add or replace a subscription [MQTT-3.8.4-3]. Returns True if it is new."""
+        group, topic_filter = parse_shared(sub.topic_filter)
+        entry = SubscriptionEntry(
+            session=session,
+            full_filter=sub.topic_filter,
+            topic_filter=topic_filter,
+            qos=sub.qos,
+            no_local=sub.no_local,
+            retain_as_published=sub.retain_as_published,
+            retain_handling=sub.retain_handling,
+            subscription_id=subscription_id,
+            share_group=group,
+        )
+        old = session.subscriptions.get(sub.topic_filter)
+        if old is not None:
+            self._remove_from_trie(old)
+        session.subscriptions[sub.topic_filter] = entry
+        if group is None:
+            self.subscriptions.add(topic_filter, session.client_id, entry)
+        else:
+            key = ("$share", group)
+            shared = self._find_group(topic_filter, group)
+            if shared is None:
+                shared = SharedGroup(name=group, topic_filter=topic_filter, members=[])
+                self._groups[(group, topic_filter)] = shared
+            shared.members.append(entry)
+            self.subscriptions.add(topic_filter, key, shared)
+        return old is None
+
+    def unsubscribe(self, session: Session, full_filter: str) -> bool:
+        entry = session.subscriptions.pop(full_filter, None)
+        if entry is None:
+            return False
+        self._remove_from_trie(entry)
+        return True
+
+    def _find_group(self, topic_filter: str, group: str) -> SharedGroup | None:
+        return self._groups.get((group, topic_filter))
+
+    def _remove_from_trie(self, entry: SubscriptionEntry) -> None:
+        if entry.share_group is None:
+            self.subscriptions.remove(entry.topic_filter, entry.session.client_id)
+            return
+        shared = self._find_group(entry.topic_filter, entry.share_group)
+        if shared is None:
+            return
+        shared.members = [m for m in shared.members if m is not entry]
+        if not shared.members:
+            del self._groups[(entry.share_group, entry.topic_filter)]
+            self.subscriptions.remove(entry.topic_filter, ("$share", entry.share_group))
+
+    # ------------------------------------------------------------------ publishing
+
+    def publish(self, message: Message) -> int:
+        """Route one message to every matching subscription; returns how many sessions it was
+        handed to. Retained messages are stored (or deleted, for an empty payload) first."""
+        self.stats.messages_received += 1
+        if message.expiry_interval is not None and message.expires_at is None:
+            message.received_at = now = self.clock.time()
+            message.expires_at = now + message.expiry_interval
+        if message.retain:
+            self._store_retained(message)
+        matches = self.subscriptions.match(message.topic)
+        if not matches:
+            return 0
+        if len(matches) == 1:
+            value = matches[0][1]
+            entry = value.pick() if type(value) is SharedGroup else value
+            assert type(entry) is SubscriptionEntry
+            if entry.no_local and entry.session.client_id == message.origin:
+                return 0
+            sub_ids = () if entry.subscription_id is None else (entry.subscription_id,)
+            self.deliver(
+                entry.session,
+                message,
+                min(message.qos, entry.qos),
+                message.retain and entry.retain_as_published,
+                sub_ids,
+            )
+            return 1
+        return self._publish_many(message, matches)
+
+    def _publish_many(self, message: Message, matches: list[tuple[TrieKey, TrieValue]]) -> int:
+        # Overlapping subscriptions of one session are merged: one copy, highest QoS, every
+        # subscription identifier [MQTT-3.3.4-2, -3, -5]. Shared groups each deliver separately.
+        merged: dict[str, tuple[Session, int, bool, list[int]]] = {}
+        shared: list[SubscriptionEntry] = []
+        origin = message.origin
+        for _key, value in matches:
+            if type(value) is SharedGroup:
+                shared.append(value.pick())
+                continue
+            assert type(value) is SubscriptionEntry
+            session = value.session
+            if value.no_local and session.client_id == origin:
+                continue  # [MQTT-3.8.3-3]
+            prior = merged.get(session.client_id)
+            if prior is None:
+                ids = [] if value.subscription_id is None else [value.subscription_id]
+                merged[session.client_id] = (session, value.qos, value.retain_as_published, ids)
+            else:
+                if value.subscription_id is not None:
+                    prior[3].append(value.subscription_id)
+                merged[session.client_id] = (
+                    session,
+                    max(prior[1], value.qos),
+                    prior[2] or value.retain_as_published,
+                    prior[3],
+                )
+        qos = message.qos
+        retain = message.retain
+        for session, granted, rap, ids in merged.values():
+            self.deliver(session, message, min(qos, granted), retain and rap, tuple(ids))
+        for entry in shared:
+            sub_ids = () if entry.subscription_id is None else (entry.subscription_id,)
+            self.deliver(
+                entry.session,
+                message,
+                min(qos, entry.qos),
+                retain and entry.retain_as_published,
+                sub_ids,
+            )
+        return len(merged) + len(shared)
+
+    def deliver(
+        self,
+        session: Session,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> None:
+        """Hand one copy of a message to a session: send it now, or queue it (QoS 1/2)."""
+        client = session.client
+        if qos == 0:
+            if client is None:
+                # QoS 0 is not kept for offline sessions (§4.1, "MAY"; as mosquitto does).
+                self.stats.dropped_offline_qos0 += 1
+                return
+            if client.link.buffered() > self.settings.max_write_buffer:
+                self.stats.dropped_slow_consumer += 1
+                return
+            client.send_publish(Outgoing(message, 0, retain, subscription_ids), False)
+            return
+        out = Outgoing(message, qos, retain, subscription_ids)
+        if client is not None and not session.queue and len(session.inflight) < client.window:
+            out.packet_id = session.allocate_packet_id()
+            session.inflight[out.packet_id] = out
+            client.send_publish(out, False)
+            return
+        self._enqueue(session, out)
+
+    def _enqueue(self, session: Session, out: Outgoing) -> None:
+        limits = self.settings
+        size = out.size
+        if (
+            len(session.queue) >= limits.max_queued_messages
+            or session.queued_bytes + size > limits.max_queued_bytes
+        ):
+            self.stats.dropped_queue_full += 1
+            if not session.dropping:
+                session.dropping = True
+                log.warning(
+                    "queue of session %r is full (%d messages, %d bytes): dropping new messages",
+                    session.client_id,
+                    len(session.queue),
+                    session.queued_bytes,
+                )
+            return
+        session.dropping = False
+        session.queue.append(out)
+        session.queued_bytes += size
+
+    def fill_window(self, session: Session) -> None:
+        """Move queued messages into the inflight window while it has room (§4.9)."""
+        client = session.client
+        if client is None:
+            return
+        queue = session.queue
+        inflight = session.inflight
+        window = client.window
+        now = self.clock.time()
+        while queue and len(inflight) < window and client.connected:
+            out = queue.popleft()
+            session.queued_bytes -= out.size
+            if out.message.expired(now):
+                self.stats.dropped_expired += 1
+                continue
+            out.packet_id = session.allocate_packet_id()
+            inflight[out.packet_id] = out
+            client.send_publish(out, False)
+
+    # ------------------------------------------------------------------ retained
+
+    def _store_retained(self, message: Message) -> None:
+        if not message.payload:
+            # A retained message with an empty payload deletes the one stored [MQTT-3.3.1-6].
+            self.retained.delete(message.topic)
+            return
+        if (
+            len(self.retained) >= self.settings.max_retained_messages
+            and self.retained.get(message.topic) is None
+        ):
+            self.stats.dropped_retained_full += 1
+            if not self._retained_full_logged:
+                self._retained_full_logged = True
+                log.warning("retained message store is full; new retained topics are not kept")
+            return
+        self.retained.set(message.topic, message)
+
+    def retained_for(self, topic_filter: str) -> list[Message]:
+        now = self.clock.time()
+        found: list[Message] = []
+        for topic, message in self.retained.match(topic_filter):
+            if message.expired(now):
+                self.retained.delete(topic)  # expired retained messages go too (§3.3.2.3.3)
+                continue
+            found.append(message)
+        return found
+
+    # ------------------------------------------------------------------ shutdown
+
+    def close_all(self) -> None:
+        for client in list(self.clients):
+            client.server_shutdown()

@@ -1,0 +1,698 @@
+"""One network connection of one MQTT client: bytes in, packets handled, bytes out.
+
+The transport feeds received bytes to ``Client.data_received``; the sans-IO
+``ServerConnection`` turns them into packets (checking framing, size, order and topic aliases),
+and each packet goes to one handler below (one per packet type, mosquitto's ``handle__*``).
+Replies go out through the transport's ``Link``. A protocol error ends the connection: on MQTT 5
+with a DISCONNECT carrying the reason code, on 3.1.1 by closing (§4.13).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import TYPE_CHECKING, Protocol
+
+from ..message import Message
+from ..mqtt import codec
+from ..mqtt.connection import ServerConnection
+from ..mqtt.errors import MQTTError, ProtocolError, UnsupportedProtocolVersion
+from ..mqtt.packets import (
+    Auth,
+    ConnAck,
+    Connect,
+    Disconnect,
+    Packet,
+    PingReq,
+    PingResp,
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    UnsubAck,
+    Unsubscribe,
+)
+from ..mqtt.properties import NO_PROPERTIES, Properties
+from ..mqtt.types import ConnackReturnCode, ProtocolVersion, ReasonCode
+from ..topics import validate_topic_filter, validate_topic_name
+from .auth import ClientInfo
+from .session import Outgoing, Session, TimerHandle
+
+if TYPE_CHECKING:
+    from .broker import Broker
+
+log = logging.getLogger("thinghub.client")
+
+# The 3.1.1 CONNACK return code for a v5 reason code (3.1.1 §3.2.2.3).
+_V3_CONNACK = {
+    ReasonCode.UNSUPPORTED_PROTOCOL_VERSION: ConnackReturnCode.UNACCEPTABLE_PROTOCOL_VERSION,
+    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID: ConnackReturnCode.IDENTIFIER_REJECTED,
+    ReasonCode.BAD_USER_NAME_OR_PASSWORD: ConnackReturnCode.BAD_USER_NAME_OR_PASSWORD,
+    ReasonCode.NOT_AUTHORIZED: ConnackReturnCode.NOT_AUTHORIZED,
+    ReasonCode.BANNED: ConnackReturnCode.NOT_AUTHORIZED,
+    ReasonCode.BAD_AUTHENTICATION_METHOD: ConnackReturnCode.BAD_USER_NAME_OR_PASSWORD,
+}
+_FAILURE_V3 = 0x80  # SUBACK failure return code in 3.1.1 (§3.9.3)
+_NO_WILL_DELAY = 0
+
+
+class Link(Protocol):
+    """What the broker needs of a transport connection."""
+
+    peer: str
+
+    def write(self, data: bytes) -> None:
+        """Queue bytes for sending; transports coalesce writes made in one loop iteration."""
+
+    def close(self) -> None:
+        """Flush what is queued, then close."""
+
+    def buffered(self) -> int:
+        """Bytes queued but not yet handed to the kernel."""
+        ...
+
+
+class Client:
+    __slots__ = (
+        "_aliases_out",
+        "_keep_alive_timer",
+        "alias_maximum_out",
+        "broker",
+        "client_id",
+        "closed",
+        "conn",
+        "connected",
+        "info",
+        "is_v5",
+        "keep_alive",
+        "last_received",
+        "link",
+        "max_packet_size",
+        "session",
+        "version",
+        "will",
+        "will_delay",
+        "window",
+    )
+
+    def __init__(self, broker: Broker, link: Link) -> None:
+        settings = broker.settings
+        self.broker = broker
+        self.link = link
+        self.conn = ServerConnection(
+            max_packet_size=settings.max_packet_size,
+            receive_maximum=settings.receive_maximum,
+            topic_alias_maximum=settings.topic_alias_maximum,
+        )
+        self.client_id = ""
+        self.version = ProtocolVersion.V311
+        self.is_v5 = False
+        self.connected = False  # CONNACK (success) sent
+        self.closed = False
+        self.session: Session | None = None
+        self.info: ClientInfo | None = None
+        self.window = settings.max_inflight
+        self.max_packet_size = 268_435_460
+        self.alias_maximum_out = 0
+        self._aliases_out: dict[str, int] = {}
+        self.will: Message | None = None
+        self.will_delay = 0
+        self.keep_alive = 0
+        self.last_received = broker.clock.time()
+        self._keep_alive_timer: TimerHandle | None = broker.clock.call_later(
+            settings.connect_timeout, self._connect_timed_out
+        )
+
+    # ------------------------------------------------------------------ transport events
+
+    def data_received(self, data: bytes) -> None:
+        if self.closed:
+            return
+        self.last_received = self.broker.clock.time()
+        try:
+            packets = self.conn.receive_data(data)
+            for packet in packets:
+                if type(packet) is Publish:
+                    self._handle_publish(packet)
+                else:
+                    _HANDLERS[type(packet)](self, packet)
+                if self.closed:
+                    return
+        except MQTTError as error:
+            self._protocol_error(error)
+
+    def connection_lost(self) -> None:
+        """The transport closed, for whatever reason: abnormal unless DISCONNECT came first."""
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
+            self._keep_alive_timer = None
+        self.broker.clients.discard(self)
+        self.closed = True
+        session = self.session
+        if session is None or session.client is not self:
+            return
+        self.connected = False
+        # A will survives only an abnormal end: DISCONNECT (other than 0x04) cleared it.
+        self.broker.close_session(session, self.will, self.will_delay)
+        self.will = None
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, packet: Packet) -> None:
+        self.link.write(self.conn.send(packet))
+
+    def send_publish(self, out: Outgoing, dup: bool) -> None:
+        """Encode one PUBLISH for this client and write it (§3.3). The bytes for a message are
+        built once per (protocol family, QoS, retain) and shared by every subscriber; a QoS 1/2
+        copy gets its packet identifier patched in. Per-client properties (subscription ids,
+        remaining expiry, topic aliases) take the slow path."""
+        message = out.message
+        is_v5 = self.is_v5
+        qos = out.qos
+        if is_v5 and (
+            out.subscription_ids or message.expires_at is not None or self.alias_maximum_out
+        ):
+            data = self._encode_custom(out, dup)
+        else:
+            key = (is_v5, qos, out.retain)
+            data = message.encoded.get(key) if not dup else None
+            if data is None:
+                data = codec.encode_publish(
+                    message.topic,
+                    message.payload,
+                    qos,
+                    out.retain,
+                    dup,
+                    0 if qos else None,
+                    codec.encode_properties(message.properties) if is_v5 else None,
+                    self.version,
+                )
+                if not dup:
+                    message.encoded[key] = data
+            if qos:
+                offset = _packet_id_offset(data, message, is_v5)
+                data = data[:offset] + out.packet_id.to_bytes(2, "big") + data[offset + 2 :]
+        if len(data) > self.max_packet_size:
+            # The client's Maximum Packet Size: discard as if delivered [MQTT-3.1.2-25].
+            self.broker.stats.dropped_too_large += 1
+            if qos and self.session is not None:
+                self.session.inflight.pop(out.packet_id, None)
+            return
+        self.broker.stats.messages_delivered += 1
+        self.link.write(data)
+
+    def _encode_custom(self, out: Outgoing, dup: bool) -> bytes:
+        message = out.message
+        props = message.properties
+        topic = message.topic
+        changes: dict[str, object] = {}
+        if out.subscription_ids:
+            changes["subscription_identifiers"] = out.subscription_ids
+        if message.expires_at is not None:
+            changes["message_expiry_interval"] = message.remaining_expiry(self.broker.clock.time())
+        if self.alias_maximum_out:
+            alias = self._aliases_out.get(topic)
+            if alias is not None:
+                changes["topic_alias"] = alias
+                topic = ""
+            elif len(self._aliases_out) < self.alias_maximum_out:
+                alias = len(self._aliases_out) + 1
+                self._aliases_out[topic] = alias
+                changes["topic_alias"] = alias
+        if changes:
+            props = replace(props, **changes)  # type: ignore[arg-type]
+        return codec.encode_publish(
+            topic,
+            message.payload,
+            out.qos,
+            out.retain,
+            dup,
+            out.packet_id if out.qos else None,
+            codec.encode_properties(props),
+            self.version,
+        )
+
+    # ------------------------------------------------------------------ errors and closing
+
+    def _protocol_error(self, error: MQTTError) -> None:
+        self.broker.stats.protocol_errors += 1
+        log.info("closing %s (%s): %s", self.client_id or self.link.peer, error.reason_code.name, error)
+        if not self.connected:
+            # A CONNECT we cannot accept: v5 gets a CONNACK with the reason (§3.2.2.2); 3.1.1
+            # only for an unsupported version (return code 1), else the connection just closes.
+            if isinstance(error, UnsupportedProtocolVersion):
+                level = getattr(error, "protocol_version", 4)
+                if level == ProtocolVersion.V5:
+                    reply = ConnAck(reason_code=error.reason_code)
+                    self.link.write(codec.encode(reply, ProtocolVersion.V5))
+                else:
+                    reply = ConnAck(reason_code=ConnackReturnCode.UNACCEPTABLE_PROTOCOL_VERSION)
+                    self.link.write(codec.encode(reply, ProtocolVersion.V311))
+            elif self.conn.version == ProtocolVersion.V5:
+                self.link.write(codec.encode(ConnAck(reason_code=error.reason_code), ProtocolVersion.V5))
+        elif self.is_v5:
+            self.link.write(codec.encode(Disconnect(reason_code=error.reason_code), self.version))
+        self._close()
+
+    def disconnect(self, reason: ReasonCode, reason_string: str | None = None) -> None:
+        """Server-initiated disconnect (§3.14): v5 gets a DISCONNECT with the reason."""
+        if self.closed:
+            return
+        if self.is_v5 and self.connected:
+            props = NO_PROPERTIES if reason_string is None else Properties(reason_string=reason_string)
+            self.link.write(codec.encode(Disconnect(reason_code=reason, properties=props), self.version))
+        self._close()
+
+    def _close(self) -> None:
+        self.closed = True
+        self.link.close()
+
+    def taken_over(self, *, publish_will: bool) -> None:
+        """Another connection claimed this client id [MQTT-3.1.4-3]."""
+        session = self.session
+        self.disconnect(ReasonCode.SESSION_TAKEN_OVER)
+        self.connected = False
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
+            self._keep_alive_timer = None
+        self.broker.clients.discard(self)
+        will, self.will = self.will, None
+        if session is not None and session.client is self:
+            session.client = None
+            if will is not None:
+                if publish_will or self.will_delay == 0:
+                    self.broker.publish(will)
+                # Otherwise the new connection resumes the session within the will delay, and
+                # the will is not sent [MQTT-3.1.3-9].
+
+    def server_shutdown(self) -> None:
+        self.disconnect(ReasonCode.SERVER_SHUTTING_DOWN)
+
+    # ------------------------------------------------------------------ keep alive
+
+    def _connect_timed_out(self) -> None:
+        self._keep_alive_timer = None
+        if not self.connected and not self.closed:
+            log.info("closing %s: no CONNECT within %ss", self.link.peer, self.broker.settings.connect_timeout)
+            self._close()
+
+    def _check_keep_alive(self) -> None:
+        # Checked lazily: the timer fires once per interval and re-arms for the time left,
+        # so a busy connection costs no timer work per packet.
+        self._keep_alive_timer = None
+        if self.closed:
+            return
+        limit = self.keep_alive * 1.5  # [MQTT-3.1.2-22]
+        idle = self.broker.clock.time() - self.last_received
+        if idle >= limit:
+            log.info("closing %s: keep alive of %ss expired", self.client_id, self.keep_alive)
+            self.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
+            return
+        self._keep_alive_timer = self.broker.clock.call_later(limit - idle, self._check_keep_alive)
+
+    # ------------------------------------------------------------------ handlers
+
+    def _handle_connect(self, packet: Connect) -> None:
+        broker = self.broker
+        settings = broker.settings
+        if self._keep_alive_timer is not None:
+            self._keep_alive_timer.cancel()
+            self._keep_alive_timer = None
+        self.version = packet.protocol_version
+        self.is_v5 = is_v5 = packet.protocol_version == ProtocolVersion.V5
+        props = packet.properties
+        client_id = packet.client_id
+        assigned: str | None = None
+
+        def refuse(reason: ReasonCode, text: str) -> None:
+            broker.stats.connections_refused += 1
+            log.info("refused CONNECT from %s (%r): %s", self.link.peer, client_id, text)
+            if is_v5:
+                rprops = Properties(reason_string=text)
+                self._send(ConnAck(reason_code=reason, properties=rprops))
+            else:
+                code = _V3_CONNACK.get(reason, ConnackReturnCode.SERVER_UNAVAILABLE)
+                self._send(ConnAck(reason_code=code))
+            self._close()
+
+        if len(broker.clients) > settings.max_connections:
+            refuse(ReasonCode.SERVER_BUSY if is_v5 else ReasonCode.SERVER_UNAVAILABLE, "too many connections")
+            return
+        if not client_id:
+            if not is_v5 and not packet.clean_start:
+                # [MQTT-3.1.3-8]: a zero-byte id needs CleanSession=1 in 3.1.1.
+                refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session")
+                return
+            client_id = "auto-" + uuid.uuid4().hex
+            assigned = client_id if is_v5 else None
+        elif len(client_id.encode()) > settings.max_client_id_length:
+            refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "client id too long")
+            return
+        if props.authentication_method is not None:
+            # Enhanced authentication (§4.12) is not offered.
+            refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication method not supported")
+            return
+        decision = broker.authenticator.authenticate(packet, self.link.peer)
+        if not decision.allowed:
+            refuse(decision.reason_code, decision.reason or "not authorized")
+            return
+        will = packet.will
+        if will is not None:
+            if will.qos > settings.max_qos:
+                if is_v5:
+                    refuse(ReasonCode.QOS_NOT_SUPPORTED, "will QoS above the maximum")  # [MQTT-3.2.2-12]
+                    return
+            if will.retain and not settings.retain_available:
+                refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not available")  # [MQTT-3.2.2-13]
+                return
+            error = validate_topic_name(
+                will.topic, max_length=settings.max_topic_length, max_levels=settings.max_topic_levels
+            )
+            if error is not None:
+                refuse(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {error}")
+                return
+
+        self.client_id = client_id
+        self.info = ClientInfo(client_id, packet.username, self.link.peer, int(packet.protocol_version))
+        # Session Expiry Interval (§3.1.2.11.2): v5 property, 0 when absent; a 3.1.1 persistent
+        # session lasts "forever", which the hub caps like any v5 request.
+        if is_v5:
+            requested = props.session_expiry_interval or 0
+        else:
+            requested = 0 if packet.clean_start else 0xFFFFFFFF
+        expiry = min(requested, settings.max_session_expiry)
+        if requested == 0xFFFFFFFF and settings.max_session_expiry >= 0xFFFFFFFF:
+            expiry = 0xFFFFFFFF
+        # Keep alive, possibly overridden by the server (§3.2.2.3.14).
+        keep_alive = packet.keep_alive
+        server_keep_alive = settings.server_keep_alive
+        if is_v5 and server_keep_alive is not None:
+            keep_alive = server_keep_alive
+        self.keep_alive = keep_alive
+        if is_v5:
+            if props.receive_maximum is not None:
+                self.window = min(settings.max_inflight, props.receive_maximum)
+            if props.maximum_packet_size is not None:
+                self.max_packet_size = props.maximum_packet_size
+            self.alias_maximum_out = min(props.topic_alias_maximum or 0, 65535)
+        if will is not None:
+            self.will = Message(
+                topic=will.topic,
+                payload=will.payload,
+                qos=min(will.qos, settings.max_qos),
+                retain=will.retain,
+                properties=_message_properties(will.properties),
+                origin=client_id,
+                expiry_interval=will.properties.message_expiry_interval,
+            )
+            self.will_delay = will.properties.will_delay_interval or _NO_WILL_DELAY
+
+        session, present = broker.open_session(self, packet.clean_start, expiry)
+        self.session = session
+        broker.stats.connections_total += 1
+
+        ack_props = NO_PROPERTIES
+        if is_v5:
+            ack_props = Properties(
+                session_expiry_interval=expiry if expiry != requested else None,
+                assigned_client_identifier=assigned,
+                server_keep_alive=keep_alive if server_keep_alive is not None else None,
+                receive_maximum=settings.receive_maximum if settings.receive_maximum < 65535 else None,
+                maximum_qos=settings.max_qos if settings.max_qos < 2 else None,
+                retain_available=None if settings.retain_available else 0,
+                maximum_packet_size=settings.max_packet_size,
+                topic_alias_maximum=settings.topic_alias_maximum or None,
+            )
+        self._send(ConnAck(session_present=present, reason_code=0, properties=ack_props))
+        self.connected = True
+        if keep_alive:
+            self._keep_alive_timer = broker.clock.call_later(keep_alive * 1.5, self._check_keep_alive)
+        self._resume(session)
+
+    def _resume(self, session: Session) -> None:
+        """Resend what was in flight, in order, with DUP set (§4.4), then the queue."""
+        now = self.broker.clock.time()
+        for packet_id, out in list(session.inflight.items()):
+            if self.closed:
+                return
+            if out.released:
+                self._send(PubRel(packet_id=packet_id))
+            elif out.message.expired(now):
+                # An expired message is not redelivered (§3.3.2.3.3).
+                del session.inflight[packet_id]
+                self.broker.stats.dropped_expired += 1
+            else:
+                self.send_publish(out, True)
+        self.broker.fill_window(session)
+
+    def _handle_publish(self, packet: Publish) -> None:
+        broker = self.broker
+        settings = broker.settings
+        qos = packet.qos
+        if not self.connected:
+            raise ProtocolError("PUBLISH before CONNACK")
+        if qos > settings.max_qos:
+            # [MQTT-3.2.2-11]: QoS above the Maximum QoS is a protocol error (0x9B).
+            raise ProtocolError(f"QoS {qos} is above the maximum {settings.max_qos}", ReasonCode.QOS_NOT_SUPPORTED)
+        if packet.retain and not settings.retain_available:
+            raise ProtocolError("retain is not available", ReasonCode.RETAIN_NOT_SUPPORTED)
+        props = packet.properties
+        if props is not NO_PROPERTIES and props.subscription_identifiers:
+            raise ProtocolError("PUBLISH from a client carries a Subscription Identifier")  # [MQTT-3.3.4-6]
+        topic = packet.topic
+        if len(topic) > settings.max_topic_length or topic.count("/") >= settings.max_topic_levels:
+            error = validate_topic_name(
+                topic, max_length=settings.max_topic_length, max_levels=settings.max_topic_levels
+            )
+            if error is not None:
+                raise ProtocolError(error, ReasonCode.TOPIC_NAME_INVALID)
+        session = self.session
+        assert session is not None
+        packet_id = packet.packet_id
+        if qos == 2 and packet_id in session.inbound_qos2:
+            # A resent QoS 2 PUBLISH we already have: acknowledge again, do not route twice (§4.3.3).
+            self._send(PubRec(packet_id=packet_id))
+            return
+
+        reason = ReasonCode.SUCCESS
+        if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
+            reason = ReasonCode.PAYLOAD_FORMAT_INVALID  # §3.3.2.3.2 (MAY)
+        elif broker.authorizer is not None and self.info is not None:
+            decision = broker.authorizer.may_publish(self.info, topic)
+            if not decision.allowed:
+                broker.stats.dropped_not_authorized += 1
+                reason = decision.reason_code
+        if reason == ReasonCode.SUCCESS:
+            message = Message(
+                topic=topic,
+                payload=packet.payload,
+                qos=qos,
+                retain=packet.retain,
+                properties=_message_properties(props),
+                origin=self.client_id,
+                expiry_interval=props.message_expiry_interval,
+            )
+            matched = broker.publish(message)
+            if matched == 0 and self.is_v5:
+                reason = ReasonCode.NO_MATCHING_SUBSCRIBERS
+        if qos == 0:
+            return
+        # 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped.
+        code = reason if self.is_v5 else 0
+        if qos == 1:
+            self._send(PubAck(packet_id=packet_id or 0, reason_code=code))
+        else:
+            if reason < 0x80:
+                session.inbound_qos2.add(packet_id or 0)
+            self._send(PubRec(packet_id=packet_id or 0, reason_code=code))
+
+    def _handle_puback(self, packet: PubAck) -> None:
+        session = self.session
+        if session is None:
+            raise ProtocolError("PUBACK before CONNECT")
+        out = session.inflight.get(packet.packet_id)
+        if out is not None and out.qos == 1:
+            del session.inflight[packet.packet_id]
+            if session.queue:
+                self.broker.fill_window(session)
+
+    def _handle_pubrec(self, packet: PubRec) -> None:
+        session = self.session
+        if session is None:
+            raise ProtocolError("PUBREC before CONNECT")
+        out = session.inflight.get(packet.packet_id)
+        if out is None or out.qos != 2:
+            self._send(PubRel(packet_id=packet.packet_id, reason_code=ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0))
+            return
+        if packet.reason_code >= 0x80:
+            # The receiver refused it: the flow ends here (§4.3.3).
+            del session.inflight[packet.packet_id]
+            self.broker.fill_window(session)
+            return
+        out.released = True
+        self._send(PubRel(packet_id=packet.packet_id))
+
+    def _handle_pubrel(self, packet: PubRel) -> None:
+        session = self.session
+        if session is None:
+            raise ProtocolError("PUBREL before CONNECT")
+        if packet.packet_id in session.inbound_qos2:
+            session.inbound_qos2.discard(packet.packet_id)
+            self._send(PubComp(packet_id=packet.packet_id))
+        else:
+            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0
+            self._send(PubComp(packet_id=packet.packet_id, reason_code=code))
+
+    def _handle_pubcomp(self, packet: PubComp) -> None:
+        session = self.session
+        if session is None:
+            raise ProtocolError("PUBCOMP before CONNECT")
+        out = session.inflight.get(packet.packet_id)
+        if out is not None and out.qos == 2:
+            del session.inflight[packet.packet_id]
+            if session.queue:
+                self.broker.fill_window(session)
+
+    def _handle_subscribe(self, packet: Subscribe) -> None:
+        broker = self.broker
+        settings = broker.settings
+        session = self.session
+        if session is None:
+            raise ProtocolError("SUBSCRIBE before CONNECT")
+        ids = packet.properties.subscription_identifiers
+        subscription_id = ids[0] if ids else None
+        codes: list[int] = []
+        to_send: list[tuple[str, int, int | None]] = []
+        for sub in packet.subscriptions:
+            code = self._check_subscription(session, sub.topic_filter, sub.no_local)
+            if code is not None:
+                codes.append(code if self.is_v5 else _FAILURE_V3)
+                continue
+            granted = min(sub.qos, settings.max_qos)
+            sub = replace(sub, qos=granted) if granted != sub.qos else sub
+            is_new = broker.subscribe(session, sub, subscription_id)
+            codes.append(granted)
+            shared = sub.topic_filter.startswith("$share/")
+            # Retain Handling (§3.8.3.1); no retained messages for shared subscriptions (§4.8.2).
+            if not shared and (sub.retain_handling == 0 or (sub.retain_handling == 1 and is_new)):
+                to_send.append((sub.topic_filter, granted, subscription_id))
+        self._send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)))
+        for topic_filter, granted, sid in to_send:
+            for message in broker.retained_for(topic_filter):
+                broker.deliver(session, message, min(message.qos, granted), True, () if sid is None else (sid,))
+
+    def _check_subscription(self, session: Session, topic_filter: str, no_local: bool) -> int | None:
+        """None if the filter may be subscribed, else the v5 reason code to refuse it with."""
+        settings = self.broker.settings
+        error = validate_topic_filter(
+            topic_filter, max_length=settings.max_topic_length, max_levels=settings.max_topic_levels
+        )
+        if error is not None:
+            return ReasonCode.TOPIC_FILTER_INVALID
+        if no_local and topic_filter.startswith("$share/"):
+            raise ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]
+        if (
+            topic_filter not in session.subscriptions
+            and len(session.subscriptions) >= settings.max_subscriptions_per_client
+        ):
+            return ReasonCode.QUOTA_EXCEEDED
+        authorizer = self.broker.authorizer
+        if authorizer is not None and self.info is not None:
+            decision = authorizer.may_subscribe(self.info, topic_filter)
+            if not decision.allowed:
+                return decision.reason_code
+        return None
+
+    def _handle_unsubscribe(self, packet: Unsubscribe) -> None:
+        session = self.session
+        if session is None:
+            raise ProtocolError("UNSUBSCRIBE before CONNECT")
+        codes = tuple(
+            ReasonCode.SUCCESS if self.broker.unsubscribe(session, f) else ReasonCode.NO_SUBSCRIPTION_EXISTED
+            for f in packet.topic_filters
+        )
+        self._send(UnsubAck(packet_id=packet.packet_id, reason_codes=codes if self.is_v5 else ()))
+
+    def _handle_pingreq(self, packet: PingReq) -> None:
+        self._send(PingResp())
+
+    def _handle_disconnect(self, packet: Disconnect) -> None:
+        session = self.session
+        expiry = packet.properties.session_expiry_interval
+        if session is not None and expiry is not None:
+            if session.expiry_interval == 0 and expiry != 0:
+                raise ProtocolError("Session Expiry set on DISCONNECT after 0 on CONNECT")  # [MQTT-3.14.2-2]
+            session.expiry_interval = min(expiry, self.broker.settings.max_session_expiry)
+        if packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
+            self.will = None  # a normal DISCONNECT discards the will [MQTT-3.1.2-10]
+        self._close()
+
+    def _handle_auth(self, packet: Auth) -> None:
+        raise ProtocolError("AUTH without an authentication method")  # §4.12
+
+    def _handle_unexpected(self, packet: Packet) -> None:
+        raise ProtocolError(f"a client may not send {type(packet).__name__}")
+
+
+def _packet_id_offset(data: bytes, message: Message, is_v5: bool) -> int:
+    """Where the packet identifier sits in an encoded QoS 1/2 PUBLISH: right after the topic."""
+    # Fixed header: 1 byte + 1..4 length bytes; then topic length (2) + topic.
+    index = 1
+    while data[index] & 0x80:
+        index += 1
+    topic_length = (data[index + 1] << 8) | data[index + 2]
+    return index + 3 + topic_length
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _message_properties(props: Properties) -> Properties:
+    """The properties that travel with a message: per-hop ones (topic alias, subscription
+    identifiers, will delay) are dropped [MQTT-3.3.2-?]. Message Expiry is recomputed per
+    delivery from ``Message.expires_at``."""
+    if props is NO_PROPERTIES:
+        return props
+    if (
+        props.topic_alias is None
+        and not props.subscription_identifiers
+        and props.will_delay_interval is None
+        and props.message_expiry_interval is None
+    ):
+        return props
+    return replace(
+        props,
+        topic_alias=None,
+        subscription_identifiers=(),
+        will_delay_interval=None,
+        message_expiry_interval=None,
+    )
+
+
+_HANDLERS: dict[type, Callable[[Client, Packet], None]] = {
+    Connect: Client._handle_connect,  # type: ignore[dict-item]
+    Publish: Client._handle_publish,  # type: ignore[dict-item]
+    PubAck: Client._handle_puback,  # type: ignore[dict-item]
+    PubRec: Client._handle_pubrec,  # type: ignore[dict-item]
+    PubRel: Client._handle_pubrel,  # type: ignore[dict-item]
+    PubComp: Client._handle_pubcomp,  # type: ignore[dict-item]
+    Subscribe: Client._handle_subscribe,  # type: ignore[dict-item]
+    Unsubscribe: Client._handle_unsubscribe,  # type: ignore[dict-item]
+    PingReq: Client._handle_pingreq,  # type: ignore[dict-item]
+    Disconnect: Client._handle_disconnect,  # type: ignore[dict-item]
+    Auth: Client._handle_auth,  # type: ignore[dict-item]
+    ConnAck: Client._handle_unexpected,
+    SubAck: Client._handle_unexpected,
+    UnsubAck: Client._handle_unexpected,
+    PingResp: Client._handle_unexpected,
+}

@@ -1,0 +1,93 @@
+"""The ``thinghub`` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+from typing import Any
+
+import click
+
+from . import __version__
+from .app import Hub
+from .config import ConfigError, Settings, load_settings
+
+
+@click.group()
+@click.version_option(__version__, prog_name="thinghub")
+def main() -> None:
+    """ThingHub: a self-hosted IoT messaging hub."""
+
+
+@main.command()
+@click.option("--mqtt-port", type=int, default=None, help="MQTT TCP port (default 1883; 0 picks a free one).")
+@click.option("--http-port", type=int, default=None, help="HTTP port for the APIs and MQTT over WebSocket (default 8080).")
+@click.option("--host", default=None, help="Address to listen on (default 0.0.0.0).")
+@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where state is kept (default ./data).")
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="A TOML settings file.")
+@click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+def serve(
+    mqtt_port: int | None,
+    http_port: int | None,
+    host: str | None,
+    data_dir: Path | None,
+    config_file: Path | None,
+    log_level: str | None,
+) -> None:
+    """Run the hub until SIGINT or SIGTERM."""
+    overrides: dict[str, Any] = {
+        "mqtt.port": mqtt_port,
+        "http.port": http_port,
+        "mqtt.host": host,
+        "http.host": host,
+        "data_dir": data_dir,
+        "log_level": log_level,
+    }
+    try:
+        settings = load_settings(config_file, overrides=overrides)
+    except ConfigError as error:
+        raise click.ClickException(str(error)) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    runner: Any = asyncio.run
+    try:
+        import uvloop
+
+        runner = uvloop.run
+    except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
+        pass
+    try:
+        runner(_serve(settings))
+    except OSError as error:
+        raise click.ClickException(f"cannot start: {error}") from None
+
+
+async def _serve(settings: Settings) -> None:
+    hub = Hub(settings)
+    endpoints = await hub.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    mqtt_host, mqtt_port = endpoints.mqtt
+    http_host, http_port = endpoints.http
+    lines = [
+        f"ThingHub {__version__} is running (data in {settings.data_dir})",
+        f"  MQTT            mqtt://{mqtt_host}:{mqtt_port}",
+    ]
+    if endpoints.mqtts:
+        lines.append(f"  MQTT over TLS   mqtts://{endpoints.mqtts[0]}:{endpoints.mqtts[1]}")
+    lines += [
+        f"  MQTT/WebSocket  ws://{http_host}:{http_port}/mqtt",
+        f"  HTTP            http://{http_host}:{http_port}  (health: /healthz, counters: /metrics)",
+        "  Stop with Ctrl-C.",
+        f"ready mqtt={mqtt_host}:{mqtt_port} http={http_host}:{http_port}",
+    ]
+    print("\n".join(lines), flush=True)
+    await stop.wait()
+    logging.getLogger("thinghub").info("shutting down")
+    await hub.stop()

@@ -1,0 +1,213 @@
+"""Settings: frozen dataclasses with documented defaults, filled from a TOML file, then
+``THINGHUB_*`` environment variables, then command-line flags (each overriding the one before).
+
+Environment names are ``THINGHUB_<SECTION>_<KEY>`` for sectioned keys (``THINGHUB_MQTT_MAX_QOS``)
+and ``THINGHUB_<KEY>`` for top-level ones (``THINGHUB_DATA_DIR``). Lists are comma-separated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+KIB = 1024
+MIB = 1024 * KIB
+
+
+class ConfigError(ValueError):
+    """A setting that cannot be used; the message names the setting and says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class MQTTSettings:
+    """The MQTT listener and the broker's limits. Defaults follow the clouds' published limits
+    where they exist (``../shared/reference``) and mosquitto's otherwise."""
+
+    host: str = "0.0.0.0"
+    port: int = 1883
+    # TLS listener, enabled when both files are given.
+    tls_port: int = 8883
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    # Largest packet accepted and advertised in CONNACK (Alibaba's 256 KB message limit).
+    max_packet_size: int = 256 * KIB
+    # 2 is full MQTT; 1 behaves like AWS IoT Core and Alibaba IoT (QoS 2 downgraded/refused).
+    max_qos: int = 2
+    # Receive Maximum the hub announces: QoS 1/2 publishes a client may have unacknowledged.
+    receive_maximum: int = 100
+    # Outbound window per session (also capped by the client's own Receive Maximum).
+    max_inflight: int = 100
+    # Per-session queue (offline or slow consumers) for QoS 1/2 messages.
+    max_queued_messages: int = 1000
+    max_queued_bytes: int = 16 * MIB
+    # Bytes waiting in one connection's socket buffer before QoS 0 messages to it are dropped.
+    max_write_buffer: int = 1 * MIB
+    max_connections: int = 100_000
+    max_subscriptions_per_client: int = 1000
+    max_topic_length: int = 65535
+    max_topic_levels: int = 128
+    max_client_id_length: int = 256
+    max_retained_messages: int = 1_000_000
+    # Server Keep Alive: when set, it overrides the client's value (v5 CONNACK property).
+    server_keep_alive: int | None = None
+    # Session Expiry Interval is capped here (seconds); 7 days as the clouds keep offline messages.
+    max_session_expiry: int = 7 * 24 * 3600
+    topic_alias_maximum: int = 10
+    allow_anonymous: bool = True
+    retain_available: bool = True
+    # Topic filters refused to every client (an operator's coarse ACL, also used by tests).
+    deny_publish: tuple[str, ...] = ()
+    deny_subscribe: tuple[str, ...] = ()
+    # Seconds a new connection may take to send CONNECT before it is closed.
+    connect_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class HTTPSettings:
+    host: str = "0.0.0.0"
+    port: int = 8080
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    data_dir: Path = Path("./data")
+    log_level: str = "INFO"
+    mqtt: MQTTSettings = field(default_factory=MQTTSettings)
+    http: HTTPSettings = field(default_factory=HTTPSettings)
+
+    def validate(self) -> Settings:
+        m = self.mqtt
+        checks: list[tuple[bool, str]] = [
+            (m.max_qos in (0, 1, 2), "mqtt.max_qos must be 0, 1 or 2"),
+            (1 <= m.receive_maximum <= 65535, "mqtt.receive_maximum must be 1..65535"),
+            (1 <= m.max_inflight <= 65535, "mqtt.max_inflight must be 1..65535"),
+            (m.max_packet_size >= 64, "mqtt.max_packet_size must be at least 64 bytes"),
+            (m.max_packet_size <= 268_435_455, "mqtt.max_packet_size exceeds MQTT's maximum"),
+            (0 <= m.topic_alias_maximum <= 65535, "mqtt.topic_alias_maximum must be 0..65535"),
+            (m.max_queued_messages >= 0, "mqtt.max_queued_messages must be >= 0"),
+            (m.max_connections >= 1, "mqtt.max_connections must be >= 1"),
+            (
+                m.server_keep_alive is None or 0 <= m.server_keep_alive <= 65535,
+                "mqtt.server_keep_alive must be 0..65535",
+            ),
+            (0 <= m.port <= 65535 and 0 <= self.http.port <= 65535, "ports must be 0..65535"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+        return self
+
+
+_SECTIONS = {"mqtt": MQTTSettings, "http": HTTPSettings}
+
+
+def _convert(name: str, raw: Any, annotation: Any) -> Any:
+    """Turn a TOML or environment value into the field's declared type."""
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (types.UnionType, typing.Union):
+        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return _convert(name, raw, inner[0])
+    if origin is tuple:
+        if isinstance(raw, str):
+            items: list[Any] = [s.strip() for s in raw.split(",") if s.strip()]
+        elif isinstance(raw, list):
+            items = raw
+        else:
+            raise ConfigError(f"{name}: expected a list, got {raw!r}")
+        return tuple(str(i) for i in items)
+    if annotation is bool:
+        if isinstance(raw, bool):
+            return raw
+        text = str(raw).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise ConfigError(f"{name}: expected true or false, got {raw!r}")
+    if annotation in (int, float):
+        try:
+            return annotation(raw)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: expected a number, got {raw!r}") from None
+    if annotation is Path:
+        return Path(str(raw))
+    return str(raw)
+
+
+def _apply(obj: Any, values: Mapping[str, Any], where: str) -> Any:
+    hints = typing.get_type_hints(type(obj))
+    changes: dict[str, Any] = {}
+    names = {f.name for f in dataclasses.fields(obj)}
+    for key, raw in values.items():
+        if key not in names or key in _SECTIONS:
+            raise ConfigError(f"unknown setting {where}{key}")
+        changes[key] = _convert(f"{where}{key}", raw, hints[key])
+    return dataclasses.replace(obj, **changes)
+
+
+def load_settings(
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Build Settings from (in rising priority) defaults, a TOML file, the environment, and
+    ``overrides`` (dotted keys such as ``"mqtt.port"``, from command-line flags)."""
+    environ = os.environ if environ is None else environ
+    layers: list[tuple[str, dict[str, Any]]] = []
+    if config_file is not None:
+        try:
+            with open(config_file, "rb") as fh:
+                layers.append((f"{config_file}: ", tomllib.load(fh)))
+        except OSError as exc:
+            raise ConfigError(f"cannot read config file {config_file}: {exc.strerror}") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {config_file} is not valid TOML: {exc}") from None
+
+    env_layer: dict[str, Any] = {}
+    for name, value in environ.items():
+        if not name.startswith("THINGHUB_") or name.startswith("THINGHUB_ROOT_"):
+            continue
+        key = name[len("THINGHUB_") :].lower()
+        if key.startswith("test_"):
+            continue  # the test suite's own switches
+        section = key.split("_", 1)[0]
+        if section in _SECTIONS and "_" in key:
+            env_layer.setdefault(section, {})[key.split("_", 1)[1]] = value
+        else:
+            env_layer[key] = value
+    layers.append(("environment THINGHUB_", env_layer))
+
+    flag_layer: dict[str, Any] = {}
+    for dotted, value in (overrides or {}).items():
+        if value is None:
+            continue
+        if "." in dotted:
+            section, key = dotted.split(".", 1)
+            flag_layer.setdefault(section, {})[key] = value
+        else:
+            flag_layer[dotted] = value
+    layers.append(("option ", flag_layer))
+
+    settings = Settings()
+    for where, layer in layers:
+        top = {k: v for k, v in layer.items() if k not in _SECTIONS}
+        settings = _apply(settings, top, where)
+        for section in _SECTIONS:
+            if section in layer:
+                if not isinstance(layer[section], dict):
+                    raise ConfigError(f"{where}{section} must be a table")
+                current = getattr(settings, section)
+                settings = dataclasses.replace(
+                    settings, **{section: _apply(current, layer[section], f"{where}{section}.")}
+                )
+    return settings.validate()

@@ -1,0 +1,1 @@
+"""The HTTP server: health, metrics, MQTT over WebSocket, and (later) the cloud dialects."""

@@ -1,0 +1,31 @@
+"""The one aiohttp application on the HTTP port: ``/healthz``, ``/metrics`` and MQTT over
+WebSocket at ``/mqtt``. The cloud dialects mount here too."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from ..broker.broker import Broker
+from ..transport.websocket import websocket_handler
+
+
+def build_http_app(broker: Broker) -> web.Application:
+    app = web.Application(client_max_size=broker.settings.max_packet_size * 2)
+
+    async def healthz(request: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def metrics(request: web.Request) -> web.Response:
+        body = {
+            "connections": len(broker.clients),
+            "sessions": len(broker.sessions),
+            "subscriptions": len(broker.subscriptions),
+            "retained": len(broker.retained),
+            **broker.stats.as_dict(),
+        }
+        return web.json_response(body)
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/mqtt", websocket_handler(broker))
+    return app
