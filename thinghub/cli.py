@@ -22,11 +22,29 @@ def main() -> None:
 
 
 @main.command()
-@click.option("--mqtt-port", type=int, default=None, help="MQTT TCP port (default 1883; 0 picks a free one).")
-@click.option("--http-port", type=int, default=None, help="HTTP port for the APIs and MQTT over WebSocket (default 8080).")
+@click.option(
+    "--mqtt-port", type=int, default=None, help="MQTT TCP port (default 1883; 0 picks a free one)."
+)
+@click.option(
+    "--http-port",
+    type=int,
+    default=None,
+    help="HTTP port for the APIs and MQTT over WebSocket (default 8080).",
+)
 @click.option("--host", default=None, help="Address to listen on (default 0.0.0.0).")
-@click.option("--data-dir", type=click.Path(path_type=Path), default=None, help="Where state is kept (default ./data).")
-@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="A TOML settings file.")
+@click.option(
+    "--data-dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Where state is kept (default ./data).",
+)
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A TOML settings file.",
+)
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
 def serve(
     mqtt_port: int | None,

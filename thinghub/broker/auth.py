@@ -26,9 +26,7 @@ class Decision:
         return _ALLOW
 
     @staticmethod
-    def deny(
-        reason_code: ReasonCode = ReasonCode.NOT_AUTHORIZED, reason: str = ""
-    ) -> Decision:
+    def deny(reason_code: ReasonCode = ReasonCode.NOT_AUTHORIZED, reason: str = "") -> Decision:
         return Decision(False, reason_code, reason)
 
 

@@ -14,7 +14,7 @@ the time come from the ``Clock`` seam so tests can drive them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..config import MQTTSettings
@@ -140,7 +140,9 @@ class Broker:
             self._remove_from_trie(entry)
         session.subscriptions.clear()
         if session.queue:
-            log.debug("session %s ended with %d queued messages", session.client_id, len(session.queue))
+            log.debug(
+                "session %s ended with %d queued messages", session.client_id, len(session.queue)
+            )
         session.queue.clear()
         session.queued_bytes = 0
         session.inflight.clear()
@@ -234,7 +236,7 @@ class Broker:
             return 1
         return self._publish_many(message, matches)
 
-    def _publish_many(self, message: Message, matches: list[tuple[TrieKey, TrieValue]]) -> int:
+    def _publish_many(self, message: Message, matches: Sequence[tuple[TrieKey, TrieValue]]) -> int:
         # Overlapping subscriptions of one session are merged: one copy, highest QoS, every
         # subscription identifier [MQTT-3.3.4-2, -3, -5]. Shared groups each deliver separately.
         merged: dict[str, tuple[Session, int, bool, list[int]]] = {}

@@ -180,8 +180,10 @@ class Client:
             data = self._encode_custom(out, dup)
         else:
             key = (is_v5, qos, out.retain)
-            data = message.encoded.get(key) if not dup else None
-            if data is None:
+            cached = message.encoded.get(key) if not dup else None
+            if cached is not None:
+                data = cached
+            else:
                 data = codec.encode_publish(
                     message.topic,
                     message.payload,
@@ -241,7 +243,9 @@ class Client:
 
     def _protocol_error(self, error: MQTTError) -> None:
         self.broker.stats.protocol_errors += 1
-        log.info("closing %s (%s): %s", self.client_id or self.link.peer, error.reason_code.name, error)
+        log.info(
+            "closing %s (%s): %s", self.client_id or self.link.peer, error.reason_code.name, error
+        )
         if not self.connected:
             # A CONNECT we cannot accept: v5 gets a CONNACK with the reason (§3.2.2.2); 3.1.1
             # only for an unsupported version (return code 1), else the connection just closes.
@@ -254,7 +258,9 @@ class Client:
                     reply = ConnAck(reason_code=ConnackReturnCode.UNACCEPTABLE_PROTOCOL_VERSION)
                     self.link.write(codec.encode(reply, ProtocolVersion.V311))
             elif self.conn.version == ProtocolVersion.V5:
-                self.link.write(codec.encode(ConnAck(reason_code=error.reason_code), ProtocolVersion.V5))
+                self.link.write(
+                    codec.encode(ConnAck(reason_code=error.reason_code), ProtocolVersion.V5)
+                )
         elif self.is_v5:
             self.link.write(codec.encode(Disconnect(reason_code=error.reason_code), self.version))
         self._close()
@@ -264,8 +270,12 @@ class Client:
         if self.closed:
             return
         if self.is_v5 and self.connected:
-            props = NO_PROPERTIES if reason_string is None else Properties(reason_string=reason_string)
-            self.link.write(codec.encode(Disconnect(reason_code=reason, properties=props), self.version))
+            props = (
+                NO_PROPERTIES if reason_string is None else Properties(reason_string=reason_string)
+            )
+            self.link.write(
+                codec.encode(Disconnect(reason_code=reason, properties=props), self.version)
+            )
         self._close()
 
     def _close(self) -> None:
@@ -284,9 +294,8 @@ class Client:
         will, self.will = self.will, None
         if session is not None and session.client is self:
             session.client = None
-            if will is not None:
-                if publish_will or self.will_delay == 0:
-                    self.broker.publish(will)
+            if will is not None and (publish_will or self.will_delay == 0):
+                self.broker.publish(will)
                 # Otherwise the new connection resumes the session within the will delay, and
                 # the will is not sent [MQTT-3.1.3-9].
 
@@ -298,7 +307,11 @@ class Client:
     def _connect_timed_out(self) -> None:
         self._keep_alive_timer = None
         if not self.connected and not self.closed:
-            log.info("closing %s: no CONNECT within %ss", self.link.peer, self.broker.settings.connect_timeout)
+            log.info(
+                "closing %s: no CONNECT within %ss",
+                self.link.peer,
+                self.broker.settings.connect_timeout,
+            )
             self._close()
 
     def _check_keep_alive(self) -> None:
@@ -341,12 +354,17 @@ class Client:
             self._close()
 
         if len(broker.clients) > settings.max_connections:
-            refuse(ReasonCode.SERVER_BUSY if is_v5 else ReasonCode.SERVER_UNAVAILABLE, "too many connections")
+            refuse(
+                ReasonCode.SERVER_BUSY if is_v5 else ReasonCode.SERVER_UNAVAILABLE,
+                "too many connections",
+            )
             return
         if not client_id:
             if not is_v5 and not packet.clean_start:
                 # [MQTT-3.1.3-8]: a zero-byte id needs CleanSession=1 in 3.1.1.
-                refuse(ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session")
+                refuse(
+                    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID, "empty client id needs clean session"
+                )
                 return
             client_id = "auto-" + uuid.uuid4().hex
             assigned = client_id if is_v5 else None
@@ -363,22 +381,26 @@ class Client:
             return
         will = packet.will
         if will is not None:
-            if will.qos > settings.max_qos:
-                if is_v5:
-                    refuse(ReasonCode.QOS_NOT_SUPPORTED, "will QoS above the maximum")  # [MQTT-3.2.2-12]
-                    return
+            if will.qos > settings.max_qos and is_v5:
+                # [MQTT-3.2.2-12]; a 3.1.1 will is downgraded instead, below.
+                refuse(ReasonCode.QOS_NOT_SUPPORTED, "will QoS above the maximum")
+                return
             if will.retain and not settings.retain_available:
                 refuse(ReasonCode.RETAIN_NOT_SUPPORTED, "retain not available")  # [MQTT-3.2.2-13]
                 return
             error = validate_topic_name(
-                will.topic, max_length=settings.max_topic_length, max_levels=settings.max_topic_levels
+                will.topic,
+                max_length=settings.max_topic_length,
+                max_levels=settings.max_topic_levels,
             )
             if error is not None:
                 refuse(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {error}")
                 return
 
         self.client_id = client_id
-        self.info = ClientInfo(client_id, packet.username, self.link.peer, int(packet.protocol_version))
+        self.info = ClientInfo(
+            client_id, packet.username, self.link.peer, int(packet.protocol_version)
+        )
         # Session Expiry Interval (§3.1.2.11.2): v5 property, 0 when absent; a 3.1.1 persistent
         # session lasts "forever", which the hub caps like any v5 request.
         if is_v5:
@@ -422,7 +444,9 @@ class Client:
                 session_expiry_interval=expiry if expiry != requested else None,
                 assigned_client_identifier=assigned,
                 server_keep_alive=keep_alive if server_keep_alive is not None else None,
-                receive_maximum=settings.receive_maximum if settings.receive_maximum < 65535 else None,
+                receive_maximum=settings.receive_maximum
+                if settings.receive_maximum < 65535
+                else None,
                 maximum_qos=settings.max_qos if settings.max_qos < 2 else None,
                 retain_available=None if settings.retain_available else 0,
                 maximum_packet_size=settings.max_packet_size,
@@ -431,7 +455,9 @@ class Client:
         self._send(ConnAck(session_present=present, reason_code=0, properties=ack_props))
         self.connected = True
         if keep_alive:
-            self._keep_alive_timer = broker.clock.call_later(keep_alive * 1.5, self._check_keep_alive)
+            self._keep_alive_timer = broker.clock.call_later(
+                keep_alive * 1.5, self._check_keep_alive
+            )
         self._resume(session)
 
     def _resume(self, session: Session) -> None:
@@ -458,12 +484,16 @@ class Client:
             raise ProtocolError("PUBLISH before CONNACK")
         if qos > settings.max_qos:
             # [MQTT-3.2.2-11]: QoS above the Maximum QoS is a protocol error (0x9B).
-            raise ProtocolError(f"QoS {qos} is above the maximum {settings.max_qos}", ReasonCode.QOS_NOT_SUPPORTED)
+            raise ProtocolError(
+                f"QoS {qos} is above the maximum {settings.max_qos}", ReasonCode.QOS_NOT_SUPPORTED
+            )
         if packet.retain and not settings.retain_available:
             raise ProtocolError("retain is not available", ReasonCode.RETAIN_NOT_SUPPORTED)
         props = packet.properties
         if props is not NO_PROPERTIES and props.subscription_identifiers:
-            raise ProtocolError("PUBLISH from a client carries a Subscription Identifier")  # [MQTT-3.3.4-6]
+            raise ProtocolError(
+                "PUBLISH from a client carries a Subscription Identifier"
+            )  # [MQTT-3.3.4-6]
         topic = packet.topic
         if len(topic) > settings.max_topic_length or topic.count("/") >= settings.max_topic_levels:
             error = validate_topic_name(
@@ -475,7 +505,7 @@ class Client:
         assert session is not None
         packet_id = packet.packet_id
         if qos == 2 and packet_id in session.inbound_qos2:
-            # A resent QoS 2 PUBLISH we already have: acknowledge again, do not route twice (§4.3.3).
+            # A resent QoS 2 PUBLISH we already have: acknowledge, do not route twice (§4.3.3).
             self._send(PubRec(packet_id=packet_id))
             return
 
@@ -527,7 +557,12 @@ class Client:
             raise ProtocolError("PUBREC before CONNECT")
         out = session.inflight.get(packet.packet_id)
         if out is None or out.qos != 2:
-            self._send(PubRel(packet_id=packet.packet_id, reason_code=ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0))
+            self._send(
+                PubRel(
+                    packet_id=packet.packet_id,
+                    reason_code=ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0,
+                )
+            )
             return
         if packet.reason_code >= 0x80:
             # The receiver refused it: the flow ends here (§4.3.3).
@@ -584,9 +619,13 @@ class Client:
         self._send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)))
         for topic_filter, granted, sid in to_send:
             for message in broker.retained_for(topic_filter):
-                broker.deliver(session, message, min(message.qos, granted), True, () if sid is None else (sid,))
+                broker.deliver(
+                    session, message, min(message.qos, granted), True, () if sid is None else (sid,)
+                )
 
-    def _check_subscription(self, session: Session, topic_filter: str, no_local: bool) -> int | None:
+    def _check_subscription(
+        self, session: Session, topic_filter: str, no_local: bool
+    ) -> int | None:
         """None if the filter may be subscribed, else the v5 reason code to refuse it with."""
         settings = self.broker.settings
         error = validate_topic_filter(
@@ -613,7 +652,9 @@ class Client:
         if session is None:
             raise ProtocolError("UNSUBSCRIBE before CONNECT")
         codes = tuple(
-            ReasonCode.SUCCESS if self.broker.unsubscribe(session, f) else ReasonCode.NO_SUBSCRIPTION_EXISTED
+            ReasonCode.SUCCESS
+            if self.broker.unsubscribe(session, f)
+            else ReasonCode.NO_SUBSCRIPTION_EXISTED
             for f in packet.topic_filters
         )
         self._send(UnsubAck(packet_id=packet.packet_id, reason_codes=codes if self.is_v5 else ()))
@@ -626,7 +667,9 @@ class Client:
         expiry = packet.properties.session_expiry_interval
         if session is not None and expiry is not None:
             if session.expiry_interval == 0 and expiry != 0:
-                raise ProtocolError("Session Expiry set on DISCONNECT after 0 on CONNECT")  # [MQTT-3.14.2-2]
+                raise ProtocolError(
+                    "Session Expiry set on DISCONNECT after 0 on CONNECT"
+                )  # [MQTT-3.14.2-2]
             session.expiry_interval = min(expiry, self.broker.settings.max_session_expiry)
         if packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
             self.will = None  # a normal DISCONNECT discards the will [MQTT-3.1.2-10]

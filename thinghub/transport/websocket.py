@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Awaitable, Callable
 
 from aiohttp import WSMsgType, web
 
@@ -61,7 +62,9 @@ class WebSocketLink:
                 return
 
 
-def websocket_handler(broker: Broker) -> web.RequestHandler:  # type: ignore[type-arg]
+def websocket_handler(
+    broker: Broker,
+) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     max_frame = broker.settings.max_packet_size + 8
 
     async def handle(request: web.Request) -> web.StreamResponse:
