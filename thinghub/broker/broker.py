@@ -323,7 +323,6 @@ class Broker:
                     session.queued_bytes,
                 )
             return
-        session.dropping = False
         session.queue.append(out)
         session.queued_bytes += size
 
@@ -339,6 +338,10 @@ class Broker:
         while queue and len(inflight) < window and client.connected:
             out = queue.popleft()
             session.queued_bytes -= out.size
+            if session.dropping and len(queue) < self.settings.max_queued_messages // 2:
+                # The episode of drops is over once the queue has drained to half; the next
+                # overflow is logged again.
+                session.dropping = False
             if out.message.expired(now):
                 self.stats.dropped_expired += 1
                 continue

@@ -1,0 +1,243 @@
+"""Command line and orchestration: which broker, which scenario, how many runs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import atexit
+import os
+import signal
+import sys
+import time
+from collections.abc import Coroutine, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from bench import brokers, report
+from bench.brokers import BROKERS, Broker, BrokerUnavailable
+from bench.mqttload import SetupError, run_idle, run_stream
+from bench.scenarios import IDLE_CONNECTIONS, SCENARIOS, RunResult, Scenario
+
+T = TypeVar("T")
+MAX_SECONDS = 300.0  # clients use keep-alive 600 and never ping
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """A fresh event loop per run (uvloop when available)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(
+        prog="python -m bench",
+        description="MQTT broker benchmark: ThingHub vs mosquitto (127.0.0.1 only).",
+    )
+    ap.add_argument("--seconds", type=float, default=10.0, help="measured seconds per run")
+    ap.add_argument("--warmup", type=float, default=None, help="warm-up seconds (default: auto)")
+    ap.add_argument("--runs", type=int, default=3, help="runs per scenario; the median is shown")
+    ap.add_argument(
+        "--scenario",
+        nargs="+",
+        action="extend",
+        choices=list(SCENARIOS),
+        help="scenarios to run (default: all)",
+    )
+    ap.add_argument(
+        "--broker",
+        nargs="+",
+        action="extend",
+        choices=list(BROKERS),
+        help="brokers to test (default: thinghub mosquitto)",
+    )
+    ap.add_argument("--json", type=Path, help="also write the results as JSON to FILE")
+    ap.add_argument(
+        "--connections", type=int, default=IDLE_CONNECTIONS, help="idle10k connection count"
+    )
+    ap.add_argument("--no-ceiling", action="store_true", help="skip the null-broker ceiling")
+    ap.add_argument("--no-pin", action="store_true", help="do not pin broker/generator to CPUs")
+    ap.add_argument("--quick", action="store_true", help="smoke test: --seconds 1 --runs 1")
+    ap.add_argument("--thinghub", help="ThingHub executable (default: next to this python)")
+    ap.add_argument("--mosquitto", help="mosquitto executable (default: from PATH)")
+    args = ap.parse_args(argv)
+    if args.quick:
+        args.seconds, args.runs = 1.0, 1
+    if not 0 < args.seconds <= MAX_SECONDS:
+        ap.error(f"--seconds must be in (0, {MAX_SECONDS:g}]")
+    if not 1 <= args.runs <= 100:
+        ap.error("--runs must be in [1, 100]")
+    if not 1 <= args.connections <= 1_000_000:
+        ap.error("--connections must be in [1, 1000000]")
+    if args.warmup is None:
+        args.warmup = min(2.0, max(0.5, args.seconds * 0.2))
+    args.scenario = list(dict.fromkeys(args.scenario or SCENARIOS))
+    args.broker = list(dict.fromkeys(args.broker or ["thinghub", "mosquitto"]))
+    return args
+
+
+def make_broker(name: str, cpu: int | None, args: argparse.Namespace) -> Broker:
+    if name == "thinghub":
+        return brokers.ThingHub(cpu, args.thinghub)
+    if name == "mosquitto":
+        return brokers.Mosquitto(cpu, args.mosquitto)
+    return brokers.NullBroker(cpu)
+
+
+def one_run(
+    sc: Scenario,
+    broker: Broker,
+    seconds: float,
+    warmup: float,
+    connections: int,
+) -> tuple[RunResult, bool]:
+    """(result, broker_unavailable).  Always stops the broker."""
+    try:
+        broker.start()
+    except BrokerUnavailable as e:
+        return RunResult(sc.name, broker.name, ok=False, error=str(e)), True
+    try:
+        port, probe = broker.port, broker.probe
+        if sc.spec is not None:
+            r = run_loop(run_stream(sc.spec, brokers.HOST, port, seconds, warmup, probe))
+            return RunResult.from_stream(sc.name, broker.name, r), False
+        # Idle connections: generous deadline, scaled with the count.
+        ir = run_loop(
+            run_idle(
+                connections,
+                brokers.HOST,
+                port,
+                probe,
+                settle=min(1.0, max(0.3, seconds / 2)),
+                deadline=30.0 + connections / 500,
+            )
+        )
+        return RunResult.from_idle(sc.name, broker.name, ir), False
+    except (OSError, SetupError, TimeoutError) as e:
+        tail = broker.log_tail()
+        alive = broker.proc is not None and broker.proc.poll() is None
+        why = (str(e) or f"{type(e).__name__} (timed out)") + (
+            "" if alive else f" (broker died: {tail})"
+        )
+        return RunResult(sc.name, broker.name, ok=False, error=why), False
+    finally:
+        broker.stop()
+
+
+def describe(r: RunResult, unit: str) -> str:
+    if not r.ok:
+        return f"FAILED: {r.error}"
+    parts = [f"{r.rate or 0:,.0f} {unit}"]
+    if r.p50_ms is not None and r.p99_ms is not None:
+        parts.append(f"p50 {r.p50_ms:.2f} ms p99 {r.p99_ms:.2f} ms")
+    if r.kb_per_conn is not None:
+        parts.append(f"{r.kb_per_conn:.2f} KB/conn ({r.connections} conns)")
+    if r.peak_rss_kb is not None:
+        parts.append(f"peak RSS {r.peak_rss_kb / 1024:.1f} MB")
+    parts.append(f"broker CPU {r.broker_cpu or 0:.0f}% gen CPU {r.gen_cpu or 0:.0f}%")
+    if r.lost:
+        parts.append(f"lost {r.lost}")
+    return ", ".join(parts)
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    atexit.register(brokers.stop_all)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+
+    nofile = brokers.raise_nofile()
+    connections = args.connections
+    notes: list[str] = []
+    if connections > nofile - 200:
+        connections = max(1, nofile - 200)
+        notes.append(f"RLIMIT_NOFILE is {nofile}: idle scenario reduced to {connections} conns")
+    broker_cpu, gen_cpu = brokers.cpu_plan(not args.no_pin)
+    if gen_cpu is not None:
+        os.sched_setaffinity(0, {gen_cpu})
+        pinning = f"broker pinned to CPU {broker_cpu}, generator to CPU {gen_cpu}"
+    else:
+        pinning = "no CPU pinning"
+
+    machine = brokers.machine_info()
+    versions = {name: make_broker(name, None, args).version() for name in args.broker}
+    settings: dict[str, Any] = {
+        "seconds": args.seconds,
+        "warmup": args.warmup,
+        "runs": args.runs,
+        "pinning": pinning,
+        "idle_connections": connections,
+        "scenarios": args.scenario,
+        "brokers": args.broker,
+    }
+    log(
+        f"bench: {machine['cpu']} x{machine['cores']}, {machine['python']}, "
+        f"{machine['event_loop']}; {pinning}"
+    )
+    log("bench: brokers " + ", ".join(f"{b} {v}" for b, v in versions.items()))
+
+    all_runs: list[RunResult] = []
+    ceiling: list[report.Summary] = []
+    summaries: list[report.Summary] = []
+    interrupted = False
+    t_start = time.monotonic()
+    try:
+        if not args.no_ceiling:
+            cs = min(args.seconds, 5.0)
+            for name in args.scenario:
+                sc = SCENARIOS[name]
+                r, _ = one_run(
+                    sc, make_broker("null", broker_cpu, args), cs, args.warmup, connections
+                )
+                log(f"  ceiling  {name:<11} {describe(r, sc.unit)}")
+                ceiling.append(report.summarize(name, "null", [r]))
+
+        unavailable: dict[str, str] = {}
+        for name in args.scenario:
+            sc = SCENARIOS[name]
+            runs: dict[str, list[RunResult]] = {b: [] for b in args.broker}
+            # Brokers alternate within each run so slow drift hits both alike.
+            for i in range(args.runs):
+                for bname in args.broker:
+                    if bname in unavailable:
+                        continue
+                    broker = make_broker(bname, broker_cpu, args)
+                    r, gone = one_run(sc, broker, args.seconds, args.warmup, connections)
+                    if gone:
+                        unavailable[bname] = r.error or "not available"
+                        log(f"  {bname}: not available ({r.error}); skipping it")
+                        continue
+                    runs[bname].append(r)
+                    all_runs.append(r)
+                    log(f"  {bname:<9} {name:<11} run {i + 1}: {describe(r, sc.unit)}")
+            for bname in args.broker:
+                if bname in unavailable and not runs[bname]:
+                    summaries.append(report.Summary(name, bname, 0, 0, False, unavailable[bname]))
+                else:
+                    summaries.append(report.summarize(name, bname, runs[bname]))
+    except (KeyboardInterrupt, SystemExit):
+        interrupted = True
+        log("bench: interrupted; stopping brokers and printing what was measured")
+    finally:
+        brokers.stop_all()
+
+    settings["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    text = report.render(machine, versions, settings, ceiling, summaries, args.broker)
+    if notes:
+        text += "\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+    print(text)
+    if args.json:
+        args.json.write_text(
+            report.to_json(machine, versions, settings, ceiling, summaries, all_runs)
+        )
+        log(f"bench: JSON written to {args.json}")
+    return 130 if interrupted else 0

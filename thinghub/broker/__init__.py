@@ -1,0 +1,1 @@
+"""Broker rules: sessions, subscriptions, retained messages, delivery. No sockets, no SQL."""
