@@ -282,7 +282,6 @@ class Mosquitto(Broker):
                     "max_queued_messages 1000000",
                     "max_queued_bytes 0",
                     "persistence false",
-                    *os.environ.get("BENCH_MOSQ_EXTRA", "").split(";"),
                     "log_dest stderr",
                     "log_type error",
                     "log_type warning",
@@ -391,6 +390,21 @@ def stop_all() -> None:
 
 
 # --------------------------------------------------------------------------- machine
+
+
+def listen_overflows() -> int | None:
+    """Kernel count of connections dropped because an accept queue was full."""
+    try:
+        with open("/proc/net/netstat") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return None
+    for head, vals in zip(lines[::2], lines[1::2], strict=False):
+        if head.startswith("TcpExt:"):
+            table = dict(zip(head.split()[1:], vals.split()[1:], strict=False))
+            v = table.get("ListenOverflows")
+            return int(v) if v is not None else None
+    return None
 
 
 def machine_info() -> dict[str, str]:

@@ -87,11 +87,9 @@ def _ratio(a: float | None, b: float | None) -> str:
     return f"{a / b:.2f}"
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [
-        max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(header)
-    ]
-    num_cols = {i for i in range(1, len(header)) if i > 1}
+def _table(header: Sequence[str], rows: Sequence[Sequence[str]], first_num: int = 2) -> list[str]:
+    widths = [max([len(h)] + [len(r[i]) for r in rows]) for i, h in enumerate(header)]
+    num_cols = set(range(first_num, len(header)))  # right-align the figures
 
     def line(cells: Sequence[str]) -> str:
         out = []
@@ -166,7 +164,7 @@ def ratio_table(summaries: Sequence[Summary], a: str, b: str) -> list[str]:
                 _ratio(sa.median["kb_per_conn"], sb.median["kb_per_conn"]),
             ]
         )
-    return _table(header, rows)
+    return _table(header, rows, first_num=1)
 
 
 def ceiling_table(summaries: Sequence[Summary]) -> list[str]:
@@ -185,7 +183,7 @@ def ceiling_table(summaries: Sequence[Summary]) -> list[str]:
                 _pct(s.median["broker_cpu"]),
             ]
         )
-    return _table(header, rows)
+    return _table(header, rows, first_num=1)
 
 
 def render(

@@ -259,6 +259,7 @@ class Client:
         """Close the TCP connection without DISCONNECT: an abnormal close (will is sent)."""
         sock = self.paho.socket()
         assert sock is not None
+        sock = getattr(sock, "_socket", sock)  # paho's WebSocket wrapper holds the TCP socket
         # Shutting down makes paho's loop see the close and report it.
         sock.shutdown(socket.SHUT_RDWR)
         self.disconnects.get(timeout=TIMEOUT)

@@ -107,16 +107,6 @@ def test_v5_server_keep_alive_is_enforced(start_hub, raw):
         assert sent[-1].type == DISCONNECT and sent[-1].reason == 0x8D, sent
 
 
-def test_anonymous_refused_when_not_allowed(start_hub, raw, version):
-    hub = start_hub(ALLOW_ANONYMOUS=False)
-    c = raw(version, on=hub)
-    c.send(rawmqtt.connect(unique(), version))
-    connack = c.expect(CONNACK)
-    # v3: 0x05 not authorized (or 0x04 bad user name or password); v5: 0x87 / 0x86.
-    assert connack.reason in ({0x04, 0x05} if version == 4 else {0x86, 0x87}), connack
-    assert c.expect_closed() == []
-
-
 def test_connection_refused_for_unsupported_protocol_level(raw):
     c = raw(5)
     good = rawmqtt.connect(unique(), 4)

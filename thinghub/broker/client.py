@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..message import Message
 from ..mqtt import codec
 from ..mqtt.connection import ServerConnection
-from ..mqtt.errors import MQTTError, ProtocolError, UnsupportedProtocolVersion
+from ..mqtt.errors import MQTTError, ProtocolError
 from ..mqtt.packets import (
     Auth,
     ConnAck,
@@ -246,23 +246,11 @@ class Client:
         log.info(
             "closing %s (%s): %s", self.client_id or self.link.peer, error.reason_code.name, error
         )
-        if not self.connected:
-            # A CONNECT we cannot accept: v5 gets a CONNACK with the reason (§3.2.2.2); 3.1.1
-            # only for an unsupported version (return code 1), else the connection just closes.
-            if isinstance(error, UnsupportedProtocolVersion):
-                level = getattr(error, "protocol_version", 4)
-                if level == ProtocolVersion.V5:
-                    reply = ConnAck(reason_code=error.reason_code)
-                    self.link.write(codec.encode(reply, ProtocolVersion.V5))
-                else:
-                    reply = ConnAck(reason_code=ConnackReturnCode.UNACCEPTABLE_PROTOCOL_VERSION)
-                    self.link.write(codec.encode(reply, ProtocolVersion.V311))
-            elif self.conn.version == ProtocolVersion.V5:
-                self.link.write(
-                    codec.encode(ConnAck(reason_code=error.reason_code), ProtocolVersion.V5)
-                )
-        elif self.is_v5:
-            self.link.write(codec.encode(Disconnect(reason_code=error.reason_code), self.version))
+        # CONNACK with the reason for a refused CONNECT, DISCONNECT on v5 afterwards, nothing
+        # on 3.1.1 (§4.13); the sans-IO connection knows which applies.
+        reply = self.conn.error_bytes(error)
+        if reply:
+            self.link.write(reply)
         self._close()
 
     def disconnect(self, reason: ReasonCode, reason_string: str | None = None) -> None:

@@ -921,6 +921,10 @@ class Decoder:
         version = self.version
         v5 = version == _V5
         max_size = self.max_packet_size
+        if version is None and n and buf[0] & 0xF0 != 0x10:
+            # [MQTT-3.1.0-1]: the first packet must be CONNECT; say so from its first byte
+            # rather than waiting for a body that may never come.
+            raise ProtocolError(f"packet type {buf[0] >> 4} before CONNECT")
         while n - pos >= 2:
             first = buf[pos]
             length = buf[pos + 1]

@@ -94,7 +94,7 @@ class ServerConnection:
 
     # -- receiving --------------------------------------------------------------------------
 
-    def receive_data(self, data: bytes) -> list[Packet]:
+    def receive_data(self, data: bytes | bytearray | memoryview) -> list[Packet]:
         """Decode ``data`` and apply the connection rules; raises ``MQTTError`` subclasses."""
         if self._error is not None:
             raise ProtocolError(

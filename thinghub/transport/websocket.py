@@ -86,10 +86,12 @@ def websocket_handler(
                 else:
                     break
         finally:
+            # The client is gone first (its will must not wait for a closing handshake with
+            # a peer that may have vanished), then the writer flushes and closes.
+            client.connection_lost()
             link.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer, timeout=5)
-            client.connection_lost()
         return ws
 
     return handle
