@@ -103,7 +103,8 @@ async def _serve(settings: Settings) -> None:
         f"  MQTT/WebSocket  ws://{http_host}:{http_port}/mqtt",
         f"  HTTP            http://{http_host}:{http_port}  (health: /healthz, counters: /metrics)",
         "  Stop with Ctrl-C.",
-        f"ready mqtt={mqtt_host}:{mqtt_port} http={http_host}:{http_port}",
+        f"ready mqtt={mqtt_host}:{mqtt_port} http={http_host}:{http_port}"
+        + (f" mqtts={endpoints.mqtts[0]}:{endpoints.mqtts[1]}" if endpoints.mqtts else ""),
     ]
     print("\n".join(lines), flush=True)
     await stop.wait()
