@@ -37,6 +37,7 @@ class Hub:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.broker = broker = Broker(settings.mqtt, loop)
+        broker.restore()
         mqtt = settings.mqtt
 
         tcp = await start_tcp_listener(broker, mqtt.host, mqtt.port)

@@ -21,6 +21,11 @@ class Message:
     qos: int = 0
     retain: bool = False
     properties: Properties = NO_PROPERTIES
+    # A 63-bit, time-ordered id, assigned when the hub first needs one (persisting it, or
+    # answering an HTTP publisher); 0 until then.
+    id: int = 0
+    # True once a BrokerStore holds this message's body.
+    stored: bool = False
     # Who sent it: an MQTT client id, or "http:<dialect>:<principal>".
     origin: str = ""
     # Message Expiry Interval in seconds as given by the publisher (§3.3.2.3.3); the broker

@@ -20,6 +20,8 @@ from typing import Any, Protocol
 from ..config import MQTTSettings
 from ..message import Message
 from ..mqtt.packets import Subscription
+from ..store.base import BrokerStore, StoredDelivery, StoredState, StoredSubscription
+from ..store.memory import MemoryStore
 from ..topics import parse_shared
 from .auth import AllowAnonymous, Authenticator, Authorizer, DenyList, RequireCredentials
 from .client import Client, Link
@@ -51,8 +53,15 @@ class Broker:
         *,
         authenticator: Authenticator | None = None,
         authorizer: Authorizer | None = None,
+        store: BrokerStore | None = None,
+        new_message_id: Callable[[], int] | None = None,
     ) -> None:
         self.settings = settings
+        self.store: BrokerStore = MemoryStore() if store is None else store
+        # Counts calls that changed the store: a publisher's acknowledgement waits for the
+        # store's commit only when its message changed something (see Client._acknowledge).
+        self.store_writes = 0
+        self._new_message_id = new_message_id or _counter()
         self.clock = clock
         self.stats = Stats()
         if authenticator is None:
@@ -100,9 +109,25 @@ class Broker:
         if session is None:
             session = Session(client_id, expiry)
             self.sessions[client_id] = session
-        session.expiry_interval = expiry
+        self.set_session_expiry(session, expiry)
         session.client = client
         return session, present
+
+    def set_session_expiry(self, session: Session, expiry: int) -> None:
+        """Only sessions that outlive their connection are persisted (§4.1)."""
+        was_persistent = session.persistent
+        session.expiry_interval = expiry
+        session.persistent = expiry > 0
+        if session.persistent:
+            self.store_writes += 1
+            self.store.save_session(session.client_id, expiry)
+            if not was_persistent:
+                # Becoming persistent mid-session: record what it already has.
+                for entry in session.subscriptions.values():
+                    self.store.save_subscription(session.client_id, _stored(entry))
+        elif was_persistent:
+            self.store_writes += 1
+            self.store.delete_session(session.client_id)
 
     def close_session(self, session: Session, will: Message | None, will_delay: int) -> None:
         """The session's connection is gone: start its expiry clock and schedule its will."""
@@ -148,6 +173,10 @@ class Broker:
         session.inflight.clear()
         if self.sessions.get(session.client_id) is session:
             del self.sessions[session.client_id]
+        if session.persistent:
+            session.persistent = False
+            self.store_writes += 1
+            self.store.delete_session(session.client_id)
         if will is not None:
             self.publish(will)
 
@@ -181,6 +210,9 @@ class Broker:
                 self._groups[(group, topic_filter)] = shared
             shared.members.append(entry)
             self.subscriptions.add(topic_filter, key, shared)
+        if session.persistent:
+            self.store_writes += 1
+            self.store.save_subscription(session.client_id, _stored(entry))
         return old is None
 
     def unsubscribe(self, session: Session, full_filter: str) -> bool:
@@ -188,6 +220,9 @@ class Broker:
         if entry is None:
             return False
         self._remove_from_trie(entry)
+        if session.persistent:
+            self.store_writes += 1
+            self.store.delete_subscription(session.client_id, full_filter)
         return True
 
     def _find_group(self, topic_filter: str, group: str) -> SharedGroup | None:
@@ -301,10 +336,32 @@ class Broker:
         out = Outgoing(message, qos, retain, subscription_ids)
         if client is not None and not session.queue and len(session.inflight) < client.window:
             out.packet_id = session.allocate_packet_id()
+            if session.persistent:
+                self._persist_delivery(session, out)
             session.inflight[out.packet_id] = out
             client.send_publish(out, False)
             return
         self._enqueue(session, out)
+
+    def _persist_delivery(self, session: Session, out: Outgoing) -> None:
+        message = out.message
+        store = self.store
+        if not message.id:
+            message.id = self._new_message_id()
+        if not message.stored:
+            message.stored = True
+            store.save_message(message)
+        self.store_writes += 1
+        store.add_delivery(
+            session.client_id,
+            StoredDelivery(message.id, out.qos, out.retain, out.subscription_ids, out.packet_id),
+        )
+
+    def delivery_done(self, session: Session, out: Outgoing) -> None:
+        """A QoS 1/2 delivery left the session: acknowledged, refused, expired or too large."""
+        if session.persistent:
+            self.store_writes += 1
+            self.store.remove_delivery(session.client_id, out.message.id)
 
     def _enqueue(self, session: Session, out: Outgoing) -> None:
         limits = self.settings
@@ -323,6 +380,8 @@ class Broker:
                     session.queued_bytes,
                 )
             return
+        if session.persistent:
+            self._persist_delivery(session, out)
         session.queue.append(out)
         session.queued_bytes += size
 
@@ -344,8 +403,12 @@ class Broker:
                 session.dropping = False
             if out.message.expired(now):
                 self.stats.dropped_expired += 1
+                self.delivery_done(session, out)
                 continue
             out.packet_id = session.allocate_packet_id()
+            if session.persistent:
+                self.store_writes += 1
+                self.store.set_packet_id(session.client_id, out.message.id, out.packet_id)
             inflight[out.packet_id] = out
             client.send_publish(out, False)
 
@@ -354,7 +417,9 @@ class Broker:
     def _store_retained(self, message: Message) -> None:
         if not message.payload:
             # A retained message with an empty payload deletes the one stored [MQTT-3.3.1-6].
-            self.retained.delete(message.topic)
+            if self.retained.delete(message.topic):
+                self.store_writes += 1
+                self.store.delete_retained(message.topic)
             return
         if (
             len(self.retained) >= self.settings.max_retained_messages
@@ -366,6 +431,10 @@ class Broker:
                 log.warning("retained message store is full; new retained topics are not kept")
             return
         self.retained.set(message.topic, message)
+        if not message.id:
+            message.id = self._new_message_id()
+        self.store_writes += 1
+        self.store.save_retained(message)
 
     def retained_for(self, topic_filter: str) -> list[Message]:
         now = self.clock.time()
@@ -373,12 +442,89 @@ class Broker:
         for topic, message in self.retained.match(topic_filter):
             if message.expired(now):
                 self.retained.delete(topic)  # expired retained messages go too (§3.3.2.3.3)
+                self.store.delete_retained(topic)
                 continue
             found.append(message)
         return found
+
+    # ------------------------------------------------------------------ recovery
+
+    def restore(self) -> None:
+        """Rebuild persistent sessions (offline), their subscriptions, queued and in-flight
+        messages, and retained messages from the store, at start-up."""
+        state: StoredState = self.store.load()
+        for retained in state.retained:
+            self.retained.set(retained.topic, retained)
+        for stored in state.sessions.values():
+            session = Session(stored.client_id, stored.expiry_interval)
+            session.persistent = stored.expiry_interval > 0
+            self.sessions[stored.client_id] = session
+            for sub in stored.subscriptions.values():
+                self._restore_subscription(session, sub)
+            for delivery in stored.deliveries:
+                message = state.messages.get(delivery.message_id)
+                if message is None:
+                    continue
+                message.stored = True
+                out = Outgoing(
+                    message,
+                    delivery.qos,
+                    delivery.retain,
+                    delivery.subscription_ids,
+                    delivery.packet_id,
+                    delivery.released,
+                )
+                if delivery.packet_id:
+                    session.inflight[delivery.packet_id] = out
+                else:
+                    session.queue.append(out)
+                    session.queued_bytes += out.size
+            session.inbound_qos2 = set(stored.inbound_qos2)
+            if session.expiry_interval < 0xFFFFFFFF:
+                # TODO(durability issue): count the time the hub was down against the expiry.
+                session.expiry_timer = self.clock.call_later(
+                    session.expiry_interval, self._session_expired, session
+                )
+
+    def _restore_subscription(self, session: Session, stored: StoredSubscription) -> None:
+        persistent, session.persistent = session.persistent, False  # already stored
+        self.subscribe(
+            session,
+            Subscription(
+                topic_filter=stored.full_filter,
+                qos=stored.qos,
+                no_local=stored.no_local,
+                retain_as_published=stored.retain_as_published,
+                retain_handling=stored.retain_handling,
+            ),
+            stored.subscription_id,
+        )
+        session.persistent = persistent
 
     # ------------------------------------------------------------------ shutdown
 
     def close_all(self) -> None:
         for client in list(self.clients):
             client.server_shutdown()
+
+
+def _stored(entry: SubscriptionEntry) -> StoredSubscription:
+    return StoredSubscription(
+        full_filter=entry.full_filter,
+        qos=entry.qos,
+        no_local=entry.no_local,
+        retain_as_published=entry.retain_as_published,
+        retain_handling=entry.retain_handling,
+        subscription_id=entry.subscription_id,
+    )
+
+
+def _counter() -> Callable[[], int]:
+    """A process-local message id source, for brokers built without the hub's id generator."""
+    state = [0]
+
+    def next_id() -> int:
+        state[0] += 1
+        return state[0]
+
+    return next_id

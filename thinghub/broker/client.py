@@ -166,6 +166,10 @@ class Client:
     def _send(self, packet: Packet) -> None:
         self.link.write(self.conn.send(packet))
 
+    def _send_unless_closed(self, packet: Packet) -> None:
+        if not self.closed:
+            self._send(packet)
+
     def send_publish(self, out: Outgoing, dup: bool) -> None:
         """Encode one PUBLISH for this client and write it (§3.3). The bytes for a message are
         built once per (protocol family, QoS, retain) and shared by every subscriber; a QoS 1/2
@@ -202,8 +206,10 @@ class Client:
         if len(data) > self.max_packet_size:
             # The client's Maximum Packet Size: discard as if delivered [MQTT-3.1.2-25].
             self.broker.stats.dropped_too_large += 1
-            if qos and self.session is not None:
-                self.session.inflight.pop(out.packet_id, None)
+            session = self.session
+            if qos and session is not None and out.packet_id in session.inflight:
+                del session.inflight[out.packet_id]
+                self.broker.delivery_done(session, out)
             return
         self.broker.stats.messages_delivered += 1
         self.link.write(data)
@@ -460,6 +466,7 @@ class Client:
                 # An expired message is not redelivered (§3.3.2.3.3).
                 del session.inflight[packet_id]
                 self.broker.stats.dropped_expired += 1
+                self.broker.delivery_done(session, out)
             else:
                 self.send_publish(out, True)
         self.broker.fill_window(session)
@@ -515,19 +522,32 @@ class Client:
                 origin=self.client_id,
                 expiry_interval=props.message_expiry_interval,
             )
+            writes = broker.store_writes
             matched = broker.publish(message)
             if matched == 0 and self.is_v5:
                 reason = ReasonCode.NO_MATCHING_SUBSCRIBERS
+        else:
+            writes = broker.store_writes
         if qos == 0:
             return
         # 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped.
         code = reason if self.is_v5 else 0
+        ack: PubAck | PubRec
         if qos == 1:
-            self._send(PubAck(packet_id=packet_id or 0, reason_code=code))
+            ack = PubAck(packet_id=packet_id or 0, reason_code=code)
         else:
             if reason < 0x80:
                 session.inbound_qos2.add(packet_id or 0)
-            self._send(PubRec(packet_id=packet_id or 0, reason_code=code))
+                if session.persistent:
+                    broker.store_writes += 1
+                    broker.store.set_inbound_qos2(session.client_id, packet_id or 0, True)
+            ack = PubRec(packet_id=packet_id or 0, reason_code=code)
+        if broker.store_writes == writes:
+            self._send(ack)
+        else:
+            # Acknowledged means stored: answer once the store has committed what this
+            # message changed (ARCHITECTURE.md, "Acknowledged means durable").
+            broker.store.after_commit(lambda: self._send_unless_closed(ack))
 
     def _handle_puback(self, packet: PubAck) -> None:
         session = self.session
@@ -536,6 +556,8 @@ class Client:
         out = session.inflight.get(packet.packet_id)
         if out is not None and out.qos == 1:
             del session.inflight[packet.packet_id]
+            if session.persistent:
+                self.broker.delivery_done(session, out)
             if session.queue:
                 self.broker.fill_window(session)
 
@@ -555,9 +577,13 @@ class Client:
         if packet.reason_code >= 0x80:
             # The receiver refused it: the flow ends here (§4.3.3).
             del session.inflight[packet.packet_id]
+            self.broker.delivery_done(session, out)
             self.broker.fill_window(session)
             return
         out.released = True
+        if session.persistent:
+            self.broker.store_writes += 1
+            self.broker.store.set_released(session.client_id, packet.packet_id)
         self._send(PubRel(packet_id=packet.packet_id))
 
     def _handle_pubrel(self, packet: PubRel) -> None:
@@ -566,6 +592,9 @@ class Client:
             raise ProtocolError("PUBREL before CONNECT")
         if packet.packet_id in session.inbound_qos2:
             session.inbound_qos2.discard(packet.packet_id)
+            if session.persistent:
+                self.broker.store_writes += 1
+                self.broker.store.set_inbound_qos2(session.client_id, packet.packet_id, False)
             self._send(PubComp(packet_id=packet.packet_id))
         else:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0
@@ -578,6 +607,7 @@ class Client:
         out = session.inflight.get(packet.packet_id)
         if out is not None and out.qos == 2:
             del session.inflight[packet.packet_id]
+            self.broker.delivery_done(session, out)
             if session.queue:
                 self.broker.fill_window(session)
 
@@ -658,7 +688,9 @@ class Client:
                 raise ProtocolError(
                     "Session Expiry set on DISCONNECT after 0 on CONNECT"
                 )  # [MQTT-3.14.2-2]
-            session.expiry_interval = min(expiry, self.broker.settings.max_session_expiry)
+            self.broker.set_session_expiry(
+                session, min(expiry, self.broker.settings.max_session_expiry)
+            )
         if packet.reason_code != ReasonCode.DISCONNECT_WITH_WILL_MESSAGE:
             self.will = None  # a normal DISCONNECT discards the will [MQTT-3.1.2-10]
         self._close()

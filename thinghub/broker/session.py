@@ -90,6 +90,7 @@ class Session:
         "inflight",
         "next_packet_id",
         "pending_will",
+        "persistent",
         "queue",
         "queued_bytes",
         "subscriptions",
@@ -99,6 +100,8 @@ class Session:
     def __init__(self, client_id: str, expiry_interval: int) -> None:
         self.client_id = client_id
         self.expiry_interval = expiry_interval
+        # Outlives its connection (Session Expiry Interval > 0), so its state is persisted.
+        self.persistent = False
         self.client: Client | None = None
         # Keyed by the filter as sent (with any $share prefix) [MQTT-3.8.4-3].
         self.subscriptions: dict[str, SubscriptionEntry] = {}

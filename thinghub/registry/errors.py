@@ -1,0 +1,109 @@
+"""The registry's exceptions: one tree, each carrying the Alibaba business error code.
+
+The Alibaba dialect renders a ``RegistryError`` as HTTP 200 with ``Success: false``, ``Code`` and
+``ErrorMessage`` (reference §2 "Response envelope", §2.5). The subclasses group the codes by what
+went wrong so that other edges (the command line, a future AWS dialect) can map them without a
+table of strings.
+
+Where the codes come from:
+
+* reference §2.5 (``../shared/reference/alibaba-iot-api.md``), the primary source;
+* the public Alibaba error-code list ([D:87387], English mirror), for codes §2.5 abbreviates or
+  leaves out: ``iot.common.InvalidPageParams``, ``iot.prod.NullProductName``,
+  ``iot.prod.LongProductDesc``, ``iot.prod.InvalidNodeType``,
+  ``iot.prod.InvalidAliyunCommodityCode``, ``iot.device.DeviceApplyIsNotFound``,
+  ``iot.device.NullApplyId``, ``iot.device.DeviceCountExceeded``,
+  ``iot.device.NoneDeviceNameElement``, ``iot.messagebroker.NullTopicTemplateId``,
+  ``iot.messagebroker.NullTopicTemplateOperation``;
+* chosen by ThingHub where neither has one, marked "ThingHub's choice" below.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConflictError",
+    "InvalidParameterError",
+    "NotFoundError",
+    "QuotaExceededError",
+    "RegistryError",
+    "SchemaVersionError",
+]
+
+
+class RegistryError(Exception):
+    """A registry operation that was refused; nothing was changed."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class NotFoundError(RegistryError):
+    """The resource does not exist, or belongs to another account or instance (the same answer
+    either way: ARCHITECTURE.md "Tenancy")."""
+
+
+class InvalidParameterError(RegistryError):
+    """A parameter is missing, empty or malformed."""
+
+
+class ConflictError(RegistryError):
+    """The request clashes with existing state: a duplicate name, a product that still has
+    devices, an access key id held by another account."""
+
+
+class QuotaExceededError(RegistryError):
+    """A per-account or per-product count limit would be exceeded."""
+
+
+class SchemaVersionError(Exception):
+    """The registry database was written by a newer ThingHub (its ``PRAGMA user_version`` is
+    above the newest migration this build knows); opening it could corrupt it."""
+
+
+# --- Codes (reference §2.5 unless noted) -------------------------------------------------
+
+SYSTEM_EXCEPTION = "iot.system.SystemException"
+INVALID_PARAMETER = "iot.common.InvalidFormattedParameter"
+INVALID_PAGE_PARAMS = "iot.common.InvalidPageParams"  # [D:87387]
+INSTANCE_NOT_FOUND = "iot.Sre.IotInstanceNotFound"
+
+NOT_EXISTED_PRODUCT = "iot.prod.NotExistedProduct"
+NULL_PRODUCT_KEY = "iot.prod.NullProductKey"
+INVALID_PRODUCT_KEY = "iot.prod.InvalidFormattedProductkey"
+ALREADY_EXISTED_PRODUCT_NAME = "iot.prod.AlreadyExistedProductName"
+INVALID_PRODUCT_NAME = "iot.prod.InvalidFormattedProductName"
+NULL_PRODUCT_NAME = "iot.prod.NullProductName"  # [D:87387]
+PRODUCT_COUNT_EXCEED_MAX = "iot.prod.ProductCountExceedMax"
+LONG_PRODUCT_DESC = "iot.prod.LongProductDesc"  # [D:87387]
+INVALID_NODE_TYPE = "iot.prod.InvalidNodeType"  # [D:87387]
+INVALID_COMMODITY_CODE = "iot.prod.InvalidAliyunCommodityCode"  # [D:87387]
+# ThingHub's choice: neither source has a code for deleting a product that still has devices.
+PRODUCT_HAS_DEVICES = "iot.prod.ProductHasDevices"
+
+NOT_EXISTED_DEVICE = "iot.device.NotExistedDevice"
+ALREADY_EXISTED_DEVICE_NAME = "iot.device.AlreadyExistedDeviceName"
+INVALID_DEVICE_NAME = "iot.device.InvalidFormattedDeviceName"
+NULL_DEVICE_NAME = "iot.device.NullDeviceName"
+INVALID_IOT_ID = "iot.device.InvalidIoTId"
+NONE_DEVICE_NAME_ELEMENT = "iot.device.NoneDeviceNameElement"  # [D:87387]
+DEVICE_COUNT_EXCEEDED = "iot.device.DeviceCountExceeded"  # [D:87387]
+DEVICE_APPLY_NOT_FOUND = "iot.device.DeviceApplyIsNotFound"  # [D:87387]
+NULL_APPLY_ID = "iot.device.NullApplyId"  # [D:87387]
+
+NULL_TOPIC_NAME = "iot.messagebroker.NullTopicName"
+INVALID_TOPIC_NAME = "iot.messagebroker.InvalidFormattedTopicName"
+TOPIC_ALREADY_FOUND = "iot.messagebroker.TopicAlreadyFound"
+TOPIC_TEMPLATE_NOT_FOUND = "iot.messagebroker.TopicTemplateIsNotFound"
+TOPIC_TEMPLATE_COUNT_EXCEED_MAX = "iot.messagebroker.TopicTemplateCountExceedMax"
+INVALID_TOPIC_OPERATION = "iot.messagebroker.InvalidTopicTemplateOperationValue"
+NULL_TOPIC_TEMPLATE_ID = "iot.messagebroker.NullTopicTemplateId"  # [D:87387]
+NULL_TOPIC_OPERATION = "iot.messagebroker.NullTopicTemplateOperation"  # [D:87387]
+
+# ThingHub's own codes, for operations the Alibaba API does not have (accounts and access keys
+# are managed by the command line and the environment, never by the RPC API).
+NOT_EXISTED_ACCOUNT = "thinghub.NotExistedAccount"
+NOT_EXISTED_ACCESS_KEY = "InvalidAccessKeyId.NotFound"  # the gateway's code, reference §1.4
+ACCESS_KEY_IN_USE = "thinghub.AccessKeyIdInUse"
+DEVICE_DISABLED = "thinghub.DeviceDisabled"

@@ -1,0 +1,159 @@
+"""MessageIds and RequestIds (reference §5; ARCHITECTURE.md "Time and ids").
+
+MessageId
+---------
+The reference found no statement of Alibaba's algorithm, only examples that are unquoted 60-61
+bit numbers which decode sensibly as Snowflake ids (§5). ThingHub uses that layout, kept below
+2**63 so it is a positive signed 64-bit integer in every language and JSON parser that matters:
+
+    bit 63      0
+    bits 62-22  milliseconds since 2024-01-01T00:00:00Z (41 bits, about 69 years)
+    bits 21-12  node number, 0..1023 (one per hub in a future cluster)
+    bits 11-0   sequence within the millisecond, 0..4095
+
+Ids are strictly increasing within a process: when the wall clock stands still or steps back,
+the generator keeps its own millisecond and runs on from it; when the 4096 sequence numbers
+of a millisecond are used up, it moves on to the next millisecond without waiting.
+
+Unique across restarts: the generator holds a *lease*, a millisecond in the future that is
+persisted (``LeaseStore``, implemented by the registry store) before any id at or past it is
+issued. At start-up the new generator begins after the persisted lease, so every id it issues
+is above every id the previous process could have issued, even if that process was killed,
+or the clock was set back between the runs. One small write per ``lease_ms`` of issuing.
+
+RequestId
+---------
+An uppercase UUID4 string, the form the Alibaba API shows (§5).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from typing import NamedTuple, Protocol
+
+__all__ = [
+    "EPOCH_MS",
+    "MAX_NODE",
+    "LeaseStore",
+    "MemoryLeaseStore",
+    "MessageIdGenerator",
+    "MessageIdParts",
+    "decode_message_id",
+    "new_request_id",
+    "wall_clock_ms",
+]
+
+EPOCH_MS = 1_704_067_200_000  # 2024-01-01T00:00:00Z
+TIME_BITS = 41
+NODE_BITS = 10
+SEQUENCE_BITS = 12
+MAX_NODE = (1 << NODE_BITS) - 1
+MAX_SEQUENCE = (1 << SEQUENCE_BITS) - 1
+MAX_TIME = (1 << TIME_BITS) - 1
+
+
+def wall_clock_ms() -> int:
+    """The default clock: Unix time in milliseconds."""
+    return time.time_ns() // 1_000_000
+
+
+class LeaseStore(Protocol):
+    """Where the generator persists its lease (a Unix-ms time)."""
+
+    def load_id_lease(self) -> int: ...
+
+    def save_id_lease(self, lease_ms: int) -> None: ...
+
+
+class MemoryLeaseStore:
+    """A ``LeaseStore`` that forgets on restart: tests, and hubs without a data directory."""
+
+    def __init__(self, lease_ms: int = 0) -> None:
+        self.lease_ms = lease_ms
+        self.saves = 0
+
+    def load_id_lease(self) -> int:
+        return self.lease_ms
+
+    def save_id_lease(self, lease_ms: int) -> None:
+        self.lease_ms = lease_ms
+        self.saves += 1
+
+
+class MessageIdParts(NamedTuple):
+    unix_ms: int
+    node: int
+    sequence: int
+
+
+def decode_message_id(message_id: int) -> MessageIdParts:
+    """Split an id into (Unix milliseconds, node, sequence)."""
+    return MessageIdParts(
+        (message_id >> (NODE_BITS + SEQUENCE_BITS)) + EPOCH_MS,
+        (message_id >> SEQUENCE_BITS) & MAX_NODE,
+        message_id & MAX_SEQUENCE,
+    )
+
+
+class MessageIdGenerator:
+    """Thread-safe source of 63-bit, time-ordered MessageIds, unique across restarts."""
+
+    def __init__(
+        self,
+        lease_store: LeaseStore,
+        *,
+        node: int = 0,
+        clock: Callable[[], int] = wall_clock_ms,
+        lease_ms: int = 10_000,
+    ) -> None:
+        if not 0 <= node <= MAX_NODE:
+            raise ValueError(f"node must be 0..{MAX_NODE}, not {node}")
+        if lease_ms < 1:
+            raise ValueError("lease_ms must be at least 1")
+        self._store = lease_store
+        self._node = node
+        self._clock = clock
+        self._lease_step = lease_ms
+        self._lock = threading.Lock()
+        # Every id of an earlier run used a millisecond below its persisted lease, so this
+        # run starts at the lease itself (start-up bump).
+        self._last_ms = lease_store.load_id_lease() - 1
+        self._lease = self._last_ms  # nothing leased yet in this run
+        self._sequence = MAX_SEQUENCE  # forces a fresh millisecond for the first id
+
+    def next_id(self) -> int:
+        with self._lock:
+            now = self._clock()
+            if now > self._last_ms:
+                self._last_ms = now
+                self._sequence = 0
+            elif self._sequence < MAX_SEQUENCE:
+                # Same millisecond, or the clock stepped back: continue on our own time.
+                self._sequence += 1
+            else:
+                self._last_ms += 1
+                self._sequence = 0
+            if self._last_ms >= self._lease:
+                # Persist before issuing: no id at or past the old lease leaves this process
+                # until the store knows the new one.
+                lease = self._last_ms + self._lease_step
+                self._store.save_id_lease(lease)
+                self._lease = lease
+            offset = self._last_ms - EPOCH_MS
+            if not 0 <= offset <= MAX_TIME:
+                raise OverflowError(f"clock {self._last_ms} ms is outside the MessageId range")
+            return (
+                (offset << (NODE_BITS + SEQUENCE_BITS))
+                | (self._node << SEQUENCE_BITS)
+                | self._sequence
+            )
+
+    __call__ = next_id
+
+
+def new_request_id() -> str:
+    """An uppercase UUID4, e.g. ``BB71E443-4447-4024-A000-EDE09922891E`` (reference §5)."""
+    return str(uuid.uuid4()).upper()

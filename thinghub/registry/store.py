@@ -1,0 +1,240 @@
+"""The registry's SQLite file: ``registry.db`` in the data directory.
+
+Compatibility notes (the on-disk format carries a version, STYLE.md §3.14):
+
+* The schema version is ``PRAGMA user_version``. ``MIGRATIONS[i]`` takes the schema from
+  version ``i`` to ``i + 1``; all pending migrations run at open, each in its own transaction
+  together with the version bump, so a crash leaves the file at a whole version.
+* A file whose version is above ``len(MIGRATIONS)`` was written by a newer ThingHub. It is
+  refused with ``SchemaVersionError`` and left untouched: an older build cannot know what the
+  newer columns mean.
+* Migrations are append-only. Never edit one that has shipped; add the next.
+
+Durability: WAL journal with ``synchronous=FULL``, so a committed registry change (an API call
+that answered success) survives a crash or power loss (ARCHITECTURE.md "Acknowledged means
+durable"). Registry writes are rare; the cost is one fsync each.
+
+Threads: one connection guarded by a re-entrant lock. Calls are short (indexed lookups), so a
+lock is simpler than a pool and keeps the single-writer rule of SQLite explicit. ``":memory:"``
+gives a private in-memory database for tests.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from .errors import SchemaVersionError
+
+__all__ = ["FILE_NAME", "MIGRATIONS", "RegistryStore"]
+
+FILE_NAME = "registry.db"
+
+# Version 1: accounts, access keys, instances, products, devices, topic categories, batch
+# registrations, and a small key/value table for counters (the MessageId lease, ids.py).
+_V1: tuple[str, ...] = (
+    """CREATE TABLE accounts (
+        account_id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE TABLE access_keys (
+        access_key_id TEXT PRIMARY KEY,
+        secret TEXT NOT NULL,
+        account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+        enabled INTEGER NOT NULL DEFAULT 1,
+        created_at INTEGER NOT NULL,
+        description TEXT NOT NULL DEFAULT ''
+    )""",
+    "CREATE INDEX access_keys_account ON access_keys(account_id)",
+    """CREATE TABLE instances (
+        instance_id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+        name TEXT NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    """CREATE TABLE products (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        product_key TEXT NOT NULL UNIQUE,
+        account_id TEXT NOT NULL REFERENCES accounts(account_id),
+        instance_id TEXT REFERENCES instances(instance_id),
+        name TEXT NOT NULL,
+        node_type INTEGER NOT NULL,
+        data_format INTEGER NOT NULL,
+        auth_type TEXT NOT NULL,
+        description TEXT NOT NULL,
+        product_secret TEXT NOT NULL,
+        commodity_code TEXT NOT NULL,
+        net_type TEXT,
+        category_key TEXT,
+        created_at INTEGER NOT NULL,
+        UNIQUE (account_id, name)
+    )""",
+    """CREATE TABLE devices (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        iot_id TEXT NOT NULL UNIQUE,
+        product_key TEXT NOT NULL REFERENCES products(product_key),
+        device_name TEXT NOT NULL,
+        device_secret TEXT NOT NULL,
+        nickname TEXT NOT NULL DEFAULT '',
+        disabled INTEGER NOT NULL DEFAULT 0,
+        online INTEGER NOT NULL DEFAULT 0,
+        online_epoch INTEGER NOT NULL DEFAULT 0,
+        created_at INTEGER NOT NULL,
+        activated_at INTEGER,
+        last_online_at INTEGER,
+        status_changed_at INTEGER NOT NULL,
+        ip_address TEXT,
+        apply_id INTEGER,
+        UNIQUE (product_key, device_name)
+    )""",
+    "CREATE INDEX devices_apply ON devices(apply_id) WHERE apply_id IS NOT NULL",
+    """CREATE TABLE topic_categories (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        product_key TEXT NOT NULL REFERENCES products(product_key) ON DELETE CASCADE,
+        short_name TEXT NOT NULL,
+        operation TEXT NOT NULL,
+        description TEXT NOT NULL DEFAULT '',
+        created_at INTEGER NOT NULL,
+        UNIQUE (product_key, short_name)
+    )""",
+    """CREATE TABLE device_applies (
+        apply_id INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+        product_key TEXT NOT NULL,
+        count INTEGER NOT NULL,
+        created_at INTEGER NOT NULL
+    )""",
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+
+_ID_LEASE_KEY = "message_id_lease_ms"
+
+
+class RegistryStore:
+    """One SQLite connection to ``registry.db`` (or ``":memory:"``), migrated at open."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        migrations: tuple[tuple[str, ...], ...] = MIGRATIONS,
+    ) -> None:
+        self.path = str(path)
+        self._lock = threading.RLock()
+        self._depth = 0
+        self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._conn.execute("PRAGMA foreign_keys = ON")
+            self._conn.execute("PRAGMA busy_timeout = 5000")
+            if self.path != ":memory:":
+                self._conn.execute("PRAGMA journal_mode = WAL")
+            self._conn.execute("PRAGMA synchronous = FULL")
+            self._migrate(migrations)
+        except BaseException:
+            self._conn.close()
+            raise
+
+    @classmethod
+    def open(cls, data_dir: str | Path) -> RegistryStore:
+        """Open (creating if needed) ``<data_dir>/registry.db``."""
+        directory = Path(data_dir)
+        directory.mkdir(parents=True, exist_ok=True)
+        return cls(directory / FILE_NAME)
+
+    @classmethod
+    def in_memory(cls) -> RegistryStore:
+        return cls(":memory:")
+
+    def _migrate(self, migrations: tuple[tuple[str, ...], ...]) -> None:
+        version = self.schema_version
+        if version > len(migrations):
+            raise SchemaVersionError(
+                f"{self.path} has registry schema version {version}, but this ThingHub knows "
+                f"versions up to {len(migrations)}; it was written by a newer ThingHub. "
+                "Run that version, or restore a backup made by this one."
+            )
+        for target in range(version + 1, len(migrations) + 1):
+            with self.write() as conn:
+                for statement in migrations[target - 1]:
+                    conn.execute(statement)
+                # PRAGMA cannot take a parameter; target is an int we computed.
+                conn.execute(f"PRAGMA user_version = {int(target)}")
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            row = self._conn.execute("PRAGMA user_version").fetchone()
+        return int(row[0])
+
+    @contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE``), committed on success, rolled back on any
+        exception. Nested use joins the outer transaction."""
+        with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth -= 1
+                return
+            self._conn.execute("BEGIN IMMEDIATE")
+            self._depth = 1
+            try:
+                yield self._conn
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            else:
+                self._conn.execute("COMMIT")
+            finally:
+                self._depth = 0
+
+    @contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        """The connection, for reads; several statements inside see one snapshot."""
+        with self._lock:
+            if self._depth:
+                yield self._conn
+                return
+            self._conn.execute("BEGIN")
+            self._depth = 1
+            try:
+                yield self._conn
+            finally:
+                self._depth = 0
+                self._conn.execute("COMMIT")
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    # --- counters -----------------------------------------------------------------------
+
+    def get_meta(self, key: str) -> int | None:
+        with self.read() as conn:
+            row = conn.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def set_meta(self, key: str, value: int) -> None:
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                (key, value),
+            )
+
+    # The ``LeaseStore`` protocol of ids.py: the MessageId generator's time lease.
+
+    def load_id_lease(self) -> int:
+        value = self.get_meta(_ID_LEASE_KEY)
+        return 0 if value is None else value
+
+    def save_id_lease(self, lease_ms: int) -> None:
+        self.set_meta(_ID_LEASE_KEY, lease_ms)

@@ -1,0 +1,101 @@
+"""The broker's persistence interface.
+
+The broker keeps its working state in memory and reports every change that must survive a
+restart to a ``BrokerStore`` as a journal of small calls. Only *persistent* sessions (Session
+Expiry Interval > 0) are reported: a clean session ends with its connection, so nothing of it
+needs keeping. A message that goes to many persistent sessions is stored once (``save_message``)
+and referenced per session, as mosquitto's msg_store does.
+
+A durable implementation may buffer these calls and commit them in groups; ``after_commit``
+runs a callback once everything reported before it is durable. The broker acknowledges a QoS 1/2
+publish (PUBACK, PUBREC) only from such a callback, so "acknowledged" means "stored".
+
+``load()`` returns everything saved, for the broker to rebuild its state at start-up.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..message import Message
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSubscription:
+    full_filter: str
+    qos: int
+    no_local: bool = False
+    retain_as_published: bool = False
+    retain_handling: int = 0
+    subscription_id: int | None = None
+
+
+@dataclass(slots=True)
+class StoredDelivery:
+    """One message queued or in flight towards one session, in delivery order."""
+
+    message_id: int
+    qos: int
+    retain: bool
+    subscription_ids: tuple[int, ...] = ()
+    # 0 while queued; the packet identifier once sent (§4.4: resent with the same id).
+    packet_id: int = 0
+    # QoS 2: PUBREC received and PUBREL sent.
+    released: bool = False
+
+
+@dataclass(slots=True)
+class StoredSession:
+    client_id: str
+    expiry_interval: int
+    subscriptions: dict[str, StoredSubscription] = field(default_factory=dict)
+    deliveries: list[StoredDelivery] = field(default_factory=list)
+    # Inbound QoS 2 packet ids that got PUBREC and await PUBREL (§4.3.3).
+    inbound_qos2: set[int] = field(default_factory=set)
+
+
+@dataclass(slots=True)
+class StoredState:
+    sessions: dict[str, StoredSession]
+    messages: dict[int, Message]
+    retained: list[Message]
+
+
+class BrokerStore(Protocol):
+    # Sessions ---------------------------------------------------------------------
+    def save_session(self, client_id: str, expiry_interval: int) -> None: ...
+
+    def delete_session(self, client_id: str) -> None: ...
+
+    def save_subscription(self, client_id: str, subscription: StoredSubscription) -> None: ...
+
+    def delete_subscription(self, client_id: str, full_filter: str) -> None: ...
+
+    # Messages towards sessions ------------------------------------------------------
+    def save_message(self, message: Message) -> None:
+        """Store a message body once (keyed by ``message.id``) before deliveries refer to it."""
+
+    def add_delivery(self, client_id: str, delivery: StoredDelivery) -> None: ...
+
+    def set_packet_id(self, client_id: str, message_id: int, packet_id: int) -> None: ...
+
+    def set_released(self, client_id: str, packet_id: int) -> None: ...
+
+    def remove_delivery(self, client_id: str, message_id: int) -> None:
+        """The delivery is complete (acknowledged), dropped or expired. A message body that no
+        session refers to any more may be deleted."""
+
+    def set_inbound_qos2(self, client_id: str, packet_id: int, present: bool) -> None: ...
+
+    # Retained messages ----------------------------------------------------------------
+    def save_retained(self, message: Message) -> None: ...
+
+    def delete_retained(self, topic: str) -> None: ...
+
+    # Commit barrier and recovery ------------------------------------------------------
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once everything reported so far is durable."""
+
+    def load(self) -> StoredState: ...

@@ -1,0 +1,114 @@
+"""The in-memory ``BrokerStore``: keeps the journal's result in dicts. It survives a broker
+restart within one process (tests use that to prove the interface is enough to recover) but
+not the process itself. Commits are immediate."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from ..message import Message
+from .base import StoredDelivery, StoredSession, StoredState, StoredSubscription
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._sessions: dict[str, StoredSession] = {}
+        self._messages: dict[int, Message] = {}
+        self._refcounts: dict[int, int] = {}
+        self._retained: dict[str, Message] = {}
+
+    def save_session(self, client_id: str, expiry_interval: int) -> None:
+        session = self._sessions.get(client_id)
+        if session is None:
+            self._sessions[client_id] = StoredSession(client_id, expiry_interval)
+        else:
+            session.expiry_interval = expiry_interval
+
+    def delete_session(self, client_id: str) -> None:
+        session = self._sessions.pop(client_id, None)
+        if session is not None:
+            for delivery in session.deliveries:
+                self._release_message(delivery.message_id)
+
+    def save_subscription(self, client_id: str, subscription: StoredSubscription) -> None:
+        session = self._sessions.get(client_id)
+        if session is not None:
+            session.subscriptions[subscription.full_filter] = subscription
+
+    def delete_subscription(self, client_id: str, full_filter: str) -> None:
+        session = self._sessions.get(client_id)
+        if session is not None:
+            session.subscriptions.pop(full_filter, None)
+
+    def save_message(self, message: Message) -> None:
+        self._messages[message.id] = message
+
+    def add_delivery(self, client_id: str, delivery: StoredDelivery) -> None:
+        session = self._sessions.get(client_id)
+        if session is not None:
+            session.deliveries.append(delivery)
+            self._refcounts[delivery.message_id] = self._refcounts.get(delivery.message_id, 0) + 1
+
+    def _find(
+        self, client_id: str, match: Callable[[StoredDelivery], bool]
+    ) -> StoredDelivery | None:
+        session = self._sessions.get(client_id)
+        if session is None:
+            return None
+        for delivery in session.deliveries:
+            if match(delivery):
+                return delivery
+        return None
+
+    def set_packet_id(self, client_id: str, message_id: int, packet_id: int) -> None:
+        delivery = self._find(client_id, lambda d: d.message_id == message_id)
+        if delivery is not None:
+            delivery.packet_id = packet_id
+
+    def set_released(self, client_id: str, packet_id: int) -> None:
+        delivery = self._find(client_id, lambda d: d.packet_id == packet_id)
+        if delivery is not None:
+            delivery.released = True
+
+    def remove_delivery(self, client_id: str, message_id: int) -> None:
+        session = self._sessions.get(client_id)
+        if session is None:
+            return
+        for index, delivery in enumerate(session.deliveries):
+            if delivery.message_id == message_id:
+                del session.deliveries[index]
+                self._release_message(message_id)
+                return
+
+    def _release_message(self, message_id: int) -> None:
+        count = self._refcounts.get(message_id, 0) - 1
+        if count > 0:
+            self._refcounts[message_id] = count
+        else:
+            self._refcounts.pop(message_id, None)
+            self._messages.pop(message_id, None)
+
+    def set_inbound_qos2(self, client_id: str, packet_id: int, present: bool) -> None:
+        session = self._sessions.get(client_id)
+        if session is None:
+            return
+        if present:
+            session.inbound_qos2.add(packet_id)
+        else:
+            session.inbound_qos2.discard(packet_id)
+
+    def save_retained(self, message: Message) -> None:
+        self._retained[message.topic] = message
+
+    def delete_retained(self, topic: str) -> None:
+        self._retained.pop(topic, None)
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        callback()
+
+    def load(self) -> StoredState:
+        return StoredState(
+            sessions=dict(self._sessions),
+            messages=dict(self._messages),
+            retained=list(self._retained.values()),
+        )
