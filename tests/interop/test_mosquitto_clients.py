@@ -16,7 +16,8 @@ import pytest
 from pahoclient import unique
 
 pytestmark = pytest.mark.skipif(
-    shutil.which("mosquitto_sub") is None, reason="mosquitto-clients is not installed"
+    shutil.which("mosquitto_sub") is None or shutil.which("stdbuf") is None,
+    reason="mosquitto-clients (or coreutils stdbuf) is not installed",
 )
 
 VERSIONS = {4: "mqttv311", 5: "mqttv5"}
@@ -27,7 +28,18 @@ class Sub:
     """A running mosquitto_sub; messages are its output lines that start with MSG|."""
 
     def __init__(self, hub, version: int, *args: str, count: int = 1, timeout: int = 10):
-        cmd = ["mosquitto_sub", "-h", hub.host, "-p", str(hub.port), "-V", VERSIONS[version]]
+        # stdbuf: line-buffered stdout, so the SUBACK line arrives when it happens.
+        cmd = [
+            "stdbuf",
+            "-oL",
+            "mosquitto_sub",
+            "-h",
+            hub.host,
+            "-p",
+            str(hub.port),
+            "-V",
+            VERSIONS[version],
+        ]
         cmd += ["-d", "-F", FORMAT, "-C", str(count), "-W", str(timeout), *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         self.lines: list[str] = []
@@ -140,8 +152,16 @@ def test_mosquitto_clients_will(hub, mosquitto_sub, version):
     watcher = mosquitto_sub(version, "-t", t, "-q", "1")
     watcher.wait_subscribed()
     dying = mosquitto_sub(
-        version, "-t", unique(), "--will-topic", t, "--will-payload", "cli will",
-        "--will-qos", "1", timeout=30,
+        version,
+        "-t",
+        unique(),
+        "--will-topic",
+        t,
+        "--will-payload",
+        "cli will",
+        "--will-qos",
+        "1",
+        timeout=30,
     )
     dying.wait_subscribed()
     dying.kill()  # SIGKILL: the socket closes without DISCONNECT
@@ -152,8 +172,9 @@ def test_mosquitto_clients_v5_user_property(hub, mosquitto_sub):
     t = unique("cli")
     sub = mosquitto_sub(5, "-t", t, "-q", "1", "-F", "MSG|%t|%q|%r|%p|%P")
     sub.wait_subscribed()
-    mosquitto_pub(hub, 5, "-t", t, "-m", "x", "-q", "1", "-D", "publish", "user-property",
-                  "colour", "blue")
+    mosquitto_pub(
+        hub, 5, "-t", t, "-m", "x", "-q", "1", "-D", "publish", "user-property", "colour", "blue"
+    )
     started = time.monotonic()
     (topic, qos, retain, rest) = sub.messages()[0]
     assert time.monotonic() - started < 15

@@ -29,15 +29,22 @@ def test_paho_publish_helper_and_retained(client, hub, version):
     t = unique("paho")
     protocol = 5 if version == 5 else 4
     paho_publish.single(
-        t, b"retained via helper", qos=1, retain=True, hostname=hub.host, port=hub.port,
-        client_id=unique(), protocol=protocol,
+        t,
+        b"retained via helper",
+        qos=1,
+        retain=True,
+        hostname=hub.host,
+        port=hub.port,
+        client_id=unique(),
+        protocol=protocol,
     )
     sub = client(version)
     sub.subscribe(t, 1)
     msg = sub.expect_message()
     assert (msg.payload, msg.retain, msg.qos) == (b"retained via helper", True, 1)
-    paho_publish.single(t, b"", qos=1, retain=True, hostname=hub.host, port=hub.port,
-                        protocol=protocol)
+    paho_publish.single(
+        t, b"", qos=1, retain=True, hostname=hub.host, port=hub.port, protocol=protocol
+    )
 
 
 def test_paho_will(client, version):
@@ -68,8 +75,13 @@ def test_paho_v5_properties_round_trip(client):
     sub = client(5)
     sub.subscribe(t, 1, subscription_id=7)
     client(5).publish(
-        t, b"{}", 1, ContentType="application/json", ResponseTopic=f"{t}/r",
-        UserProperty=[("a", "b")], MessageExpiryInterval=120,
+        t,
+        b"{}",
+        1,
+        ContentType="application/json",
+        ResponseTopic=f"{t}/r",
+        UserProperty=[("a", "b")],
+        MessageExpiryInterval=120,
     )
     msg = sub.expect_message()
     assert msg.properties["ContentType"] == "application/json"

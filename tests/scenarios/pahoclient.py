@@ -92,32 +92,40 @@ class Client:
         self._connect_props: dict[str, Any] = dict(connect_properties or {})
         if session_expiry is not None:
             self._connect_props["SessionExpiryInterval"] = session_expiry
-        protocol = paho.MQTTv5 if version == 5 else paho.MQTTv311
-        self.paho = paho.Client(
+        self._transport = transport
+        self._will = will
+        self._will_properties = will_properties
+        self.paho = self._new_paho()
+        self._started = False
+        self._used = False
+
+    def _new_paho(self, clean: bool | None = None) -> paho.Client:
+        """One paho client per network connection (paho leaks sockets when reused)."""
+        protocol = paho.MQTTv5 if self.version == 5 else paho.MQTTv311
+        c = paho.Client(
             paho.CallbackAPIVersion.VERSION2,
             client_id=self.client_id,
             protocol=protocol,
-            transport=transport,
-            clean_session=None if version == 5 else clean,
+            transport=self._transport,
+            clean_session=None if self.version == 5 else (self._clean if clean is None else clean),
         )
-        if transport == "websockets":
-            self.paho.ws_set_options(path=hub.ws_path)
+        if self._transport == "websockets":
+            c.ws_set_options(path=self.hub.ws_path)
         # Reconnection is a test's decision, never paho's.
-        self.paho.reconnect_delay_set(60, 60)
-        if will is not None:
-            topic, payload, qos, retain = will
-            wp = props(PacketTypes.WILLMESSAGE, **(will_properties or {}))
-            self.paho.will_set(
-                topic, payload, qos, retain, properties=wp if will_properties else None
+        c.reconnect_delay_set(60, 60)
+        if self._will is not None:
+            topic, payload, qos, retain = self._will
+            wp = props(PacketTypes.WILLMESSAGE, **(self._will_properties or {}))
+            c.will_set(
+                topic, payload, qos, retain, properties=wp if self._will_properties else None
             )
-        self.paho.on_connect = self._on_connect
-        self.paho.on_message = self._on_message
-        self.paho.on_subscribe = self._on_subscribe
-        self.paho.on_unsubscribe = self._on_unsubscribe
-        self.paho.on_publish = self._on_publish
-        self.paho.on_disconnect = self._on_disconnect
-        self._started = False
-        self._transport = transport
+        c.on_connect = self._on_connect
+        c.on_message = self._on_message
+        c.on_subscribe = self._on_subscribe
+        c.on_unsubscribe = self._on_unsubscribe
+        c.on_publish = self._on_publish
+        c.on_disconnect = self._on_disconnect
+        return c
 
     # -- callbacks (paho's thread) --
     def _on_connect(self, c: Any, u: Any, flags: Any, rc: ReasonCode, properties: Any) -> None:
@@ -152,7 +160,14 @@ class Client:
             kwargs["clean_start"] = clean
             if self._connect_props:
                 kwargs["properties"] = props(PacketTypes.CONNECT, **self._connect_props)
-        self._stop_loop()  # a loop left over from a dropped connection
+        if self._used or (self.version == 4 and clean != self._clean):
+            self._stop_loop()  # a loop left over from a dropped connection
+            self.paho = self._new_paho(clean)
+            # Packet identifiers restart at 1: forget the old connection's acknowledgements.
+            self._subacks.clear()
+            self._unsubacks.clear()
+            self._pubacks.clear()
+        self._used = True
         self.paho.connect(self.hub.host, self.hub.port_for(self._transport), **kwargs)
         self.paho.loop_start()
         self._started = True

@@ -379,11 +379,10 @@ def decode(ptype: int, flags: int, body: bytes, version: int) -> Packet:
         if v5:
             pkt.properties = r.properties()
         pkt.reasons = list(r.take(r.remaining()))
-    elif ptype in (DISCONNECT, AUTH):
+    elif ptype in (DISCONNECT, AUTH) and r.remaining():
+        pkt.reason = r.u8()
         if r.remaining():
-            pkt.reason = r.u8()
-            if r.remaining():
-                pkt.properties = r.properties()
+            pkt.properties = r.properties()
     return pkt
 
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import time
 
-import pytest
 import rawmqtt
 from pahoclient import unique
 from rawmqtt import Will

@@ -32,8 +32,10 @@ AFTER_CONNECT = {
         "1.5.5: at most 4 bytes",
     ),
     "subscribe-with-reserved-flags-0": (
-        lambda v: rawmqtt.subscribe(1, unique(), v)[:1].replace(b"\x82", b"\x80")
-        + rawmqtt.subscribe(1, unique(), v)[1:],
+        lambda v: (
+            rawmqtt.subscribe(1, unique(), v)[:1].replace(b"\x82", b"\x80")
+            + rawmqtt.subscribe(1, unique(), v)[1:]
+        ),
         MALFORMED,
         "MQTT-3.8.1-1 / 2.1.3",
     ),
