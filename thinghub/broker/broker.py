@@ -96,7 +96,12 @@ class Broker:
             # A new connection with a Will Delay resumes this session, so the old will waits
             # for the delay (and is then cancelled on resume) [MQTT-3.1.3-9]... unless the new
             # connection starts clean, which ends the session and sends the will at once.
-            old.taken_over(publish_will=clean_start)
+            old.taken_over(publish_will=clean_start or session.expiry_interval == 0)
+            if session.expiry_interval == 0:
+                # The old connection is closed, and a session with expiry 0 ends with it
+                # (§3.1.2.11.2; 3.1.1 [MQTT-3.1.2-6]): the new connection does not resume it.
+                self.end_session(session)
+                session = None
         if session is not None:
             session.cancel_timers()
             if clean_start:
@@ -410,7 +415,7 @@ class Broker:
                 self.store_writes += 1
                 self.store.set_packet_id(session.client_id, out.message.id, out.packet_id)
             inflight[out.packet_id] = out
-            client.send_publish(out, False)
+            client.send_publish(out, out.dup)
 
     # ------------------------------------------------------------------ retained
 

@@ -178,10 +178,11 @@ class Client:
         message = out.message
         is_v5 = self.is_v5
         qos = out.qos
+        new_alias: str | None = None
         if is_v5 and (
             out.subscription_ids or message.expires_at is not None or self.alias_maximum_out
         ):
-            data = self._encode_custom(out, dup)
+            data, new_alias = self._encode_custom(out, dup)
         else:
             key = (is_v5, qos, out.retain)
             cached = message.encoded.get(key) if not dup else None
@@ -211,10 +212,15 @@ class Client:
                 del session.inflight[out.packet_id]
                 self.broker.delivery_done(session, out)
             return
+        if new_alias is not None:
+            # Only a packet that is really sent establishes an alias (§3.3.2.3.4).
+            self._aliases_out[new_alias] = len(self._aliases_out) + 1
         self.broker.stats.messages_delivered += 1
         self.link.write(data)
 
-    def _encode_custom(self, out: Outgoing, dup: bool) -> bytes:
+    def _encode_custom(self, out: Outgoing, dup: bool) -> tuple[bytes, str | None]:
+        """Encode with this client's own properties; also returns a topic that this packet
+        would give a new alias to (recorded by the caller once the packet is sent)."""
         message = out.message
         props = message.properties
         topic = message.topic
@@ -223,18 +229,18 @@ class Client:
             changes["subscription_identifiers"] = out.subscription_ids
         if message.expires_at is not None:
             changes["message_expiry_interval"] = message.remaining_expiry(self.broker.clock.time())
+        new_alias: str | None = None
         if self.alias_maximum_out:
             alias = self._aliases_out.get(topic)
             if alias is not None:
                 changes["topic_alias"] = alias
                 topic = ""
             elif len(self._aliases_out) < self.alias_maximum_out:
-                alias = len(self._aliases_out) + 1
-                self._aliases_out[topic] = alias
-                changes["topic_alias"] = alias
+                changes["topic_alias"] = len(self._aliases_out) + 1
+                new_alias = topic
         if changes:
             props = replace(props, **changes)  # type: ignore[arg-type]
-        return codec.encode_publish(
+        data = codec.encode_publish(
             topic,
             message.payload,
             out.qos,
@@ -244,6 +250,7 @@ class Client:
             codec.encode_properties(props),
             self.version,
         )
+        return data, new_alias
 
     # ------------------------------------------------------------------ errors and closing
 
@@ -455,9 +462,28 @@ class Client:
         self._resume(session)
 
     def _resume(self, session: Session) -> None:
-        """Resend what was in flight, in order, with DUP set (§4.4), then the queue."""
+        """Resend what was in flight, in order, with DUP set and the same packet ids (§4.4),
+        then the queue. The new connection's Receive Maximum may be smaller than what was in
+        flight [MQTT-3.3.4-9]: the excess goes back to the head of the queue and is sent, with
+        DUP, as acknowledgements make room."""
         now = self.broker.clock.time()
-        for packet_id, out in list(session.inflight.items()):
+        entries = list(session.inflight.items())
+        if len(entries) > self.window:
+            excess = entries[self.window :]
+            entries = entries[: self.window]
+            for packet_id, out in reversed(excess):
+                del session.inflight[packet_id]
+                if out.released:
+                    # A PUBREL carries no payload and does not count against the window in
+                    # spirit, but does in letter (§4.9); keep it in flight and resend it.
+                    session.inflight[packet_id] = out
+                    entries.append((packet_id, out))
+                    continue
+                out.packet_id = 0
+                out.dup = True
+                session.queue.appendleft(out)
+                session.queued_bytes += out.size
+        for packet_id, out in entries:
             if self.closed:
                 return
             if out.released:

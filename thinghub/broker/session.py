@@ -73,6 +73,8 @@ class Outgoing:
     packet_id: int = 0
     # QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited (§4.3.3).
     released: bool = False
+    # Sent before, on an earlier connection: the next send carries DUP=1 (§3.3.1.1).
+    dup: bool = False
 
     @property
     def size(self) -> int:

@@ -1,0 +1,479 @@
+"""AWS Signature Version 4 for the iot-data plane, checked without a web framework.
+
+Theory of operation
+-------------------
+botocore signs ``iot-data`` with the plain (non-S3) ``SigV4Auth`` (reference
+``aws-iot-data-api.md`` §4; botocore ``auth.py``).  The canonical request is::
+
+    METHOD
+    quote(remove_dot_segments(raw_path), safe="/~")     <- the path *as sent*, encoded again
+    sorted k=v of the query, each re-encoded with quote(safe="-_.~")
+    name:value\\n for each SignedHeader (values trimmed, inner whitespace collapsed)
+    (blank line)
+    SignedHeaders
+    x-amz-content-sha256 if present, else hex(SHA-256(body))
+
+The path is double-encoded because botocore serialises the topic label with ``%2F`` for ``/``
+and then ``SigV4Auth._normalize_url_path`` quotes the already-encoded path once more
+(``/topics/a%2Fb`` is signed as ``/topics/a%252Fb``).  So the path must be taken raw from the
+request line: decoding it first would confuse ``%2F`` with ``/``.
+
+``StringToSign = "AWS4-HMAC-SHA256\\n" + amzdate + "\\n" + date/region/service/aws4_request + "\\n"
++ hex(SHA-256(canonical request))``; the key is HMAC-chained from ``"AWS4" + secret`` over
+date, region, service and ``aws4_request``.  boto3 signs with service ``iotdata``; AWS's docs
+say ``iotdevicegateway``: both are accepted, with any region.  The timestamp comes from
+``X-Amz-Date`` (or ``Date``, which botocore uses instead when the caller set one) and may be at
+most 15 minutes off.  Signatures are compared in constant time.
+
+Errors: AWS IoT answers authentication failures on the data endpoint with HTTP 403, and boto3
+users see ``ForbiddenException`` (the only modelled 403 shape of ``iot-data``), with AWS's usual
+SigV4 messages.  :class:`SigV4Error` carries status, ``x-amzn-ErrorType`` and message, plus
+``reason``, AWS's generic code for the failure (``InvalidSignatureException`` ...), for logs.
+
+Use::
+
+    parsed = parse(WireRequest(method, raw_path, query_pairs, headers, body))  # may raise
+    key = registry.key(parsed.access_key_id)                                  # sync or async
+    ok = verify(parsed, key)                                                  # -> Verified
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+import time
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import Generic, Protocol, TypeVar
+from urllib.parse import quote, unquote
+
+__all__ = [
+    "ALGORITHM",
+    "MAX_SKEW_S",
+    "SERVICES",
+    "AccessKey",
+    "SigV4Error",
+    "SigV4Request",
+    "Verified",
+    "WireRequest",
+    "authenticate",
+    "canonical_query",
+    "canonical_request",
+    "canonical_uri",
+    "parse",
+    "signature",
+    "split_target",
+    "string_to_sign",
+    "verify",
+]
+
+ALGORITHM = "AWS4-HMAC-SHA256"
+MAX_SKEW_S = 15 * 60
+SERVICES: frozenset[str] = frozenset({"iotdata", "iotdevicegateway"})
+TERMINATOR = "aws4_request"
+UNSIGNED_PAYLOAD = "UNSIGNED-PAYLOAD"
+
+_UNRESERVED = re.compile(r"[A-Za-z0-9\-_.~]*")
+_AMZ_DATE = re.compile(r"\d{8}T\d{6}Z")
+_HEX_SHA256 = re.compile(r"[0-9a-fA-F]{64}")
+_AMZ_FORMAT = "%Y%m%dT%H%M%SZ"
+
+# --------------------------------------------------------------------------- errors
+
+MISMATCH_MESSAGE = (
+    "The request signature we calculated does not match the signature you provided. "
+    "Check your AWS Secret Access Key and signing method. "
+    "Consult the service documentation for details."
+)
+INVALID_TOKEN_MESSAGE = "The security token included in the request is invalid."
+MISSING_TOKEN_MESSAGE = "Missing Authentication Token"
+
+
+class SigV4Error(Exception):
+    """An authentication failure, with what the iot-data error response needs.
+
+    Render as ``status`` with headers ``x-amzn-ErrorType: error_type`` and a JSON body
+    ``{"message": message, "traceId": ...}``.
+    """
+
+    def __init__(
+        self,
+        reason: str,
+        message: str,
+        *,
+        status: int = 403,
+        error_type: str = "ForbiddenException",
+        canonical_request: str | None = None,
+        string_to_sign: str | None = None,
+    ) -> None:
+        super().__init__(f"{reason}: {message}")
+        self.reason = reason
+        self.message = message
+        self.status = status
+        self.error_type = error_type
+        self.canonical_request = canonical_request
+        self.string_to_sign = string_to_sign
+
+
+def _incomplete(message: str) -> SigV4Error:
+    return SigV4Error("IncompleteSignatureException", message)
+
+
+def _invalid(message: str) -> SigV4Error:
+    return SigV4Error("InvalidSignatureException", message)
+
+
+# --------------------------------------------------------------------------- request model
+
+
+@dataclass(frozen=True, slots=True)
+class WireRequest:
+    """What arrived, framework-neutral.
+
+    ``raw_path`` is the path exactly as on the request line (still percent-encoded); ``query``
+    holds the decoded query pairs (:func:`split_target` makes both from a raw request target);
+    ``headers`` is a mapping (a case-insensitive multidict is fine: all of its ``items()`` are
+    read) or a list of pairs.
+    """
+
+    method: str
+    raw_path: str
+    query: Sequence[tuple[str, str]]
+    headers: Mapping[str, str] | Iterable[tuple[str, str]]
+    body: bytes = b""
+
+
+def split_target(raw_target: str) -> tuple[str, list[tuple[str, str]]]:
+    """Split a raw request target into the raw path and decoded query pairs.
+
+    RFC 3986 decoding: ``+`` stays ``+`` (botocore always writes a space as ``%20``)."""
+    path, _, query = raw_target.partition("?")
+    pairs: list[tuple[str, str]] = []
+    for part in query.split("&"):
+        if part:
+            name, _, value = part.partition("=")
+            pairs.append((unquote(name), unquote(value)))
+    return path, pairs
+
+
+def _header_map(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, list[str]]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    out: dict[str, list[str]] = {}
+    for name, value in items:
+        out.setdefault(name.lower(), []).append(value)
+    return out
+
+
+@dataclass(frozen=True, slots=True)
+class SigV4Request:
+    """The parsed ``Authorization`` header and date of a request; nothing verified yet."""
+
+    wire: WireRequest
+    headers: dict[str, list[str]]
+    access_key_id: str
+    scope_date: str
+    region: str
+    service: str
+    terminator: str
+    signed_headers: tuple[str, ...]
+    signature: str
+    #: the request time in ISO-8601 basic format, from X-Amz-Date or Date
+    amz_date: str
+
+
+def parse(wire: WireRequest) -> SigV4Request:
+    """Parse the Authorization header; raises :class:`SigV4Error` if it is absent or malformed."""
+    headers = _header_map(wire.headers)
+    authorization = (headers.get("authorization") or [""])[0].strip()
+    if not authorization:
+        raise SigV4Error("MissingAuthenticationTokenException", MISSING_TOKEN_MESSAGE)
+    algorithm, _, rest = authorization.partition(" ")
+    if algorithm != ALGORITHM:
+        raise _incomplete(
+            f"Unsupported authorization type {algorithm!r}: only {ALGORITHM} is accepted."
+        )
+    fields: dict[str, str] = {}
+    for part in rest.split(","):
+        name, sep, value = part.strip().partition("=")
+        if sep:
+            fields[name.strip()] = value.strip()
+    problems = [
+        f"Authorization header requires '{name}' parameter."
+        for name in ("Credential", "Signature", "SignedHeaders")
+        if not fields.get(name)
+    ]
+    date_header = (headers.get("x-amz-date") or headers.get("date") or [""])[0].strip()
+    if not date_header:
+        problems.append(
+            "Authorization header requires existence of either a 'X-Amz-Date' or a 'Date' header."
+        )
+    if problems:
+        raise _incomplete(" ".join([*problems, f"Authorization={authorization}"]))
+    credential = fields["Credential"]
+    scope = credential.split("/")
+    if len(scope) != 5:
+        raise _incomplete(
+            "Credential must have exactly 5 slash-delimited elements, "
+            f"e.g. keyid/date/region/service/term, got '{credential}'"
+        )
+    signed = tuple(name.strip().lower() for name in fields["SignedHeaders"].split(";"))
+    return SigV4Request(
+        wire=wire,
+        headers=headers,
+        access_key_id=scope[0],
+        scope_date=scope[1],
+        region=scope[2],
+        service=scope[3],
+        terminator=scope[4],
+        signed_headers=signed,
+        signature=fields["Signature"],
+        amz_date=_amz_date(headers),
+    )
+
+
+def _amz_date(headers: dict[str, list[str]]) -> str:
+    if "x-amz-date" in headers:
+        value = headers["x-amz-date"][0].strip()
+        if _AMZ_DATE.fullmatch(value) is None:
+            raise _bad_date(value)
+        return value
+    value = headers["date"][0].strip()
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        raise _bad_date(value) from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).strftime(_AMZ_FORMAT)
+
+
+def _bad_date(value: str) -> SigV4Error:
+    return _incomplete(
+        f"Date must be in ISO-8601 'basic format'. Got '{value}'. "
+        "See http://en.wikipedia.org/wiki/ISO_8601"
+    )
+
+
+# --------------------------------------------------------------------------- the algorithm
+
+
+def canonical_uri(raw_path: str) -> str:
+    """botocore's ``quote(remove_dot_segments(path), safe="/~")`` of the path as sent."""
+    if not raw_path:
+        return "/"
+    kept: list[str] = []
+    for segment in raw_path.split("/"):
+        if segment == "..":
+            if kept:
+                kept.pop()
+        elif segment and segment != ".":
+            kept.append(segment)
+    path = ("/" if raw_path.startswith("/") else "") + "/".join(kept)
+    if raw_path.endswith("/") and kept:
+        path += "/"
+    return quote(path, safe="/~")
+
+
+def _encode(value: str) -> str:
+    # Most names and values are plain tokens: skip urllib's byte-by-byte loop for them.
+    if _UNRESERVED.fullmatch(value):
+        return value
+    return quote(value, safe="-_.~")
+
+
+def canonical_query(query: Iterable[tuple[str, str]], *, exclude: str | None = None) -> str:
+    encoded = sorted((_encode(name), _encode(value)) for name, value in query if name != exclude)
+    return "&".join(f"{name}={value}" for name, value in encoded)
+
+
+def canonical_request(
+    method: str,
+    raw_path: str,
+    query: Iterable[tuple[str, str]],
+    headers: Mapping[str, Sequence[str]],
+    signed_headers: Sequence[str],
+    payload_hash: str,
+) -> str:
+    """The SigV4 canonical request; ``headers`` maps lower-case names to their values."""
+    lines = "".join(
+        f"{name}:{','.join(' '.join(v.split()) for v in headers.get(name, ()))}\n"
+        for name in signed_headers
+    )
+    return "\n".join(
+        (
+            method.upper(),
+            canonical_uri(raw_path),
+            canonical_query(query),
+            lines,
+            ";".join(signed_headers),
+            payload_hash,
+        )
+    )
+
+
+def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
+    digest = hashlib.sha256(canonical.encode()).hexdigest()
+    return f"{ALGORITHM}\n{amz_date}\n{scope}\n{digest}"
+
+
+def signature(secret: str, scope_date: str, region: str, service: str, to_sign: str) -> str:
+    key = f"AWS4{secret}".encode()
+    for part in (scope_date, region, service, TERMINATOR):
+        key = hmac.new(key, part.encode(), hashlib.sha256).digest()
+    return hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+
+
+# --------------------------------------------------------------------------- verification
+
+
+class AccessKey(Protocol):
+    """What verify() needs from the registry's access-key record."""
+
+    @property
+    def secret(self) -> str: ...
+
+    @property
+    def enabled(self) -> bool: ...
+
+
+K = TypeVar("K", bound=AccessKey)
+
+
+@dataclass(frozen=True, slots=True)
+class Verified(Generic[K]):
+    request: SigV4Request
+    key: K
+    #: seconds since the epoch, from the signed date
+    timestamp: float
+
+    @property
+    def access_key_id(self) -> str:
+        return self.request.access_key_id
+
+    @property
+    def region(self) -> str:
+        return self.request.region
+
+    @property
+    def query(self) -> Sequence[tuple[str, str]]:
+        return self.request.wire.query
+
+
+def verify(
+    parsed: SigV4Request,
+    key: K | None,
+    *,
+    now: float | None = None,
+    max_skew_s: float = MAX_SKEW_S,
+    services: Collection[str] = SERVICES,
+    allow_unsigned_payload: bool = False,
+) -> Verified[K]:
+    """Check a parsed request against ``key`` (None when the access key id is unknown).
+
+    Order: credential scope, signed headers, the key, the clock, the body hash, the signature.
+    """
+    current = time.time() if now is None else now
+    if parsed.terminator != TERMINATOR:
+        raise _invalid(
+            f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
+            f"not '{parsed.terminator}'."
+        )
+    if parsed.service not in services:
+        expected = "iotdata" if "iotdata" in services else min(services)
+        raise _invalid(f"Credential should be scoped to correct service: '{expected}'. ")
+    if not parsed.region:
+        raise _invalid(f"Credential should be scoped to a valid region, not '{parsed.region}'. ")
+    if parsed.scope_date != parsed.amz_date[:8]:
+        raise _invalid(
+            "Date in Credential scope does not match YYYYMMDD from ISO-8601 version of date "
+            f"from HTTP: '{parsed.scope_date}' != '{parsed.amz_date[:8]}', "
+            f"from '{parsed.amz_date}'."
+        )
+    if "host" not in parsed.signed_headers:
+        raise _incomplete(
+            "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
+        )
+    if key is None or not key.enabled:
+        raise SigV4Error("UnrecognizedClientException", INVALID_TOKEN_MESSAGE)
+    timestamp = _check_clock(parsed.amz_date, current, max_skew_s)
+    payload_hash = _payload_hash(parsed, allow_unsigned_payload)
+    canonical = canonical_request(
+        parsed.wire.method,
+        parsed.wire.raw_path,
+        parsed.wire.query,
+        parsed.headers,
+        parsed.signed_headers,
+        payload_hash,
+    )
+    scope = f"{parsed.scope_date}/{parsed.region}/{parsed.service}/{TERMINATOR}"
+    to_sign = string_to_sign(parsed.amz_date, scope, canonical)
+    expected = signature(key.secret, parsed.scope_date, parsed.region, parsed.service, to_sign)
+    if not hmac.compare_digest(expected.encode(), parsed.signature.encode()):
+        raise SigV4Error(
+            "InvalidSignatureException",
+            f"{MISMATCH_MESSAGE}\n\nThe Canonical String for this request should have been\n"
+            f"'{canonical}'\n\nThe String-to-Sign should have been\n'{to_sign}'\n",
+            canonical_request=canonical,
+            string_to_sign=to_sign,
+        )
+    return Verified(request=parsed, key=key, timestamp=timestamp)
+
+
+def authenticate(
+    wire: WireRequest,
+    lookup: Callable[[str], K | None],
+    *,
+    now: float | None = None,
+    max_skew_s: float = MAX_SKEW_S,
+    services: Collection[str] = SERVICES,
+) -> Verified[K]:
+    """parse() + lookup + verify() for a synchronous key lookup."""
+    parsed = parse(wire)
+    return verify(
+        parsed, lookup(parsed.access_key_id), now=now, max_skew_s=max_skew_s, services=services
+    )
+
+
+def _check_clock(amz_date: str, now: float, max_skew_s: float) -> float:
+    try:
+        moment = datetime.strptime(amz_date, _AMZ_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise _bad_date(amz_date) from None
+    timestamp = moment.timestamp()
+    minutes = f"{max_skew_s / 60:g} min."
+    if timestamp < now - max_skew_s:
+        raise SigV4Error(
+            "InvalidSignatureException",
+            f"Signature expired: {amz_date} is now earlier than "
+            f"{_format(now - max_skew_s)} ({_format(now)} - {minutes})",
+        )
+    if timestamp > now + max_skew_s:
+        raise SigV4Error(
+            "InvalidSignatureException",
+            f"Signature not yet current: {amz_date} is still later than "
+            f"{_format(now + max_skew_s)} ({_format(now)} + {minutes})",
+        )
+    return timestamp
+
+
+def _format(moment: float) -> str:
+    return datetime.fromtimestamp(moment, UTC).strftime(_AMZ_FORMAT)
+
+
+def _payload_hash(parsed: SigV4Request, allow_unsigned: bool) -> str:
+    actual = hashlib.sha256(parsed.wire.body).hexdigest()
+    declared_values = parsed.headers.get("x-amz-content-sha256")
+    if not declared_values:
+        return actual
+    declared = declared_values[0].strip()
+    if declared == UNSIGNED_PAYLOAD and allow_unsigned:
+        return declared
+    if _HEX_SHA256.fullmatch(declared) is None or declared.lower() != actual:
+        raise SigV4Error(
+            "XAmzContentSHA256Mismatch",
+            "The provided 'x-amz-content-sha256' header does not match what was computed.",
+        )
+    return declared
