@@ -26,6 +26,8 @@ class Message:
     id: int = 0
     # True once a BrokerStore holds this message's body.
     stored: bool = False
+    # The account whose topic space the message lives in; "" is the default account.
+    account: str = ""
     # Who sent it: an MQTT client id, or "http:<dialect>:<principal>".
     origin: str = ""
     # Message Expiry Interval in seconds as given by the publisher (§3.3.2.3.3); the broker

@@ -20,6 +20,8 @@ class Decision:
     allowed: bool
     reason_code: ReasonCode = ReasonCode.SUCCESS
     reason: str = ""
+    # For an accepted CONNECT: the account (topic space) the client belongs to.
+    account: str = ""
 
     @staticmethod
     def allow() -> Decision:

@@ -25,16 +25,11 @@ from ..store.memory import MemoryStore
 from ..topics import parse_shared
 from .auth import AllowAnonymous, Authenticator, Authorizer, DenyList, RequireCredentials
 from .client import Client, Link
-from .retained import RetainedIndex
 from .session import Outgoing, Session, SharedGroup, SubscriptionEntry, TimerHandle
+from .space import TopicSpace, TrieKey, TrieValue
 from .stats import Stats
-from .subtrie import SubscriptionTrie
 
 log = logging.getLogger("thinghub.broker")
-
-# Trie keys: a session's client id, or ("$share", group) for a shared group.
-TrieKey = str | tuple[str, str]
-TrieValue = SubscriptionEntry | SharedGroup
 
 
 class Clock(Protocol):
@@ -70,13 +65,17 @@ class Broker:
         if authorizer is None and (settings.deny_publish or settings.deny_subscribe):
             authorizer = DenyList(settings.deny_publish, settings.deny_subscribe)
         self.authorizer = authorizer
+        # Sessions by Session.key (account and client id).
         self.sessions: dict[str, Session] = {}
         self.clients: set[Client] = set()
-        self.subscriptions: SubscriptionTrie[TrieKey, TrieValue] = SubscriptionTrie()
-        self.retained: RetainedIndex[Message] = RetainedIndex()
-        self._retained_full_logged = False
-        # Shared groups by (group, filter), the same objects the trie holds.
-        self._groups: dict[tuple[str, str], SharedGroup] = {}
+        # One topic space per account: nothing crosses accounts (see space.py).
+        self.spaces: dict[str, TopicSpace] = {}
+
+    def space(self, account: str) -> TopicSpace:
+        space = self.spaces.get(account)
+        if space is None:
+            space = self.spaces[account] = TopicSpace(account)
+        return space
 
     # ------------------------------------------------------------------ connections
 
@@ -90,7 +89,8 @@ class Broker:
         """Attach ``client`` to its session (§3.1.2.4), taking over any live connection.
         Returns the session and the Session Present flag."""
         client_id = client.client_id
-        session = self.sessions.get(client_id)
+        key = session_key(client.account, client_id)
+        session = self.sessions.get(key)
         if session is not None and session.client is not None:
             old = session.client
             # A new connection with a Will Delay resumes this session, so the old will waits
@@ -112,8 +112,8 @@ class Broker:
                 session.pending_will = None
         present = session is not None
         if session is None:
-            session = Session(client_id, expiry)
-            self.sessions[client_id] = session
+            session = Session(client_id, expiry, client.account)
+            self.sessions[key] = session
         self.set_session_expiry(session, expiry)
         session.client = client
         return session, present
@@ -125,14 +125,14 @@ class Broker:
         session.persistent = expiry > 0
         if session.persistent:
             self.store_writes += 1
-            self.store.save_session(session.client_id, expiry)
+            self.store.save_session(session.key, expiry)
             if not was_persistent:
                 # Becoming persistent mid-session: record what it already has.
                 for entry in session.subscriptions.values():
-                    self.store.save_subscription(session.client_id, _stored(entry))
+                    self.store.save_subscription(session.key, _stored(entry))
         elif was_persistent:
             self.store_writes += 1
-            self.store.delete_session(session.client_id)
+            self.store.delete_session(session.key)
 
     def close_session(self, session: Session, will: Message | None, will_delay: int) -> None:
         """The session's connection is gone: start its expiry clock and schedule its will."""
@@ -158,7 +158,7 @@ class Broker:
 
     def _session_expired(self, session: Session) -> None:
         session.expiry_timer = None
-        if self.sessions.get(session.client_id) is session and session.client is None:
+        if self.sessions.get(session.key) is session and session.client is None:
             self.end_session(session)
 
     def end_session(self, session: Session) -> None:
@@ -176,12 +176,13 @@ class Broker:
         session.queue.clear()
         session.queued_bytes = 0
         session.inflight.clear()
-        if self.sessions.get(session.client_id) is session:
-            del self.sessions[session.client_id]
+        session.resend.clear()
+        if self.sessions.get(session.key) is session:
+            del self.sessions[session.key]
         if session.persistent:
             session.persistent = False
             self.store_writes += 1
-            self.store.delete_session(session.client_id)
+            self.store.delete_session(session.key)
         if will is not None:
             self.publish(will)
 
@@ -205,19 +206,19 @@ class Broker:
         if old is not None:
             self._remove_from_trie(old)
         session.subscriptions[sub.topic_filter] = entry
+        space = self.space(session.account)
         if group is None:
-            self.subscriptions.add(topic_filter, session.client_id, entry)
+            space.subscriptions.add(topic_filter, session.client_id, entry)
         else:
-            key = ("$share", group)
-            shared = self._find_group(topic_filter, group)
+            shared = space.groups.get((group, topic_filter))
             if shared is None:
                 shared = SharedGroup(name=group, topic_filter=topic_filter, members=[])
-                self._groups[(group, topic_filter)] = shared
+                space.groups[(group, topic_filter)] = shared
             shared.members.append(entry)
-            self.subscriptions.add(topic_filter, key, shared)
+            space.subscriptions.add(topic_filter, ("$share", group), shared)
         if session.persistent:
             self.store_writes += 1
-            self.store.save_subscription(session.client_id, _stored(entry))
+            self.store.save_subscription(session.key, _stored(entry))
         return old is None
 
     def unsubscribe(self, session: Session, full_filter: str) -> bool:
@@ -227,23 +228,22 @@ class Broker:
         self._remove_from_trie(entry)
         if session.persistent:
             self.store_writes += 1
-            self.store.delete_subscription(session.client_id, full_filter)
+            self.store.delete_subscription(session.key, full_filter)
         return True
 
-    def _find_group(self, topic_filter: str, group: str) -> SharedGroup | None:
-        return self._groups.get((group, topic_filter))
-
     def _remove_from_trie(self, entry: SubscriptionEntry) -> None:
+        space = self.space(entry.session.account)
         if entry.share_group is None:
-            self.subscriptions.remove(entry.topic_filter, entry.session.client_id)
+            space.subscriptions.remove(entry.topic_filter, entry.session.client_id)
             return
-        shared = self._find_group(entry.topic_filter, entry.share_group)
+        group_key = (entry.share_group, entry.topic_filter)
+        shared = space.groups.get(group_key)
         if shared is None:
             return
         shared.members = [m for m in shared.members if m is not entry]
         if not shared.members:
-            del self._groups[(entry.share_group, entry.topic_filter)]
-            self.subscriptions.remove(entry.topic_filter, ("$share", entry.share_group))
+            del space.groups[group_key]
+            space.subscriptions.remove(entry.topic_filter, ("$share", entry.share_group))
 
     # ------------------------------------------------------------------ publishing
 
@@ -254,9 +254,14 @@ class Broker:
         if message.expiry_interval is not None and message.expires_at is None:
             message.received_at = now = self.clock.time()
             message.expires_at = now + message.expiry_interval
+        space = self.spaces.get(message.account)
         if message.retain:
-            self._store_retained(message)
-        matches = self.subscriptions.match(message.topic)
+            if space is None:
+                space = self.space(message.account)
+            self._store_retained(space, message)
+        if space is None:
+            return 0
+        matches = space.subscriptions.match(message.topic)
         if not matches:
             return 0
         if len(matches) == 1:
@@ -339,7 +344,12 @@ class Broker:
             client.send_publish(Outgoing(message, 0, retain, subscription_ids), False)
             return
         out = Outgoing(message, qos, retain, subscription_ids)
-        if client is not None and not session.queue and len(session.inflight) < client.window:
+        if (
+            client is not None
+            and not session.queue
+            and not session.resend
+            and not session.window_full(client.window)
+        ):
             out.packet_id = session.allocate_packet_id()
             if session.persistent:
                 self._persist_delivery(session, out)
@@ -358,7 +368,7 @@ class Broker:
             store.save_message(message)
         self.store_writes += 1
         store.add_delivery(
-            session.client_id,
+            session.key,
             StoredDelivery(message.id, out.qos, out.retain, out.subscription_ids, out.packet_id),
         )
 
@@ -366,7 +376,7 @@ class Broker:
         """A QoS 1/2 delivery left the session: acknowledged, refused, expired or too large."""
         if session.persistent:
             self.store_writes += 1
-            self.store.remove_delivery(session.client_id, out.message.id)
+            self.store.remove_delivery(session.key, out.message.id)
 
     def _enqueue(self, session: Session, out: Outgoing) -> None:
         limits = self.settings
@@ -391,15 +401,22 @@ class Broker:
         session.queued_bytes += size
 
     def fill_window(self, session: Session) -> None:
-        """Move queued messages into the inflight window while it has room (§4.9)."""
+        """Send while the inflight window has room (§4.9): first what awaits a resend after a
+        reconnect (same packet ids, DUP set [MQTT-4.4.0-1]), then queued messages in order."""
         client = session.client
         if client is None:
             return
         queue = session.queue
+        resend = session.resend
         inflight = session.inflight
         window = client.window
         now = self.clock.time()
-        while queue and len(inflight) < window and client.connected:
+        while (resend or queue) and not session.window_full(window) and client.connected:
+            if resend:
+                pending = inflight.get(resend.popleft())
+                if pending is not None:
+                    client.resend(pending)
+                continue
             out = queue.popleft()
             session.queued_bytes -= out.size
             if session.dropping and len(queue) < self.settings.max_queued_messages // 2:
@@ -413,41 +430,53 @@ class Broker:
             out.packet_id = session.allocate_packet_id()
             if session.persistent:
                 self.store_writes += 1
-                self.store.set_packet_id(session.client_id, out.message.id, out.packet_id)
+                self.store.set_packet_id(session.key, out.message.id, out.packet_id)
             inflight[out.packet_id] = out
-            client.send_publish(out, out.dup)
+            client.send_publish(out, False)
 
     # ------------------------------------------------------------------ retained
 
-    def _store_retained(self, message: Message) -> None:
+    def _store_retained(self, space: TopicSpace, message: Message) -> None:
+        retained = space.retained
         if not message.payload:
             # A retained message with an empty payload deletes the one stored [MQTT-3.3.1-6].
-            if self.retained.delete(message.topic):
+            if retained.delete(message.topic):
                 self.store_writes += 1
-                self.store.delete_retained(message.topic)
+                self.store.delete_retained(message.account, message.topic)
             return
         if (
-            len(self.retained) >= self.settings.max_retained_messages
-            and self.retained.get(message.topic) is None
+            len(retained) >= self.settings.max_retained_messages
+            and retained.get(message.topic) is None
         ):
+            # The limit is per account, so one account cannot fill the hub for the others.
             self.stats.dropped_retained_full += 1
-            if not self._retained_full_logged:
-                self._retained_full_logged = True
-                log.warning("retained message store is full; new retained topics are not kept")
+            if not space.retained_full_logged:
+                space.retained_full_logged = True
+                log.warning(
+                    "retained messages of account %r are at their limit (%d); new retained "
+                    "topics are not kept",
+                    space.account,
+                    len(retained),
+                )
             return
-        self.retained.set(message.topic, message)
+        retained.set(message.topic, message)
         if not message.id:
             message.id = self._new_message_id()
         self.store_writes += 1
         self.store.save_retained(message)
 
-    def retained_for(self, topic_filter: str) -> list[Message]:
+    def retained_for(self, account: str, topic_filter: str) -> list[Message]:
+        """The unexpired retained messages of ``account`` matched by ``topic_filter``."""
+        space = self.spaces.get(account)
+        if space is None:
+            return []
         now = self.clock.time()
         found: list[Message] = []
-        for topic, message in self.retained.match(topic_filter):
+        for topic, message in space.retained.match(topic_filter):
             if message.expired(now):
-                self.retained.delete(topic)  # expired retained messages go too (§3.3.2.3.3)
-                self.store.delete_retained(topic)
+                # Expired retained messages go too (§3.3.2.3.3).
+                space.retained.delete(topic)
+                self.store.delete_retained(account, topic)
                 continue
             found.append(message)
         return found
@@ -459,11 +488,11 @@ class Broker:
         messages, and retained messages from the store, at start-up."""
         state: StoredState = self.store.load()
         for retained in state.retained:
-            self.retained.set(retained.topic, retained)
+            self.space(retained.account).retained.set(retained.topic, retained)
         for stored in state.sessions.values():
-            session = Session(stored.client_id, stored.expiry_interval)
+            session = Session(stored.client_id, stored.expiry_interval, stored.account)
             session.persistent = stored.expiry_interval > 0
-            self.sessions[stored.client_id] = session
+            self.sessions[session.key] = session
             for sub in stored.subscriptions.values():
                 self._restore_subscription(session, sub)
             for delivery in stored.deliveries:
@@ -533,3 +562,8 @@ def _counter() -> Callable[[], int]:
         return state[0]
 
     return next_id
+
+
+def session_key(account: str, client_id: str) -> str:
+    """The key of a session in ``Broker.sessions`` (the same as ``Session.key``)."""
+    return f"{account}\x00{client_id}"

@@ -81,6 +81,7 @@ class Client:
     __slots__ = (
         "_aliases_out",
         "_keep_alive_timer",
+        "account",
         "alias_maximum_out",
         "broker",
         "client_id",
@@ -110,6 +111,8 @@ class Client:
             topic_alias_maximum=settings.topic_alias_maximum,
         )
         self.client_id = ""
+        # The account the client belongs to (its topic space); "" for anonymous clients.
+        self.account = ""
         self.version = ProtocolVersion.V311
         self.is_v5 = False
         self.connected = False  # CONNACK (success) sent
@@ -380,6 +383,7 @@ class Client:
         if not decision.allowed:
             refuse(decision.reason_code, decision.reason or "not authorized")
             return
+        self.account = decision.account
         will = packet.will
         if will is not None:
             if will.qos > settings.max_qos and is_v5:
@@ -432,6 +436,7 @@ class Client:
                 properties=_message_properties(will.properties),
                 origin=client_id,
                 expiry_interval=will.properties.message_expiry_interval,
+                account=self.account,
             )
             self.will_delay = will.properties.will_delay_interval or _NO_WILL_DELAY
 
@@ -462,40 +467,34 @@ class Client:
         self._resume(session)
 
     def _resume(self, session: Session) -> None:
-        """Resend what was in flight, in order, with DUP set and the same packet ids (§4.4),
-        then the queue. The new connection's Receive Maximum may be smaller than what was in
-        flight [MQTT-3.3.4-9]: the excess goes back to the head of the queue and is sent, with
-        DUP, as acknowledgements make room."""
+        """Resend what was in flight, in order, with DUP set and the original packet ids
+        [MQTT-4.4.0-1], then the queue. The new connection's Receive Maximum may be smaller
+        than what was in flight [MQTT-3.3.4-9]: the excess waits in ``session.resend`` and goes
+        out as acknowledgements make room."""
+        session.resend.clear()
         now = self.broker.clock.time()
-        entries = list(session.inflight.items())
-        if len(entries) > self.window:
-            excess = entries[self.window :]
-            entries = entries[: self.window]
-            for packet_id, out in reversed(excess):
-                del session.inflight[packet_id]
-                if out.released:
-                    # A PUBREL carries no payload and does not count against the window in
-                    # spirit, but does in letter (§4.9); keep it in flight and resend it.
-                    session.inflight[packet_id] = out
-                    entries.append((packet_id, out))
-                    continue
-                out.packet_id = 0
-                out.dup = True
-                session.queue.appendleft(out)
-                session.queued_bytes += out.size
-        for packet_id, out in entries:
+        sent = 0
+        for packet_id, out in list(session.inflight.items()):
             if self.closed:
                 return
-            if out.released:
-                self._send(PubRel(packet_id=packet_id))
-            elif out.message.expired(now):
+            if not out.released and out.message.expired(now):
                 # An expired message is not redelivered (§3.3.2.3.3).
                 del session.inflight[packet_id]
                 self.broker.stats.dropped_expired += 1
                 self.broker.delivery_done(session, out)
+            elif sent >= self.window:
+                session.resend.append(packet_id)
             else:
-                self.send_publish(out, True)
+                sent += 1
+                self.resend(out)
         self.broker.fill_window(session)
+
+    def resend(self, out: Outgoing) -> None:
+        """Resend one in-flight message: PUBREL if it was released, else PUBLISH with DUP."""
+        if out.released:
+            self._send(PubRel(packet_id=out.packet_id))
+        else:
+            self.send_publish(out, True)
 
     def _handle_publish(self, packet: Publish) -> None:
         broker = self.broker
@@ -547,6 +546,7 @@ class Client:
                 properties=_message_properties(props),
                 origin=self.client_id,
                 expiry_interval=props.message_expiry_interval,
+                account=self.account,
             )
             writes = broker.store_writes
             matched = broker.publish(message)
@@ -566,7 +566,7 @@ class Client:
                 session.inbound_qos2.add(packet_id or 0)
                 if session.persistent:
                     broker.store_writes += 1
-                    broker.store.set_inbound_qos2(session.client_id, packet_id or 0, True)
+                    broker.store.set_inbound_qos2(session.key, packet_id or 0, True)
             ack = PubRec(packet_id=packet_id or 0, reason_code=code)
         if broker.store_writes == writes:
             self._send(ack)
@@ -584,7 +584,7 @@ class Client:
             del session.inflight[packet.packet_id]
             if session.persistent:
                 self.broker.delivery_done(session, out)
-            if session.queue:
+            if session.queue or session.resend:
                 self.broker.fill_window(session)
 
     def _handle_pubrec(self, packet: PubRec) -> None:
@@ -609,7 +609,7 @@ class Client:
         out.released = True
         if session.persistent:
             self.broker.store_writes += 1
-            self.broker.store.set_released(session.client_id, packet.packet_id)
+            self.broker.store.set_released(session.key, packet.packet_id)
         self._send(PubRel(packet_id=packet.packet_id))
 
     def _handle_pubrel(self, packet: PubRel) -> None:
@@ -620,7 +620,7 @@ class Client:
             session.inbound_qos2.discard(packet.packet_id)
             if session.persistent:
                 self.broker.store_writes += 1
-                self.broker.store.set_inbound_qos2(session.client_id, packet.packet_id, False)
+                self.broker.store.set_inbound_qos2(session.key, packet.packet_id, False)
             self._send(PubComp(packet_id=packet.packet_id))
         else:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0
@@ -634,7 +634,7 @@ class Client:
         if out is not None and out.qos == 2:
             del session.inflight[packet.packet_id]
             self.broker.delivery_done(session, out)
-            if session.queue:
+            if session.queue or session.resend:
                 self.broker.fill_window(session)
 
     def _handle_subscribe(self, packet: Subscribe) -> None:
@@ -662,7 +662,7 @@ class Client:
                 to_send.append((sub.topic_filter, granted, subscription_id))
         self._send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)))
         for topic_filter, granted, sid in to_send:
-            for message in broker.retained_for(topic_filter):
+            for message in broker.retained_for(self.account, topic_filter):
                 broker.deliver(
                     session, message, min(message.qos, granted), True, () if sid is None else (sid,)
                 )

@@ -73,8 +73,6 @@ class Outgoing:
     packet_id: int = 0
     # QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited (§4.3.3).
     released: bool = False
-    # Sent before, on an earlier connection: the next send carries DUP=1 (§3.3.1.1).
-    dup: bool = False
 
     @property
     def size(self) -> int:
@@ -83,6 +81,7 @@ class Outgoing:
 
 class Session:
     __slots__ = (
+        "account",
         "client",
         "client_id",
         "dropping",
@@ -90,17 +89,23 @@ class Session:
         "expiry_timer",
         "inbound_qos2",
         "inflight",
+        "key",
         "next_packet_id",
         "pending_will",
         "persistent",
         "queue",
         "queued_bytes",
+        "resend",
         "subscriptions",
         "will_timer",
     )
 
-    def __init__(self, client_id: str, expiry_interval: int) -> None:
+    def __init__(self, client_id: str, expiry_interval: int, account: str = "") -> None:
         self.client_id = client_id
+        self.account = account
+        # Sessions are per account and client id; U+0000 cannot occur in a client id
+        # [MQTT-1.5.4-2], so it separates the two. Also the store's key for the session.
+        self.key = f"{account}\x00{client_id}"
         self.expiry_interval = expiry_interval
         # Outlives its connection (Session Expiry Interval > 0), so its state is persisted.
         self.persistent = False
@@ -110,6 +115,9 @@ class Session:
         # Insertion-ordered: redelivery after reconnect keeps the original order (§4.6).
         self.inflight: dict[int, Outgoing] = {}
         self.queue: deque[Outgoing] = deque()
+        # Packet ids of in-flight messages still to be resent after a reconnect, when the new
+        # connection's Receive Maximum is smaller than what was in flight (see Client._resume).
+        self.resend: deque[int] = deque()
         self.queued_bytes = 0
         self.inbound_qos2: set[int] = set()
         self.next_packet_id = 1
@@ -119,6 +127,10 @@ class Session:
         self.pending_will: Message | None = None
         # True while queue overflow drops are happening (logged once per episode).
         self.dropping = False
+
+    def window_full(self, window: int) -> bool:
+        """True when ``window`` messages are sent and unacknowledged (§4.9)."""
+        return len(self.inflight) - len(self.resend) >= window
 
     def allocate_packet_id(self) -> int:
         """A packet identifier not used by any message in flight (§2.2.1)."""

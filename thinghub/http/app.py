@@ -19,8 +19,8 @@ def build_http_app(broker: Broker) -> web.Application:
         body = {
             "connections": len(broker.clients),
             "sessions": len(broker.sessions),
-            "subscriptions": len(broker.subscriptions),
-            "retained": len(broker.retained),
+            "subscriptions": sum(len(s.subscriptions) for s in broker.spaces.values()),
+            "retained": sum(len(s.retained) for s in broker.spaces.values()),
             **broker.stats.as_dict(),
         }
         return web.json_response(body)

@@ -14,8 +14,8 @@ from typing import Generic, TypeVar
 __all__ = [
     "AccessKey",
     "Account",
-    "ApplyInfo",
     "AppliedDevice",
+    "ApplyInfo",
     "Device",
     "DeviceDetail",
     "DeviceStatus",
@@ -138,6 +138,9 @@ class Device:
     last_online_at: int | None  # latest sign-in
     status_changed_at: int  # GetDeviceStatus ``Timestamp``
     ip_address: str | None = None  # peer address of the latest sign-in
+    # Bumped by every ``Registry.set_device_online``; ``set_device_offline`` with a stale
+    # epoch is ignored, so the old connection of a take-over cannot mark the new one offline.
+    online_epoch: int = 0
 
 
 @dataclass(frozen=True, slots=True)

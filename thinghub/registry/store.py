@@ -129,6 +129,7 @@ class RegistryStore:
         self._lock = threading.RLock()
         self._depth = 0
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._conn.row_factory = sqlite3.Row
         try:
             self._conn.execute("PRAGMA foreign_keys = ON")
             self._conn.execute("PRAGMA busy_timeout = 5000")

@@ -15,44 +15,45 @@ class MemoryStore:
         self._sessions: dict[str, StoredSession] = {}
         self._messages: dict[int, Message] = {}
         self._refcounts: dict[int, int] = {}
-        self._retained: dict[str, Message] = {}
+        self._retained: dict[tuple[str, str], Message] = {}
 
-    def save_session(self, client_id: str, expiry_interval: int) -> None:
-        session = self._sessions.get(client_id)
+    def save_session(self, session_key: str, expiry_interval: int) -> None:
+        session = self._sessions.get(session_key)
         if session is None:
-            self._sessions[client_id] = StoredSession(client_id, expiry_interval)
+            account, _, client_id = session_key.partition("\x00")
+            self._sessions[session_key] = StoredSession(client_id, expiry_interval, account)
         else:
             session.expiry_interval = expiry_interval
 
-    def delete_session(self, client_id: str) -> None:
-        session = self._sessions.pop(client_id, None)
+    def delete_session(self, session_key: str) -> None:
+        session = self._sessions.pop(session_key, None)
         if session is not None:
             for delivery in session.deliveries:
                 self._release_message(delivery.message_id)
 
-    def save_subscription(self, client_id: str, subscription: StoredSubscription) -> None:
-        session = self._sessions.get(client_id)
+    def save_subscription(self, session_key: str, subscription: StoredSubscription) -> None:
+        session = self._sessions.get(session_key)
         if session is not None:
             session.subscriptions[subscription.full_filter] = subscription
 
-    def delete_subscription(self, client_id: str, full_filter: str) -> None:
-        session = self._sessions.get(client_id)
+    def delete_subscription(self, session_key: str, full_filter: str) -> None:
+        session = self._sessions.get(session_key)
         if session is not None:
             session.subscriptions.pop(full_filter, None)
 
     def save_message(self, message: Message) -> None:
         self._messages[message.id] = message
 
-    def add_delivery(self, client_id: str, delivery: StoredDelivery) -> None:
-        session = self._sessions.get(client_id)
+    def add_delivery(self, session_key: str, delivery: StoredDelivery) -> None:
+        session = self._sessions.get(session_key)
         if session is not None:
             session.deliveries.append(delivery)
             self._refcounts[delivery.message_id] = self._refcounts.get(delivery.message_id, 0) + 1
 
     def _find(
-        self, client_id: str, match: Callable[[StoredDelivery], bool]
+        self, session_key: str, match: Callable[[StoredDelivery], bool]
     ) -> StoredDelivery | None:
-        session = self._sessions.get(client_id)
+        session = self._sessions.get(session_key)
         if session is None:
             return None
         for delivery in session.deliveries:
@@ -60,18 +61,18 @@ class MemoryStore:
                 return delivery
         return None
 
-    def set_packet_id(self, client_id: str, message_id: int, packet_id: int) -> None:
-        delivery = self._find(client_id, lambda d: d.message_id == message_id)
+    def set_packet_id(self, session_key: str, message_id: int, packet_id: int) -> None:
+        delivery = self._find(session_key, lambda d: d.message_id == message_id)
         if delivery is not None:
             delivery.packet_id = packet_id
 
-    def set_released(self, client_id: str, packet_id: int) -> None:
-        delivery = self._find(client_id, lambda d: d.packet_id == packet_id)
+    def set_released(self, session_key: str, packet_id: int) -> None:
+        delivery = self._find(session_key, lambda d: d.packet_id == packet_id)
         if delivery is not None:
             delivery.released = True
 
-    def remove_delivery(self, client_id: str, message_id: int) -> None:
-        session = self._sessions.get(client_id)
+    def remove_delivery(self, session_key: str, message_id: int) -> None:
+        session = self._sessions.get(session_key)
         if session is None:
             return
         for index, delivery in enumerate(session.deliveries):
@@ -88,8 +89,8 @@ class MemoryStore:
             self._refcounts.pop(message_id, None)
             self._messages.pop(message_id, None)
 
-    def set_inbound_qos2(self, client_id: str, packet_id: int, present: bool) -> None:
-        session = self._sessions.get(client_id)
+    def set_inbound_qos2(self, session_key: str, packet_id: int, present: bool) -> None:
+        session = self._sessions.get(session_key)
         if session is None:
             return
         if present:
@@ -98,10 +99,10 @@ class MemoryStore:
             session.inbound_qos2.discard(packet_id)
 
     def save_retained(self, message: Message) -> None:
-        self._retained[message.topic] = message
+        self._retained[(message.account, message.topic)] = message
 
-    def delete_retained(self, topic: str) -> None:
-        self._retained.pop(topic, None)
+    def delete_retained(self, account: str, topic: str) -> None:
+        self._retained.pop((account, topic), None)
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         callback()
