@@ -319,6 +319,12 @@ class ThingHub(Broker):
             return "thinghub executable not found"
         return None
 
+    def env(self) -> dict[str, str]:
+        # The generator's clients are anonymous, as they are for mosquitto.
+        env = dict(os.environ)
+        env["THINGHUB_MQTT_ALLOW_ANONYMOUS"] = "true"
+        return env
+
     def command(self, workdir: Path) -> list[str]:
         self.http_port = free_port()
         data = workdir / "data"

@@ -192,7 +192,8 @@ def _drain(stream: Any, sink: collections.deque[str], ready: list[str], event: t
 
 def _start_thinghub(settings: dict[str, Any], data_dir: Path) -> Hub:
     env = dict(os.environ)
-    for key, value in settings.items():
+    # The scenarios exercise a plain MQTT broker: anonymous clients, unless a test says not.
+    for key, value in {"ALLOW_ANONYMOUS": True, **settings}.items():
         if isinstance(value, bool):
             value = "true" if value else "false"
         env[f"THINGHUB_MQTT_{key.upper()}"] = str(value)

@@ -1,17 +1,27 @@
-"""Wires the hub into one process with one start/stop lifecycle: the broker, the MQTT listeners
-(TCP, TLS when configured) and the HTTP server (health, metrics, MQTT over WebSocket)."""
+"""Wires the hub into one process with one start/stop lifecycle: the registry (SQLite in the
+data directory), the broker with the registry's hooks, the MQTT listeners (TCP, TLS when
+configured) and the HTTP server (health, metrics, MQTT over WebSocket, the cloud APIs)."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from .auth.broker_hooks import RegistryHooks
+from .broker.auth import DenyList
 from .broker.broker import Broker
 from .config import Settings
 from .http.app import build_http_app
+from .http.context import HubContext
+from .registry.ids import MessageIdGenerator
+from .registry.models import AccessKey
+from .registry.registry import Registry
+from .registry.store import RegistryStore
 from .transport.tcp import make_tls_context, start_tcp_listener
 
 log = logging.getLogger("thinghub")
@@ -27,18 +37,62 @@ class Endpoints:
 @dataclass
 class Hub:
     settings: Settings
+    environ: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
     broker: Broker | None = None
+    registry: Registry | None = None
     endpoints: Endpoints | None = None
+    # A root access key created at this start (its secret is shown once), else None.
+    new_root_key: AccessKey | None = None
+    _store: RegistryStore | None = None
     _servers: list[asyncio.Server] = field(default_factory=list)
     _http_runner: web.AppRunner | None = None
+
+    def open_registry(self) -> Registry:
+        """Open the registry and make sure the root account has an access key."""
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self._store = store = RegistryStore.open(settings.data_dir)
+        self.registry = registry = Registry(store)
+        root = registry.ensure_root_account()
+        key_id = self.environ.get("THINGHUB_ROOT_ACCESS_KEY_ID")
+        secret = self.environ.get("THINGHUB_ROOT_ACCESS_KEY_SECRET")
+        if key_id and secret:
+            registry.ensure_root_key(key_id, secret)
+        elif not registry.list_access_keys(root.account_id):
+            self.new_root_key = registry.create_access_key(
+                root.account_id, description="created at first start"
+            )
+        return registry
 
     async def start(self) -> Endpoints:
         loop = asyncio.get_running_loop()
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        self.broker = broker = Broker(settings.mqtt, loop)
-        broker.restore()
         mqtt = settings.mqtt
+        registry = self.registry or self.open_registry()
+        assert self._store is not None
+        # Devices are offline until they sign in again, whatever the last run recorded.
+        registry.mark_all_offline()
+        ids = MessageIdGenerator(self._store)
+        deny = (
+            DenyList(mqtt.deny_publish, mqtt.deny_subscribe)
+            if mqtt.deny_publish or mqtt.deny_subscribe
+            else None
+        )
+        hooks = RegistryHooks(
+            registry,
+            allow_anonymous=mqtt.allow_anonymous,
+            anonymous_account=registry.ensure_root_account().account_id,
+            deny=deny,
+        )
+        self.broker = broker = Broker(
+            mqtt,
+            loop,
+            authenticator=hooks,
+            authorizer=hooks,
+            observers=(hooks,),
+            new_message_id=ids.next_id,
+        )
+        broker.restore()
 
         tcp = await start_tcp_listener(broker, mqtt.host, mqtt.port)
         self._servers.append(tcp)
@@ -50,7 +104,8 @@ class Hub:
             self._servers.append(tls)
             mqtts = _bound(tls)
 
-        runner = web.AppRunner(build_http_app(broker), access_log=None, handle_signals=False)
+        context = HubContext(settings=settings, broker=broker, registry=registry)
+        runner = web.AppRunner(build_http_app(context), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True)
         await site.start()
@@ -82,6 +137,8 @@ class Hub:
                 log.warning("some MQTT connections did not close in time")
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self._store is not None:
+            self._store.close()
 
 
 def _bound(server: asyncio.Server) -> tuple[str, int]:

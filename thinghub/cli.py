@@ -13,6 +13,7 @@ import click
 from . import __version__
 from .app import Hub
 from .config import ConfigError, Settings, load_settings
+from .demo import describe, ensure_demo
 
 
 @click.group()
@@ -86,6 +87,8 @@ def serve(
 
 async def _serve(settings: Settings) -> None:
     hub = Hub(settings)
+    registry = hub.open_registry()
+    demo = ensure_demo(registry)
     endpoints = await hub.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -102,7 +105,9 @@ async def _serve(settings: Settings) -> None:
     lines += [
         f"  MQTT/WebSocket  ws://{http_host}:{http_port}/mqtt",
         f"  HTTP            http://{http_host}:{http_port}  (health: /healthz, counters: /metrics)",
-        "  Stop with Ctrl-C.",
+        *describe(demo, mqtt=endpoints.mqtt, http=endpoints.http, new_root_key=hub.new_root_key),
+        "",
+        "Stop with Ctrl-C.",
         f"ready mqtt={mqtt_host}:{mqtt_port} http={http_host}:{http_port}"
         + (f" mqtts={endpoints.mqtts[0]}:{endpoints.mqtts[1]}" if endpoints.mqtts else ""),
     ]

@@ -60,7 +60,9 @@ class MQTTSettings:
     # Session Expiry Interval is capped here (seconds); 7 days as the clouds keep offline messages.
     max_session_expiry: int = 7 * 24 * 3600
     topic_alias_maximum: int = 10
-    allow_anonymous: bool = True
+    # Clients without device credentials are refused unless this is on (then they join the
+    # root account): a plain MQTT broker for trusted networks and development.
+    allow_anonymous: bool = False
     retain_available: bool = True
     # Topic filters refused to every client (an operator's coarse ACL, also used by tests).
     deny_publish: tuple[str, ...] = ()

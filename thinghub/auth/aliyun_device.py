@@ -214,6 +214,14 @@ _CODES: dict[Refusal, tuple[ReasonCode, ConnackReturnCode]] = {
 }
 
 
+def device_client_id(product_key: str, device_name: str) -> str:
+    """The broker session's client id of a signed-in device: one session and one connection
+    per device (reference §3: a new connection with the same pk+dn takes over). A ProductKey is
+    alphanumeric, so the first "." separates it from the DeviceName. The HTTP API reaches a
+    device with ``broker.session_of(account_id, device_client_id(pk, dn))``."""
+    return f"{product_key}.{device_name}"
+
+
 @dataclass(frozen=True, slots=True)
 class DeviceIdentity:
     """Who signed in. ``(product_key, device_name)`` is the device's one-connection key
@@ -229,6 +237,12 @@ class DeviceIdentity:
     @property
     def device_key(self) -> tuple[str, str]:
         return (self.product_key, self.device_name)
+
+    @property
+    def session_client_id(self) -> str:
+        """The MQTT client id the broker keys this device's session by (see
+        ``device_client_id``), whatever clientId string the device sent."""
+        return device_client_id(self.product_key, self.device_name)
 
     @property
     def ext_rrpc(self) -> bool:

@@ -20,8 +20,12 @@ class Decision:
     allowed: bool
     reason_code: ReasonCode = ReasonCode.SUCCESS
     reason: str = ""
-    # For an accepted CONNECT: the account (topic space) the client belongs to.
+    # For an accepted CONNECT: the account (topic space) the client belongs to, the client id
+    # its session is keyed by when the authenticator knows better than the CONNECT (e.g. one
+    # session per device), and whatever the authorizer will want to know about it.
     account: str = ""
+    client_id: str | None = None
+    subject: object | None = None
 
     @staticmethod
     def allow() -> Decision:
@@ -43,6 +47,18 @@ class ClientInfo:
     username: str | None
     peer: str
     protocol_version: int
+    account: str = ""
+    # The authenticator's ``Decision.subject`` (e.g. the device identity).
+    subject: object | None = None
+
+
+class ConnectionObserver(Protocol):
+    """Told when a client's connection is accepted and when it ends (e.g. to keep the
+    registry's device status)."""
+
+    def connected(self, client: ClientInfo) -> None: ...
+
+    def disconnected(self, client: ClientInfo) -> None: ...
 
 
 class Authenticator(Protocol):

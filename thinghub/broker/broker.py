@@ -14,19 +14,28 @@ the time come from the ``Clock`` seam so tests can drive them.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from ..config import MQTTSettings
 from ..message import Message
 from ..mqtt.packets import Subscription
+from ..mqtt.types import ReasonCode
 from ..store.base import BrokerStore, StoredDelivery, StoredState, StoredSubscription
 from ..store.memory import MemoryStore
 from ..topics import parse_shared
-from .auth import AllowAnonymous, Authenticator, Authorizer, DenyList, RequireCredentials
+from .auth import (
+    AllowAnonymous,
+    Authenticator,
+    Authorizer,
+    ConnectionObserver,
+    DenyList,
+    RequireCredentials,
+)
 from .client import Client, Link
 from .session import Outgoing, Session, SharedGroup, SubscriptionEntry, TimerHandle
-from .space import TopicSpace, TrieKey, TrieValue
+from .space import TopicSpace, TrieKey, TrieValue, Watch
 from .stats import Stats
 
 log = logging.getLogger("thinghub.broker")
@@ -50,7 +59,9 @@ class Broker:
         authorizer: Authorizer | None = None,
         store: BrokerStore | None = None,
         new_message_id: Callable[[], int] | None = None,
+        observers: Sequence[ConnectionObserver] = (),
     ) -> None:
+        self.observers = tuple(observers)
         self.settings = settings
         self.store: BrokerStore = MemoryStore() if store is None else store
         # Counts calls that changed the store: a publisher's acknowledgement waits for the
@@ -201,6 +212,7 @@ class Broker:
             retain_handling=sub.retain_handling,
             subscription_id=subscription_id,
             share_group=group,
+            subscribed_at_ms=int(time.time() * 1000),
         )
         old = session.subscriptions.get(sub.topic_filter)
         if old is not None:
@@ -261,6 +273,9 @@ class Broker:
             self._store_retained(space, message)
         if space is None:
             return 0
+        if space.watches:
+            for _key, watch in space.watches.match(message.topic):
+                watch.callback(message)
         matches = space.subscriptions.match(message.topic)
         if not matches:
             return 0
@@ -343,7 +358,10 @@ class Broker:
                 return
             client.send_publish(Outgoing(message, 0, retain, subscription_ids), False)
             return
-        out = Outgoing(message, qos, retain, subscription_ids)
+        self._deliver_outgoing(session, Outgoing(message, qos, retain, subscription_ids))
+
+    def _deliver_outgoing(self, session: Session, out: Outgoing) -> None:
+        client = session.client
         if (
             client is not None
             and not session.queue
@@ -480,6 +498,82 @@ class Broker:
                 continue
             found.append(message)
         return found
+
+    # ------------------------------------------------------------------ for the HTTP APIs
+
+    def new_message_id(self) -> int:
+        """A 63-bit, time-ordered MessageId (the hub's generator when one is configured)."""
+        return self._new_message_id()
+
+    def watch(self, account: str, topic_filter: str, callback: Callable[[Message], None]) -> Watch:
+        """Call ``callback`` for every message published in ``account`` matching the filter,
+        until the returned watch is cancelled."""
+        space = self.space(account)
+        watch = Watch(space, topic_filter, callback)
+        space.watches.add(topic_filter, id(watch), watch)
+        return watch
+
+    def session_of(self, account: str, client_id: str) -> Session | None:
+        return self.sessions.get(session_key(account, client_id))
+
+    def retained_message(self, account: str, topic: str) -> Message | None:
+        space = self.spaces.get(account)
+        if space is None:
+            return None
+        message = space.retained.get(topic)
+        if message is not None and message.expired(self.clock.time()):
+            return None
+        return message
+
+    def retained_messages(self, account: str) -> list[Message]:
+        """Every unexpired retained message of the account, sorted by topic (for paging)."""
+        space = self.spaces.get(account)
+        if space is None:
+            return []
+        now = self.clock.time()
+        found = [m for _topic, m in space.retained.items() if not m.expired(now)]
+        found.sort(key=lambda m: m.topic)
+        return found
+
+    def disconnect_client(
+        self, account: str, client_id: str, *, clean_session: bool, prevent_will: bool
+    ) -> bool:
+        """Close a client's connection as an administrator (v5 DISCONNECT 0x98). With
+        ``clean_session`` its session ends too; with ``prevent_will`` its will is not sent.
+        Returns False if the client is not connected."""
+        session = self.session_of(account, client_id)
+        if session is None or session.client is None:
+            return False
+        client = session.client
+        if prevent_will:
+            client.will = None
+        if clean_session:
+            self.set_session_expiry(session, 0)
+        client.disconnect(ReasonCode.ADMINISTRATIVE_ACTION, "disconnected by an administrator")
+        return True
+
+    def send_direct(
+        self,
+        account: str,
+        client_id: str,
+        message: Message,
+        on_acked: Callable[[], None] | None = None,
+    ) -> bool:
+        """Deliver a message to one connected client whatever its subscriptions, at the
+        message's QoS; ``on_acked`` runs when a QoS 1/2 copy is acknowledged. Returns False
+        if the client is not connected."""
+        session = self.session_of(account, client_id)
+        if session is None or session.client is None:
+            return False
+        self.stats.messages_received += 1
+        if message.qos == 0:
+            self.deliver(session, message, 0, False)
+            if on_acked is not None:
+                on_acked()
+            return True
+        out = Outgoing(message, message.qos, False, on_acked=on_acked)
+        self._deliver_outgoing(session, out)
+        return True
 
     # ------------------------------------------------------------------ recovery
 

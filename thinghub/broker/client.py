@@ -156,6 +156,7 @@ class Client:
             self._keep_alive_timer = None
         self.broker.clients.discard(self)
         self.closed = True
+        self._tell_disconnected()
         session = self.session
         if session is None or session.client is not self:
             return
@@ -286,10 +287,16 @@ class Client:
         self.closed = True
         self.link.close()
 
+    def _tell_disconnected(self) -> None:
+        if self.connected and self.info is not None:
+            for observer in self.broker.observers:
+                observer.disconnected(self.info)
+
     def taken_over(self, *, publish_will: bool) -> None:
         """Another connection claimed this client id [MQTT-3.1.4-3]."""
         session = self.session
         self.disconnect(ReasonCode.SESSION_TAKEN_OVER)
+        self._tell_disconnected()
         self.connected = False
         if self._keep_alive_timer is not None:
             self._keep_alive_timer.cancel()
@@ -384,6 +391,9 @@ class Client:
             refuse(decision.reason_code, decision.reason or "not authorized")
             return
         self.account = decision.account
+        if decision.client_id is not None:
+            client_id = decision.client_id
+            assigned = client_id if is_v5 and not packet.client_id else None
         will = packet.will
         if will is not None:
             if will.qos > settings.max_qos and is_v5:
@@ -404,7 +414,12 @@ class Client:
 
         self.client_id = client_id
         self.info = ClientInfo(
-            client_id, packet.username, self.link.peer, int(packet.protocol_version)
+            client_id,
+            packet.username,
+            self.link.peer,
+            int(packet.protocol_version),
+            self.account,
+            decision.subject,
         )
         # Session Expiry Interval (§3.1.2.11.2): v5 property, 0 when absent; a 3.1.1 persistent
         # session lasts "forever", which the hub caps like any v5 request.
@@ -460,6 +475,8 @@ class Client:
             )
         self._send(ConnAck(session_present=present, reason_code=0, properties=ack_props))
         self.connected = True
+        for observer in broker.observers:
+            observer.connected(self.info)
         if keep_alive:
             self._keep_alive_timer = broker.clock.call_later(
                 keep_alive * 1.5, self._check_keep_alive
@@ -584,6 +601,8 @@ class Client:
             del session.inflight[packet.packet_id]
             if session.persistent:
                 self.broker.delivery_done(session, out)
+            if out.on_acked is not None:
+                out.on_acked()
             if session.queue or session.resend:
                 self.broker.fill_window(session)
 
@@ -634,6 +653,8 @@ class Client:
         if out is not None and out.qos == 2:
             del session.inflight[packet.packet_id]
             self.broker.delivery_done(session, out)
+            if out.on_acked is not None:
+                out.on_acked()
             if session.queue or session.resend:
                 self.broker.fill_window(session)
 

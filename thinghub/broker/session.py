@@ -10,6 +10,7 @@ aliases, keep alive) lives in ``Client``.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -38,6 +39,8 @@ class SubscriptionEntry:
     retain_handling: int = 0
     subscription_id: int | None = None
     share_group: str | None = None
+    # Wall-clock time of the SUBSCRIBE, in milliseconds (reported by the HTTP APIs).
+    subscribed_at_ms: int = 0
 
 
 @dataclass(slots=True, eq=False)
@@ -73,6 +76,9 @@ class Outgoing:
     packet_id: int = 0
     # QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited (§4.3.3).
     released: bool = False
+    # Called when the receiver acknowledges it (PUBACK, or PUBCOMP), e.g. by an HTTP API
+    # waiting for a device's confirmation.
+    on_acked: Callable[[], None] | None = None
 
     @property
     def size(self) -> int:

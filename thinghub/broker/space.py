@@ -8,6 +8,7 @@ subscription of account B, whatever the wildcards. Clients connected without an 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ..message import Message
@@ -21,6 +22,22 @@ TrieValue = SubscriptionEntry | SharedGroup
 
 
 @dataclass(eq=False)
+class Watch:
+    """An in-process observer of published messages (used by the HTTP APIs, e.g. to wait for a
+    device's RRpc reply). Not an MQTT subscription: it has no session, QoS or queue."""
+
+    space: TopicSpace
+    topic_filter: str
+    callback: Callable[[Message], None]
+    active: bool = True
+
+    def cancel(self) -> None:
+        if self.active:
+            self.active = False
+            self.space.watches.remove(self.topic_filter, id(self))
+
+
+@dataclass(eq=False)
 class TopicSpace:
     account: str
     subscriptions: SubscriptionTrie[TrieKey, TrieValue] = field(default_factory=SubscriptionTrie)
@@ -28,3 +45,4 @@ class TopicSpace:
     # Shared groups by (group, filter), the same objects the trie holds.
     groups: dict[tuple[str, str], SharedGroup] = field(default_factory=dict)
     retained_full_logged: bool = False
+    watches: SubscriptionTrie[int, Watch] = field(default_factory=SubscriptionTrie)

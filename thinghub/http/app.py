@@ -5,11 +5,13 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from ..broker.broker import Broker
 from ..transport.websocket import websocket_handler
+from .context import HubContext
 
 
-def build_http_app(broker: Broker) -> web.Application:
+def build_http_app(context: HubContext) -> web.Application:
+    broker = context.broker
+    # Large enough for a Base64 MessageContent of the biggest MQTT packet.
     app = web.Application(client_max_size=broker.settings.max_packet_size * 2)
 
     async def healthz(request: web.Request) -> web.Response:

@@ -1,0 +1,211 @@
+"""What persistent sessions keep across a broker restart through the store interface (§4.1:
+subscriptions, queued and in-flight QoS 1/2 messages, inbound QoS 2 state; retained messages
+§4.1 too), and acknowledgements that wait for the store's commit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from harness import V5, V311, InMemoryHub, TestClient, both_versions
+
+from thinghub.mqtt.packets import PubAck, PubComp, Publish, PubRec, PubRel, Subscription
+from thinghub.mqtt.properties import Properties
+from thinghub.mqtt.types import ProtocolVersion
+from thinghub.store.memory import MemoryStore
+
+
+def persistent(hub: InMemoryHub, client_id: str, version: ProtocolVersion) -> TestClient:
+    return hub.connect(client_id, version, clean_start=False, session_expiry=100)
+
+
+def resume(hub: InMemoryHub, client_id: str, version: ProtocolVersion) -> TestClient:
+    client = hub.client(version)
+    ack = client.connect(client_id, clean_start=False, session_expiry=100)
+    assert ack.session_present, "the session did not survive"
+    return client
+
+
+@both_versions
+def test_subscriptions_survive_restart(version: ProtocolVersion) -> None:
+    hub = InMemoryHub()
+    sub = persistent(hub, "sub", version)
+    sub.subscribe("a/+", qos=1)
+    sub.subscribe(Subscription(topic_filter="$share/g/jobs", qos=1))
+    hub.restart()
+    again = resume(hub, "sub", version)
+    pub = hub.connect("pub", version)
+    pub.publish("a/b", b"x", 1)
+    pub.publish("jobs", b"j", 1)
+    assert [(p.topic, p.qos) for p in again.publishes()] == [("a/b", 1), ("jobs", 1)]
+
+
+def test_subscription_options_survive_restart() -> None:
+    hub = InMemoryHub()
+    sub = persistent(hub, "sub", V5)
+    sub.subscribe(Subscription(topic_filter="t", no_local=True, retain_as_published=True))
+    sub.subscribe("u", subscription_id=9)
+    hub.restart()
+    again = resume(hub, "sub", V5)
+    again.publish("t", b"own")  # no local
+    other = hub.connect("other", V5)
+    other.publish("t", b"theirs", retain=True)
+    other.publish("u", b"u")
+    got = again.publishes()
+    assert [(p.payload, p.retain) for p in got] == [(b"theirs", True), (b"u", False)]
+    assert got[1].properties.subscription_identifiers == (9,)
+
+
+@both_versions
+def test_clean_sessions_do_not_survive_restart(version: ProtocolVersion) -> None:
+    hub = InMemoryHub()
+    hub.connect("sub", version, clean_start=True).subscribe("t", qos=1)
+    hub.restart()
+    ack = hub.client(version).connect("sub", clean_start=False)
+    assert not ack.session_present
+
+
+def test_session_ended_by_disconnect_does_not_survive_restart() -> None:
+    hub = InMemoryHub()
+    sub = persistent(hub, "sub", V5)
+    sub.subscribe("t", qos=1)
+    sub.disconnect(properties=Properties(session_expiry_interval=0))
+    hub.restart()
+    assert not hub.client(V5).connect("sub", clean_start=False).session_present
+
+
+@both_versions
+def test_queued_messages_survive_restart_in_order(version: ProtocolVersion) -> None:
+    hub = InMemoryHub()
+    sub = persistent(hub, "sub", version)
+    sub.subscribe("t", qos=2)
+    sub.drop()
+    pub = hub.connect("pub", version)
+    pub.publish("t", b"1", 1)
+    pub.publish_qos2("t", b"2")
+    pub.publish("t", b"3", 1)
+    hub.restart()
+    again = resume(hub, "sub", version)
+    got = again.publishes()
+    assert [(p.payload, p.qos) for p in got] == [(b"1", 1), (b"2", 2), (b"3", 1)]
+    for p in got:
+        again.ack(p)
+    again.drop()
+    hub.restart()
+    resume(hub, "sub", version).assert_nothing_pending()  # acknowledged ones are gone
+
+
+@both_versions
+def test_inflight_messages_survive_restart(version: ProtocolVersion) -> None:
+    hub = InMemoryHub(max_inflight=2)
+    sub = persistent(hub, "sub", version)
+    sub.subscribe("t", qos=2)
+    pub = hub.connect("pub", version)
+    pub.publish_qos2("t", b"released")
+    pub.publish("t", b"sent", 1)
+    pub.publish("t", b"queued", 1)
+    first, second = sub.publishes()
+    assert first.packet_id is not None
+    sub.send(PubRec(packet_id=first.packet_id))
+    sub.expect(PubRel)
+    hub.restart()
+    again = resume(hub, "sub", version)
+    assert again.expect(PubRel).packet_id == first.packet_id
+    dup = again.expect_publish("t", b"sent")
+    assert dup.dup and dup.packet_id == second.packet_id
+    again.send(PubComp(packet_id=first.packet_id))
+    again.expect_publish("t", b"queued")
+
+
+@both_versions
+def test_inbound_qos2_state_survives_restart(version: ProtocolVersion) -> None:
+    hub = InMemoryHub()
+    sub = hub.connect("sub", version)
+    sub.subscribe("t", qos=2)
+    pub = persistent(hub, "pub", version)
+    pub.publish("t", b"once", 2, packet_id=4)
+    sub.ack(sub.expect_publish("t", b"once"))
+    hub.restart()
+    sub = hub.connect("sub", version)
+    sub.subscribe("t", qos=2)
+    again = resume(hub, "pub", version)
+    again.publish("t", b"once", 2, packet_id=4, dup=True)
+    assert again.release(4).reason_code == 0  # the id was known: PUBCOMP without error
+    sub.assert_nothing_pending()  # not routed twice
+
+
+@both_versions
+def test_retained_messages_survive_restart(version: ProtocolVersion) -> None:
+    hub = InMemoryHub()
+    pub = hub.connect("pub", version)
+    pub.publish("r/1", b"1", retain=True)
+    pub.publish("r/2", b"2", retain=True)
+    pub.publish("r/2", b"", retain=True)
+    hub.restart()
+    sub = hub.connect("sub", version)
+    sub.subscribe("r/#")
+    assert [(p.topic, p.payload) for p in sub.publishes()] == [("r/1", b"1")]
+
+
+def test_restored_session_still_expires() -> None:
+    hub = InMemoryHub()
+    sub = persistent(hub, "sub", V5)
+    sub.drop()
+    hub.restart()
+    hub.advance(100)
+    assert not hub.client(V5).connect("sub", clean_start=False).session_present
+
+
+def test_restored_session_without_expiry_stays() -> None:
+    hub = InMemoryHub(max_session_expiry=0xFFFFFFFF)
+    sub = persistent(hub, "sub", V311)
+    sub.drop()
+    hub.restart()
+    assert not hub.clock.pending()
+    resume(hub, "sub", V311)
+
+
+# ---------------------------------------------------------------------------- commit barrier
+
+
+class DeferredStore(MemoryStore):
+    """A store whose commits happen when the test says so, like a batching durable store."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting: list[Callable[[], None]] = []
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        self.waiting.append(callback)
+
+    def commit(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for callback in waiting:
+            callback()
+
+
+@both_versions
+def test_ack_waits_for_the_store_when_the_message_was_stored(version: ProtocolVersion) -> None:
+    store = DeferredStore()
+    hub = InMemoryHub(store=store)
+    sub = persistent(hub, "sub", version)
+    sub.subscribe("stored", qos=1)
+    sub.drop()
+    pub = hub.connect("pub", version)
+    pub.send(Publish(topic="stored", payload=b"x", qos=1, packet_id=10))
+    pub.assert_nothing_pending()  # acknowledged means stored
+    store.commit()
+    assert pub.expect(PubAck).packet_id == 10
+    assert pub.publish("ephemeral", b"y", 1) is not None  # nothing stored: answered at once
+
+
+def test_ack_not_written_when_the_connection_closed_before_commit() -> None:
+    store = DeferredStore()
+    hub = InMemoryHub(store=store)
+    sub = persistent(hub, "sub", V5)
+    sub.subscribe("t", qos=1)
+    sub.drop()
+    pub = hub.connect("pub", V5)
+    pub.send(Publish(topic="t", payload=b"x", qos=1, packet_id=10))
+    pub.drop()
+    store.commit()
+    assert pub.link.chunks == [] and pub.link.writes_after_close == 0

@@ -1,0 +1,829 @@
+"""The RPC actions: one small function per Action (reference ``alibaba-iot-api.md`` §2).
+
+Each handler takes a :class:`Call` (the caller's account, its parameters, the hub's parts) and
+returns the response fields beside ``RequestId`` and ``Success``; it raises
+:class:`~.errors.ApiError`, a registry error (both HTTP 200 ``Success: false``) or a
+:class:`~.errors.GatewayError`. Checks come before changes, so a refused call changes nothing.
+
+Messages go through the hub's one publish path (``http.publishing.publish``) into the caller's
+account's topic space; a device's session is found by ``device_client_id`` (the key the
+device sign-in gives it). Tenancy: every lookup is scoped by the caller's account (and
+``IotInstanceId``), so another account's ProductKey is "not found".
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import re
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ...auth import topic_acl
+from ...auth.aliyun_device import device_client_id
+from ...message import Message
+from ...mqtt.properties import NO_PROPERTIES, Properties
+from ...registry.errors import NotFoundError
+from ...registry.models import (
+    Device,
+    DeviceDetail,
+    Page,
+    Product,
+    TopicCategory,
+)
+from ...registry.validation import MAX_TOPIC_BYTES, MAX_TOPIC_SLASHES
+from ...topics import validate_topic_name
+from ..context import HubContext
+from ..publishing import publish
+from . import errors as e
+from .errors import ApiError
+from .params import Params
+from .render import gmt_china, gmt_cookie, utc_iso
+
+__all__ = ["ACTIONS", "Call", "Handler"]
+
+Fields = dict[str, Any]
+
+# Reference §2.1 and §3 "Limits".
+MAX_MESSAGE_BYTES = 256 * 1024
+MAX_BROADCAST_BYTES = 64 * 1024
+MAX_BATCH_PUB_DEVICES = 100
+RRPC_TIMEOUT_MS = (1000, 8000)
+_MAX_EXPIRY = 0xFFFFFFFF
+_LEVEL = re.compile(r"[A-Za-z0-9_]+")
+# QueryProduct NetType is a number (the Tea model's ``net_type: int``); CreateProduct takes
+# the names. Alibaba's QueryProduct page: 3 WiFi, 6 cellular, 7 Ethernet, 8 other.
+_NET_TYPES = {"WIFI": 3, "CELLULAR": 6, "ETHERNET": 7, "OTHER": 8}
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    ctx: HubContext
+    account_id: str
+    access_key_id: str
+    params: Params
+    # ``IotInstanceId`` (reference §1.1), None for the account's products without an instance.
+    instance_id: str | None
+
+    @property
+    def origin(self) -> str:
+        return f"http:aliyun:{self.access_key_id}"
+
+
+Handler = Callable[[Call], Awaitable[Fields]]
+
+
+# ===== messaging (§2.1) ========================================================================
+
+
+def _mqtt5_properties(params: Params) -> tuple[Properties, int | None]:
+    """The MQTT 5 parameters of Pub/BatchPub (§2.1 "Newer ([SDK])") as message properties,
+    and the Message Expiry Interval (kept on the Message: the broker counts it down)."""
+    response_topic = params.optional("ResponseTopic")
+    if response_topic is not None and validate_topic_name(response_topic) is not None:
+        raise ApiError(e.INVALID_PARAMETER, "ResponseTopic is not a valid topic name.")
+    correlation = params.base64("CorrelationData", required=False, max_bytes=65535)
+    user_properties = params.user_properties()
+    expiry = params.integer("MessageExpiryInterval", minimum=0, maximum=_MAX_EXPIRY)
+    indicator = params.integer("PayloadFormatIndicator", minimum=0, maximum=1)
+    content_type = params.optional("ContentType")
+    # TopicAlias is per connection in MQTT 5 (§3.3.2.3.4): checked, then not applied.
+    params.integer("TopicAlias", minimum=1, maximum=65535)
+    if (
+        response_topic is None
+        and correlation is None
+        and not user_properties
+        and indicator is None
+        and content_type is None
+    ):
+        return NO_PROPERTIES, expiry
+    properties = Properties(
+        payload_format_indicator=indicator,
+        content_type=content_type,
+        response_topic=response_topic,
+        correlation_data=correlation,
+        user_properties=user_properties,
+    )
+    return properties, expiry
+
+
+def _check_utf8(payload: bytes, properties: Properties) -> None:
+    if properties.payload_format_indicator == 1:
+        try:
+            payload.decode("utf-8")
+        except UnicodeDecodeError:
+            raise ApiError(
+                e.INVALID_PARAMETER,
+                "PayloadFormatIndicator is 1 but the message is not UTF-8 text.",
+            ) from None
+
+
+def _qos(params: Params) -> int:
+    """QoS 0 or 1 (§2.1; §3 "QoS 2 is not supported")."""
+    qos = params.integer("Qos", default=0)
+    assert qos is not None
+    if qos not in (0, 1):
+        raise ApiError(e.INVALID_PARAMETER, f"Qos must be 0 or 1, not {qos}.")
+    return qos
+
+
+def _payload(params: Params, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
+    payload = params.base64("MessageContent", max_bytes=max_bytes, invalid_code=e.NOT_BASE64)
+    assert payload is not None
+    return payload
+
+
+def _check_topic_form(topic: str) -> None:
+    """A topic the API may name: valid MQTT, within §3's 128 bytes and 7 slashes."""
+    if validate_topic_name(topic) is not None:
+        raise ApiError(e.INVALID_TOPIC_NAME, f"{topic!r} is not a valid topic name.")
+    if len(topic.encode()) > MAX_TOPIC_BYTES or topic.count("/") > MAX_TOPIC_SLASHES:
+        raise ApiError(
+            e.INVALID_TOPIC_NAME,
+            f"A topic has at most {MAX_TOPIC_BYTES} bytes and {MAX_TOPIC_SLASHES} slashes.",
+        )
+
+
+def _is_broadcast_topic(topic: str, product_key: str) -> bool:
+    prefix = f"/broadcast/{product_key}/"
+    return topic.startswith(prefix) and len(topic) > len(prefix)
+
+
+def _device(call: Call, product_key: str, device_name: str) -> Device:
+    return call.ctx.registry.get_device(
+        call.account_id,
+        product_key=product_key,
+        device_name=device_name,
+        instance_id=call.instance_id,
+    )
+
+
+def _check_device_topic(
+    product_key: str, device_name: str, topic: str, categories: Iterable[TopicCategory]
+) -> None:
+    """The topic must be covered by a SUB or ALL category of the product, expanded for this
+    device (§2.1 Pub: "The topic needs Subscribe or Pub+Sub permission")."""
+    verdict = topic_acl.may_subscribe(product_key, device_name, topic, categories)
+    if not verdict.allowed:
+        raise ApiError(
+            e.TOPIC_NOT_ALLOWED,
+            f"No topic category of product {product_key} gives devices the Subscribe "
+            f"permission on {topic}.",
+        )
+
+
+def _pub_target(call: Call, product: Product, topic: str) -> None:
+    """Pub's ``TopicFullName``: ``/${pk}/${dn}/user/${x}`` of an existing device, covered by a
+    SUB/ALL category, or ``/broadcast/${pk}/...`` (§2.1). System topics are refused."""
+    _check_topic_form(topic)
+    pk = product.product_key
+    if _is_broadcast_topic(topic, pk):
+        return
+    levels = topic.split("/")
+    if len(levels) < 5 or levels[0] or levels[1] != pk or levels[3] != "user":
+        raise ApiError(
+            e.TOPIC_NOT_ALLOWED,
+            f"TopicFullName must be /{pk}/${{deviceName}}/user/... or /broadcast/{pk}/...; "
+            "system topics are not supported.",
+        )
+    device = _device(call, pk, levels[2])
+    categories = call.ctx.registry.topic_categories_for_product(pk)
+    _check_device_topic(pk, device.device_name, topic, categories)
+
+
+async def pub(call: Call) -> Fields:
+    """Pub (§2.1): one message to a custom or broadcast topic; ``MessageId`` is a number."""
+    p = call.params
+    product_key = p.required("ProductKey")
+    topic = p.required("TopicFullName")
+    payload = _payload(p)
+    qos = _qos(p)
+    properties, expiry = _mqtt5_properties(p)
+    retain = p.boolean("Retained")
+    _check_utf8(payload, properties)
+    product = call.ctx.registry.query_product(
+        call.account_id, product_key, instance_id=call.instance_id
+    )
+    _pub_target(call, product, topic)
+    message = Message(
+        topic=topic,
+        payload=payload,
+        qos=qos,
+        retain=retain,
+        properties=properties,
+        account=call.account_id,
+        origin=call.origin,
+        expiry_interval=expiry,
+    )
+    await publish(call.ctx.broker, message)
+    return {"MessageId": message.id}
+
+
+def _topic_short_name(short_name: str) -> str:
+    """BatchPub ``TopicShortName``: the ``${x}`` of ``/${pk}/${dn}/user/${x}`` (§2.1), levels
+    ``[A-Za-z0-9_]+`` (§3 "Category levels")."""
+    if not all(_LEVEL.fullmatch(level) for level in short_name.split("/")):
+        raise ApiError(
+            e.INVALID_TOPIC_NAME, "Each level of TopicShortName must be letters, digits or '_'."
+        )
+    return short_name
+
+
+async def batch_pub(call: Call) -> Fields:
+    """BatchPub (§2.1): the same message to 1..100 devices of one product on
+    ``/${pk}/${dn}/user/${TopicShortName}``. All devices are checked before anything is sent.
+    No MessageId in the answer (§2.1)."""
+    p = call.params
+    product_key = p.required("ProductKey")
+    short_name = _topic_short_name(p.required("TopicShortName"))
+    payload = _payload(p)
+    names = p.repeat_list("DeviceName", limit=MAX_BATCH_PUB_DEVICES)
+    if not names:
+        raise e.missing("DeviceName.1")
+    if len(names) > MAX_BATCH_PUB_DEVICES:
+        raise ApiError(
+            e.DEVICE_COUNT_EXCEEDED,
+            f"BatchPub takes at most {MAX_BATCH_PUB_DEVICES} DeviceName.N.",
+        )
+    qos = _qos(p)
+    properties, expiry = _mqtt5_properties(p)
+    retain = p.boolean("Retained")
+    _check_utf8(payload, properties)
+    registry = call.ctx.registry
+    product = registry.query_product(call.account_id, product_key, instance_id=call.instance_id)
+    categories = registry.topic_categories_for_product(product.product_key)
+    topics: list[str] = []
+    for name in dict.fromkeys(names):  # a name given twice gets one copy
+        device = _device(call, product.product_key, name)
+        topic = f"/{product.product_key}/{device.device_name}/user/{short_name}"
+        _check_topic_form(topic)
+        _check_device_topic(product.product_key, device.device_name, topic, categories)
+        topics.append(topic)
+    messages = [
+        Message(
+            topic=topic,
+            payload=payload,
+            qos=qos,
+            retain=retain,
+            properties=properties,
+            account=call.account_id,
+            origin=call.origin,
+            expiry_interval=expiry,
+        )
+        for topic in topics
+    ]
+    # Each publish() routes at once and then waits for the store; together they share one
+    # commit instead of waiting for one commit per device.
+    await asyncio.gather(*(publish(call.ctx.broker, m) for m in messages))
+    return {}
+
+
+async def pub_broadcast(call: Call) -> Fields:
+    """PubBroadcast (§2.1): with ``TopicFullName`` (``/broadcast/${pk}/...``) a QoS 0 publish
+    there; without, every online device of the product gets the message on
+    ``/sys/${pk}/${dn}/broadcast/request/${MessageId}`` whatever it subscribed to. At most
+    64 KB."""
+    p = call.params
+    product_key = p.required("ProductKey")
+    payload = _payload(p, MAX_BROADCAST_BYTES)
+    topic = p.optional("TopicFullName")
+    registry = call.ctx.registry
+    product = registry.query_product(call.account_id, product_key, instance_id=call.instance_id)
+    pk = product.product_key
+    broker = call.ctx.broker
+    if topic is not None:
+        _check_topic_form(topic)
+        if not _is_broadcast_topic(topic, pk):
+            raise ApiError(e.INVALID_TOPIC_NAME, f"TopicFullName must be /broadcast/{pk}/...")
+        message = Message(topic=topic, payload=payload, account=call.account_id, origin=call.origin)
+        await publish(broker, message)
+        return {"MessageId": message.id}
+    message_id = broker.new_message_id()
+    page = 1
+    while True:
+        devices = registry.list_devices(
+            call.account_id, pk, page=page, page_size=50, instance_id=call.instance_id
+        )
+        for device in devices.items:
+            copy = Message(
+                topic=f"/sys/{pk}/{device.device_name}/broadcast/request/{message_id}",
+                payload=payload,
+                account=call.account_id,
+                origin=call.origin,
+                id=message_id,
+            )
+            broker.send_direct(call.account_id, device_client_id(pk, device.device_name), copy)
+        if page >= devices.page_count:
+            break
+        page += 1
+    return {"MessageId": message_id}
+
+
+async def rrpc(call: Call) -> Fields:
+    """RRpc (§2.1): send ``RequestBase64Byte`` to the device on
+    ``/sys/${pk}/${dn}/rrpc/request/${MessageId}`` (or ``/ext/rrpc/${MessageId}${Topic}``) at
+    QoS 0 and wait up to ``Timeout`` ms for its reply on ``.../rrpc/response/${MessageId}``
+    (or the same ext topic).
+
+    ``RrpcCode`` SUCCESS comes with ``PayloadBase64Byte``. OFFLINE (no connection) and TIMEOUT
+    are answered with ``Success: false`` and ``Code`` ``iot.messagebroker.OFFLINE``/``TIMEOUT``
+    (§2.5) *and* ``RrpcCode``, so a client that tests either field sees the outcome.
+    """
+    p = call.params
+    product_key = p.required("ProductKey")
+    device_name = p.required("DeviceName")
+    request = p.base64("RequestBase64Byte", max_bytes=MAX_MESSAGE_BYTES, invalid_code=e.NOT_BASE64)
+    assert request is not None
+    low, high = RRPC_TIMEOUT_MS
+    # The reference's example spells it TimeOut (§2.1); the SDKs send Timeout.
+    timeout_ms = p.integer(
+        "Timeout" if "Timeout" in p or "TimeOut" not in p else "TimeOut",
+        required=True,
+        minimum=low,
+        maximum=high,
+        code=e.INVALID_TIMEOUT,
+    )
+    assert timeout_ms is not None
+    custom = p.optional("Topic")
+    if custom is not None and not custom.startswith("/"):
+        raise ApiError(e.INVALID_TOPIC_NAME, "Topic must start with '/'.")
+    device = _device(call, product_key, device_name)
+    pk, dn = device.product_key, device.device_name
+    broker = call.ctx.broker
+    message_id = broker.new_message_id()
+    if custom is not None:
+        request_topic = reply_topic = f"/ext/rrpc/{message_id}{custom}"
+        _check_topic_form(request_topic)
+    else:
+        request_topic = f"/sys/{pk}/{dn}/rrpc/request/{message_id}"
+        reply_topic = f"/sys/{pk}/{dn}/rrpc/response/{message_id}"
+    session = broker.session_of(call.account_id, device_client_id(pk, dn))
+    if session is None or session.client is None:
+        raise ApiError(
+            e.RRPC_OFFLINE, "The device is offline.", RrpcCode="OFFLINE", MessageId=message_id
+        )
+    loop = asyncio.get_running_loop()
+    reply: asyncio.Future[bytes] = loop.create_future()
+    client_id = session.client_id
+
+    def on_reply(message: Message) -> None:
+        # With the custom form the request itself is on the reply topic: only the device's
+        # own publications answer.
+        if message.origin == client_id and not reply.done():
+            reply.set_result(message.payload)
+
+    watch = broker.watch(call.account_id, reply_topic, on_reply)
+    try:
+        await publish(
+            broker,
+            Message(
+                topic=request_topic,
+                payload=request,
+                account=call.account_id,
+                origin=call.origin,
+                id=message_id,
+            ),
+        )
+        try:
+            payload = await asyncio.wait_for(reply, timeout_ms / 1000)
+        except TimeoutError:
+            raise ApiError(
+                e.RRPC_TIMEOUT,
+                f"The device did not answer within {timeout_ms} ms.",
+                RrpcCode="TIMEOUT",
+                MessageId=message_id,
+            ) from None
+    finally:
+        watch.cancel()
+    return {
+        "RrpcCode": "SUCCESS",
+        "PayloadBase64Byte": base64.b64encode(payload).decode("ascii"),
+        "MessageId": message_id,
+    }
+
+
+async def query_device_sub_topic(call: Call) -> Fields:
+    """QueryDeviceSubTopic (§2.1): the filters the device's session holds, with the time of
+    each SUBSCRIBE in ms. A device without a session has none."""
+    p = call.params
+    device = _device(call, p.required("ProductKey"), p.required("DeviceName"))
+    session = call.ctx.broker.session_of(
+        call.account_id, device_client_id(device.product_key, device.device_name)
+    )
+    entries = [] if session is None else list(session.subscriptions.values())
+    return {
+        "TopicList": [
+            {"TopicName": entry.full_filter, "Timestamp": entry.subscribed_at_ms}
+            for entry in entries
+        ]
+    }
+
+
+# ===== products (§2.2) =========================================================================
+
+
+def _product_data(product: Product) -> Fields:
+    return {
+        "ProductKey": product.product_key,
+        "ProductName": product.name,
+        "ProductSecret": product.product_secret,
+        "NodeType": int(product.node_type),
+        "DataFormat": product.data_format,
+        "AuthType": product.auth_type,
+        "AliyunCommodityCode": product.aliyun_commodity_code,
+        "Description": product.description,
+        "Id2": product.auth_type == "id2",
+    }
+
+
+async def create_product(call: Call) -> Fields:
+    p = call.params
+    product = call.ctx.registry.create_product(
+        call.account_id,
+        p.required("ProductName"),
+        p.required("NodeType"),
+        instance_id=call.instance_id,
+        data_format=p.optional("DataFormat"),
+        auth_type=p.optional("AuthType"),
+        description=p.optional("Description"),
+        aliyun_commodity_code=p.optional("AliyunCommodityCode"),
+        net_type=p.optional("NetType"),
+        category_key=p.optional("CategoryKey"),
+    )
+    return {"ProductKey": product.product_key, "Data": _product_data(product)}
+
+
+async def query_product(call: Call) -> Fields:
+    product = call.ctx.registry.query_product(
+        call.account_id, call.params.required("ProductKey"), instance_id=call.instance_id
+    )
+    data = _product_data(product)
+    data.update(
+        {
+            "DeviceCount": product.device_count,
+            "GmtCreate": product.created_at,
+            "ProductStatus": product.status,
+            "NetType": _NET_TYPES.get((product.net_type or "").upper()),
+            "CategoryKey": product.category_key,
+            "Owner": True,
+        }
+    )
+    return {"Data": data}
+
+
+async def query_product_list(call: Call) -> Fields:
+    p = call.params
+    page: Page[Product] = call.ctx.registry.list_products(
+        call.account_id,
+        page=p.required("CurrentPage"),
+        page_size=p.required("PageSize"),
+        instance_id=call.instance_id,
+        aliyun_commodity_code=p.optional("AliyunCommodityCode"),
+    )
+    return {
+        "Data": {
+            "CurrentPage": page.page,
+            "PageSize": page.page_size,
+            "PageCount": page.page_count,
+            "Total": page.total,
+            "List": {
+                "ProductInfo": [
+                    {
+                        "ProductKey": product.product_key,
+                        "ProductName": product.name,
+                        "NodeType": int(product.node_type),
+                        "DataFormat": product.data_format,
+                        "DeviceCount": product.device_count,
+                        "GmtCreate": product.created_at,
+                        "AuthType": product.auth_type,
+                        "Description": product.description,
+                    }
+                    for product in page.items
+                ]
+            },
+        }
+    }
+
+
+async def update_product(call: Call) -> Fields:
+    p = call.params
+    call.ctx.registry.update_product(
+        call.account_id,
+        p.required("ProductKey"),
+        name=p.required("ProductName"),
+        description=p.optional("Description"),
+        instance_id=call.instance_id,
+    )
+    return {}
+
+
+async def delete_product(call: Call) -> Fields:
+    call.ctx.registry.delete_product(
+        call.account_id, call.params.required("ProductKey"), instance_id=call.instance_id
+    )
+    return {}
+
+
+# ===== devices (§2.3) ==========================================================================
+
+
+def _identity(call: Call) -> dict[str, str | None]:
+    """``IotId``, or ``ProductKey`` + ``DeviceName`` (the registry checks the combination)."""
+    p = call.params
+    return {
+        "iot_id": p.optional("IotId"),
+        "product_key": p.optional("ProductKey"),
+        "device_name": p.optional("DeviceName"),
+        "instance_id": call.instance_id,
+    }
+
+
+async def register_device(call: Call) -> Fields:
+    p = call.params
+    device = call.ctx.registry.register_device(
+        call.account_id,
+        p.required("ProductKey"),
+        p.optional("DeviceName"),
+        nickname=p.optional("Nickname"),
+        instance_id=call.instance_id,
+    )
+    return {
+        "Data": {
+            "IotId": device.iot_id,
+            "ProductKey": device.product_key,
+            "DeviceName": device.device_name,
+            "DeviceSecret": device.device_secret,
+            "Nickname": device.nickname or None,
+        }
+    }
+
+
+async def batch_register_device(call: Call) -> Fields:
+    p = call.params
+    apply = call.ctx.registry.batch_register(
+        call.account_id,
+        p.required("ProductKey"),
+        count=p.required("Count"),
+        instance_id=call.instance_id,
+    )
+    return {"Data": {"ApplyId": apply.apply_id}}
+
+
+async def batch_check_device_names(call: Call) -> Fields:
+    """BatchCheckDeviceNames: ThingHub checks and registers the names in one transaction
+    (all or nothing) and returns the ApplyId, which BatchRegisterDeviceWithApplyId then
+    confirms; the pair ends in the same state as on the cloud."""
+    p = call.params
+    names = p.repeat_list("DeviceName")
+    if not names:
+        raise ApiError(e.NONE_DEVICE_NAME_ELEMENT, "The device name list cannot be empty.")
+    apply = call.ctx.registry.batch_register(
+        call.account_id,
+        p.required("ProductKey"),
+        device_names=names,
+        instance_id=call.instance_id,
+    )
+    return {"Data": {"ApplyId": apply.apply_id}}
+
+
+async def batch_register_device_with_apply_id(call: Call) -> Fields:
+    p = call.params
+    product_key = p.required("ProductKey")
+    apply = call.ctx.registry.query_apply(call.account_id, p.required("ApplyId"))
+    product = call.ctx.registry.query_product(
+        call.account_id, product_key, instance_id=call.instance_id
+    )
+    if apply.product_key != product.product_key:
+        raise NotFoundError("iot.device.DeviceApplyIsNotFound", "The ApplyId is not found.")
+    return {"Data": {"ApplyId": apply.apply_id}}
+
+
+async def query_page_by_apply_id(call: Call) -> Fields:
+    p = call.params
+    page = call.ctx.registry.query_page_by_apply_id(
+        call.account_id,
+        p.required("ApplyId"),
+        page=p.optional("CurrentPage"),
+        page_size=p.optional("PageSize"),
+    )
+    return {
+        "Page": page.page,
+        "PageSize": page.page_size,
+        "PageCount": page.page_count,
+        "Total": page.total,
+        "ApplyDeviceList": {
+            "ApplyDeviceInfo": [
+                {"DeviceName": d.device_name, "DeviceSecret": d.device_secret, "IotId": d.iot_id}
+                for d in page.items
+            ]
+        },
+    }
+
+
+def _detail_data(detail: DeviceDetail) -> Fields:
+    device, product = detail.device, detail.product
+    return {
+        "IotId": device.iot_id,
+        "ProductKey": device.product_key,
+        "ProductName": product.name,
+        "DeviceName": device.device_name,
+        "DeviceSecret": device.device_secret,
+        "Nickname": device.nickname or None,
+        "Status": device.status.value,
+        "NodeType": int(product.node_type),
+        "IpAddress": device.ip_address,
+        "GmtCreate": gmt_china(device.created_at),
+        "UtcCreate": utc_iso(device.created_at),
+        "GmtActive": gmt_china(device.activated_at),
+        "UtcActive": utc_iso(device.activated_at),
+        "GmtOnline": gmt_china(device.last_online_at),
+        "UtcOnline": utc_iso(device.last_online_at),
+        "Owner": True,
+    }
+
+
+async def query_device_detail(call: Call) -> Fields:
+    detail = call.ctx.registry.query_device_detail(call.account_id, **_identity(call))
+    return {"Data": _detail_data(detail)}
+
+
+async def query_device(call: Call) -> Fields:
+    p = call.params
+    page = call.ctx.registry.list_devices(
+        call.account_id,
+        p.required("ProductKey"),
+        page=p.optional("CurrentPage"),
+        page_size=p.optional("PageSize"),
+        instance_id=call.instance_id,
+    )
+    return {
+        "Total": page.total,
+        "PageSize": page.page_size,
+        "PageCount": page.page_count,
+        "Page": page.page,
+        "Data": {
+            "DeviceInfo": [
+                {
+                    "DeviceName": d.device_name,
+                    "ProductKey": d.product_key,
+                    "DeviceSecret": d.device_secret,
+                    "IotId": d.iot_id,
+                    "DeviceStatus": d.status.value,
+                    "Nickname": d.nickname or None,
+                    "GmtCreate": gmt_cookie(d.created_at),
+                    "UtcCreate": utc_iso(d.created_at),
+                }
+                for d in page.items
+            ]
+        },
+    }
+
+
+async def delete_device(call: Call) -> Fields:
+    """DeleteDevice; a connected device is disconnected and its session ended."""
+    device = call.ctx.registry.delete_device(call.account_id, **_identity(call))
+    call.ctx.broker.disconnect_client(
+        call.account_id,
+        device_client_id(device.product_key, device.device_name),
+        clean_session=True,
+        prevent_will=False,
+    )
+    return {}
+
+
+async def disable_thing(call: Call) -> Fields:
+    """DisableThing; a connected device is disconnected. Its session is kept (it expires as
+    usual), so QoS 1 messages queued for it are delivered if it is enabled again in time."""
+    device = call.ctx.registry.disable_device(call.account_id, **_identity(call))
+    call.ctx.broker.disconnect_client(
+        call.account_id,
+        device_client_id(device.product_key, device.device_name),
+        clean_session=False,
+        prevent_will=False,
+    )
+    return {}
+
+
+async def enable_thing(call: Call) -> Fields:
+    call.ctx.registry.enable_device(call.account_id, **_identity(call))
+    return {}
+
+
+async def get_device_status(call: Call) -> Fields:
+    device = call.ctx.registry.get_device(call.account_id, **_identity(call))
+    return {"Data": {"Status": device.status.value, "Timestamp": device.status_changed_at}}
+
+
+async def batch_get_device_state(call: Call) -> Fields:
+    p = call.params
+    devices = call.ctx.registry.batch_get_device_states(
+        call.account_id,
+        product_key=p.optional("ProductKey"),
+        device_names=p.repeat_list("DeviceName"),
+        iot_ids=p.repeat_list("IotId"),
+        instance_id=call.instance_id,
+    )
+    return {
+        "DeviceStatusList": {
+            "DeviceStatus": [
+                {
+                    "DeviceName": d.device_name,
+                    "IotId": d.iot_id,
+                    "Status": d.status.value,
+                    "LastOnlineTime": gmt_china(d.last_online_at),
+                    "AsAddress": d.ip_address,
+                    "Timestamp": d.status_changed_at,
+                }
+                for d in devices
+            ]
+        }
+    }
+
+
+# ===== topic categories (§2.4) =================================================================
+
+
+async def create_product_topic(call: Call) -> Fields:
+    p = call.params
+    category = call.ctx.registry.create_topic_category(
+        call.account_id,
+        p.required("ProductKey"),
+        p.required("TopicShortName"),
+        p.required("Operation"),
+        description=p.optional("Desc"),
+        instance_id=call.instance_id,
+    )
+    return {"TopicId": category.id}
+
+
+async def query_product_topic(call: Call) -> Fields:
+    """QueryProductTopic: ``Operation`` as "0"/"1"/"2" and ``TopicShortName`` as the full
+    template (§2.4)."""
+    categories = call.ctx.registry.list_topic_categories(
+        call.account_id, call.params.required("ProductKey"), instance_id=call.instance_id
+    )
+    return {
+        "Data": {
+            "ProductTopicInfo": [
+                {
+                    "Id": str(c.id),
+                    "ProductKey": c.product_key,
+                    "TopicShortName": c.template,
+                    "Operation": c.operation.wire_code,
+                    "Desc": c.description,
+                }
+                for c in categories
+            ]
+        }
+    }
+
+
+async def update_product_topic(call: Call) -> Fields:
+    p = call.params
+    call.ctx.registry.update_topic_category(
+        call.account_id,
+        p.required("TopicId"),
+        p.required("TopicShortName"),
+        p.required("Operation"),
+        description=p.optional("Desc"),
+        instance_id=call.instance_id,
+    )
+    return {}
+
+
+async def delete_product_topic(call: Call) -> Fields:
+    call.ctx.registry.delete_topic_category(
+        call.account_id, call.params.required("TopicId"), instance_id=call.instance_id
+    )
+    return {}
+
+
+ACTIONS: dict[str, Handler] = {
+    "Pub": pub,
+    "BatchPub": batch_pub,
+    "PubBroadcast": pub_broadcast,
+    "RRpc": rrpc,
+    "QueryDeviceSubTopic": query_device_sub_topic,
+    "CreateProduct": create_product,
+    "QueryProduct": query_product,
+    "QueryProductList": query_product_list,
+    "UpdateProduct": update_product,
+    "DeleteProduct": delete_product,
+    "RegisterDevice": register_device,
+    "BatchRegisterDevice": batch_register_device,
+    "BatchCheckDeviceNames": batch_check_device_names,
+    "BatchRegisterDeviceWithApplyId": batch_register_device_with_apply_id,
+    "QueryPageByApplyId": query_page_by_apply_id,
+    "QueryDeviceDetail": query_device_detail,
+    "QueryDevice": query_device,
+    "DeleteDevice": delete_device,
+    "DisableThing": disable_thing,
+    "EnableThing": enable_thing,
+    "GetDeviceStatus": get_device_status,
+    "BatchGetDeviceState": batch_get_device_state,
+    "CreateProductTopic": create_product_topic,
+    "QueryProductTopic": query_product_topic,
+    "UpdateProductTopic": update_product_topic,
+    "DeleteProductTopic": delete_product_topic,
+}

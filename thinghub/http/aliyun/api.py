@@ -1,0 +1,100 @@
+"""The RPC endpoint ``/`` (GET and POST) of the Alibaba Cloud IoT API 2018-01-20.
+
+Match, then handle (STYLE.md §3.11): every request goes through the same steps, and every
+failure is rendered in the dialect's own shape by the one ``except`` ladder below.
+
+1. **Parse** (``signing.parse_request``, never fails): parameters from the query and a form
+   body, the claimed AccessKeyId, Action, Version, and the response format (§5: V1 ``Format``,
+   default XML; V3 JSON).
+2. **Authenticate** (``signing.verify``): key, clock (15 min), signature, nonce (§1.2-§1.4).
+3. **Match** the Version and Action (unknown: ``InvalidApi.NotFound``, 404) and charge the
+   account's rate quota for the action (``Throttling.User``, §1.4; quotas are per account and
+   shared by its keys, §2).
+4. **Call the core** through the action's handler (``actions.py``).
+5. **Render**: success and business errors HTTP 200 (§2), gateway errors 4xx (§1.4), each with
+   a fresh uppercase UUID RequestId (§5).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from aiohttp import web
+
+from ...registry.errors import RegistryError
+from ...registry.ids import new_request_id
+from ..context import HubContext
+from . import errors as e
+from . import render
+from .actions import ACTIONS, Call
+from .errors import ApiError, GatewayError
+from .params import Params
+from .signing import WireRequest, parse_request, split_target, verify
+
+__all__ = ["API_VERSION", "add_routes"]
+
+log = logging.getLogger("thinghub.http.aliyun")
+
+API_VERSION = "2018-01-20"
+
+
+def add_routes(app: web.Application, ctx: HubContext) -> None:
+    """Serve the RPC API at ``/`` on ``app`` (GET and POST, as both SDKs may use either)."""
+
+    async def rpc(request: web.Request) -> web.Response:
+        return await handle(ctx, request)
+
+    app.router.add_get("/", rpc, allow_head=False)
+    app.router.add_post("/", rpc)
+
+
+async def handle(ctx: HubContext, request: web.Request) -> web.Response:
+    request_id = new_request_id()
+    host = request.headers.get("Host", "")
+    response_format = "JSON"
+    action: str | None = None
+    try:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge as too_large:
+            raise e.request_too_large(too_large.text or "") from None
+        raw_path, query = split_target(request.raw_path)
+        rpc = parse_request(WireRequest(request.method, raw_path, query, request.headers, body))
+        response_format = rpc.response_format
+        action = rpc.action
+        registry = ctx.registry
+        key = registry.lookup_access_key(rpc.access_key_id) if rpc.access_key_id else None
+        verified = verify(rpc, key, ctx.nonces)
+        if not action:
+            raise e.missing("Action")
+        if not rpc.api_version:
+            raise e.missing("Version")
+        handler = ACTIONS.get(action)
+        if handler is None or rpc.api_version != API_VERSION:
+            raise e.invalid_api(action, rpc.api_version)
+        account_id = verified.key.account_id
+        if not ctx.aliyun_limits.allow(account_id, action):
+            raise e.throttled()
+        params = Params(rpc.params)
+        call = Call(
+            ctx=ctx,
+            account_id=account_id,
+            access_key_id=verified.access_key_id,
+            params=params,
+            instance_id=params.optional("IotInstanceId"),
+        )
+        fields = await handler(call)
+        return render.success(action, response_format, request_id, fields)
+    except GatewayError as error:
+        return render.gateway_error(error, response_format, request_id, host)
+    except ApiError as error:
+        return render.business_error(
+            action or "", response_format, request_id, error.code, error.message, error.fields
+        )
+    except RegistryError as error:
+        return render.business_error(
+            action or "", response_format, request_id, error.code, error.message
+        )
+    except Exception:
+        log.exception("Alibaba API %s failed (RequestId %s)", action, request_id)
+        return render.gateway_error(e.internal_error(), response_format, request_id, host)

@@ -1,0 +1,184 @@
+"""The AWS IoT Core data plane (``iot-data``, 2015-05-28) on the hub's HTTP port.
+
+Match, then handle (STYLE.md §3.11). Every request goes through the same steps:
+
+1. **match** the raw request target (not aiohttp's decoded path: ``%2F`` inside a topic and a
+   literal ``/`` must not be confused, reference ``aws-iot-data-api.md`` §2) to an operation
+   and its still-encoded URI label; a verb the resource does not have is 405
+   ``MethodNotAllowedException``;
+2. **read** the body, at most 128 KB (413 ``RequestEntityTooLargeException`` beyond);
+3. **authenticate**: SigV4 (``sigv4``) with the registry's access key; the key's account is
+   the topic space the call acts in. Failures are 403 ``ForbiddenException`` (§4);
+4. **throttle** per account and operation (``HubContext.aws_limits``, keyed by the operation
+   name, e.g. ``"Publish"``): 429 ``ThrottlingException``;
+5. decode the label exactly once and **handle** (``routes``), which validates its own
+   parameters and calls the core;
+6. **render** any ``AwsError`` in the one error shape (``errors``). Anything unexpected is
+   logged and answered 500 ``InternalFailureException``.
+
+Routes::
+
+    POST   /topics/{topic}                     Publish (also raw slashes: /topics/a/b/c)
+    GET    /retainedMessage/{topic}            GetRetainedMessage
+    GET    /retainedMessage                    ListRetainedMessages
+    GET    /connections/{clientId}             GetConnection
+    DELETE /connections/{clientId}             DeleteConnection
+    GET    /connections/{clientId}/subscriptions   ListSubscriptions
+    POST   /connections/{clientId}/messages    SendDirectMessage
+
+The shadow operations (``/things/...``, ``/api/things/shadow/...``) are not mounted.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+from urllib.parse import unquote
+
+from aiohttp import web
+
+from ..context import HubContext
+from . import sigv4
+from .errors import (
+    INTERNAL_FAILURE,
+    METHOD_NOT_ALLOWED,
+    REQUEST_ENTITY_TOO_LARGE,
+    AwsError,
+    ErrorShape,
+    error_response,
+)
+from .routes import OPERATIONS, Call, Handler
+from .validation import MAX_PAYLOAD_BYTES, Params
+
+__all__ = ["Match", "add_routes", "match"]
+
+log = logging.getLogger("thinghub.http.aws")
+
+# The aiohttp routes that lead here; ``match`` does the real matching on the raw target.
+_MOUNTS = (
+    "/topics",
+    "/topics/{rest:.*}",
+    "/retainedMessage",
+    "/retainedMessage/{rest:.*}",
+    "/connections",
+    "/connections/{rest:.*}",
+)
+_READ_CHUNK = 64 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    operation: str
+    handler: Handler
+    #: the URI label as sent (percent-encoded), "" if the operation has none
+    raw_label: str
+
+
+def _pick(method: str, verbs: dict[str, str], raw_label: str) -> Match:
+    operation = verbs.get(method)
+    if operation is None:
+        raise AwsError(
+            METHOD_NOT_ALLOWED, "The specified combination of HTTP verb and URI is not supported."
+        )
+    return Match(operation, OPERATIONS[operation], raw_label)
+
+
+def match(method: str, raw_path: str) -> Match:
+    """The operation for a method and a raw (still percent-encoded) path.
+
+    botocore encodes ``/`` inside a label as ``%2F`` (reference §2), so a raw ``/`` separates
+    path segments. Non-SDK clients may send a topic with raw slashes: everything after
+    ``/topics/`` is the topic (the greedy ``{topic+}`` form). A ``{clientId}`` is followed by
+    nothing, ``/subscriptions`` or ``/messages``."""
+    if raw_path == "/topics" or raw_path.startswith("/topics/"):
+        return _pick(method, {"POST": "Publish"}, raw_path[len("/topics/") :])
+    if raw_path == "/retainedMessage":
+        return _pick(method, {"GET": "ListRetainedMessages"}, "")
+    if raw_path.startswith("/retainedMessage/"):
+        return _pick(method, {"GET": "GetRetainedMessage"}, raw_path[len("/retainedMessage/") :])
+    if raw_path == "/connections" or raw_path.startswith("/connections/"):
+        rest = raw_path[len("/connections/") :]
+        head, sep, tail = rest.rpartition("/")
+        if sep and tail == "subscriptions":
+            return _pick(method, {"GET": "ListSubscriptions"}, head)
+        if sep and tail == "messages":
+            return _pick(method, {"POST": "SendDirectMessage"}, head)
+        return _pick(method, {"GET": "GetConnection", "DELETE": "DeleteConnection"}, rest)
+    raise AwsError(
+        METHOD_NOT_ALLOWED, "The specified combination of HTTP verb and URI is not supported."
+    )
+
+
+def _decode_label(raw: str) -> str:
+    """Percent-decode a URI label exactly once (reference §2)."""
+    if "%" not in raw:
+        return raw
+    try:
+        return unquote(raw, errors="strict")
+    except UnicodeDecodeError:
+        raise AwsError.invalid("The request URI is not valid UTF-8.") from None
+
+
+async def _read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused early when it declares (or turns out) larger than ``limit``."""
+    if not request.body_exists:
+        return b""
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise AwsError(
+            REQUEST_ENTITY_TOO_LARGE,
+            f"The payload is {declared} bytes; the limit is {limit} bytes.",
+        )
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(_READ_CHUNK)
+        if not chunk:
+            break
+        size += len(chunk)
+        if size > limit:
+            raise AwsError(REQUEST_ENTITY_TOO_LARGE, f"The payload is larger than {limit} bytes.")
+        chunks.append(chunk)
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def add_routes(app: web.Application, ctx: HubContext) -> None:
+    """Mount the iot-data operations on ``app``."""
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        # AWS request ids are lowercase UUIDs; the same id is the error body's traceId.
+        request_id = str(uuid.uuid4())
+        try:
+            raw_path, query = sigv4.split_target(request.raw_path)
+            found = match(request.method, raw_path)
+            body = await _read_body(request, MAX_PAYLOAD_BYTES)
+            wire = sigv4.WireRequest(request.method, raw_path, query, request.headers, body)
+            parsed = sigv4.parse(wire)
+            key = ctx.registry.lookup_access_key(parsed.access_key_id)
+            verified = sigv4.verify(parsed, key)
+            account = verified.key.account_id
+            if not ctx.aws_limits.allow(account, found.operation):
+                raise AwsError.throttled()
+            call = Call(
+                request_id=request_id,
+                account=account,
+                access_key_id=parsed.access_key_id,
+                label=_decode_label(found.raw_label),
+                params=Params(query),
+                headers=request.headers,
+                body=body,
+            )
+            return await found.handler(ctx, call)
+        except AwsError as error:
+            return error_response(error.shape, error.message, request_id)
+        except sigv4.SigV4Error as error:
+            log.debug("iot-data %s refused: %s", request_id, error)
+            shape = ErrorShape(error.error_type, error.status)
+            return error_response(shape, error.message, request_id)
+        except Exception:
+            log.exception("iot-data request %s failed", request_id)
+            return error_response(INTERNAL_FAILURE, "Internal failure.", request_id)
+
+    for path in _MOUNTS:
+        app.router.add_route("*", path, handle)

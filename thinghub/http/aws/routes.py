@@ -1,0 +1,378 @@
+"""One handler per iot-data operation (reference ``aws-iot-data-api.md`` §1).
+
+Each handler gets a :class:`Call` that ``api`` has already matched, read and authenticated
+(the account is the access key's), checks its own parameters (``validation``), calls the core
+and renders the operation's answer. Errors are raised as :class:`AwsError` and rendered in one
+place (``api``). Tenancy: everything is looked up in the caller's account only, so another
+account's retained message or client gets the same ``ResourceNotFoundException`` as one that
+does not exist.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import bisect
+import json
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from aiohttp import web
+
+from ...broker.broker import Broker
+from ...message import Message
+from ...registry.ids import decode_message_id
+from ..context import HubContext
+from ..publishing import publish as publish_message
+from .errors import GATEWAY_TIMEOUT, AwsError, json_response
+from .validation import (
+    Params,
+    check_client_id,
+    check_payload_size,
+    check_publish_topic,
+    check_topic,
+    message_fields,
+    parse_bool,
+    parse_int,
+)
+
+__all__ = ["OPERATIONS", "Call", "Handler"]
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Call:
+    """An authenticated request, ready for its operation's handler."""
+
+    request_id: str
+    #: the account (topic space) of the access key that signed the request
+    account: str
+    access_key_id: str
+    #: the decoded URI label: ``{topic}`` or ``{clientId}`` ("" for operations without one)
+    label: str
+    params: Params
+    headers: Mapping[str, str]
+    body: bytes
+
+    @property
+    def origin(self) -> str:
+        return f"http:aws:{self.access_key_id}"
+
+    def ok(self, body: dict[str, object]) -> web.Response:
+        return json_response(body, self.request_id)
+
+
+Handler = Callable[[HubContext, Call], Awaitable[web.StreamResponse]]
+
+# A page of ListRetainedMessages when maxResults is absent (the model gives no default).
+DEFAULT_RETAINED_PAGE = 200
+# ListSubscriptions' documented default page ("By default, this is set to 20").
+DEFAULT_SUBSCRIPTIONS_PAGE = 20
+# SendDirectMessage timeout: "Valid range: 1 to 15 seconds. Default value: 5 seconds."
+DEFAULT_CONFIRM_TIMEOUT = 5
+MAX_CONFIRM_TIMEOUT = 15
+
+
+# --------------------------------------------------------------------------- Publish
+
+
+async def publish(ctx: HubContext, call: Call) -> web.Response:
+    """``POST /topics/{topic}``: one message into the account's topic space, through the
+    hub's one publish path (so a 200 for QoS 1 means what a PUBACK means)."""
+    params = call.params
+    retain = parse_bool("retain", params.get("retain"))
+    qos = parse_int("qos", params.get("qos"), 0, 0, 1)
+    topic = check_publish_topic(call.label, retain)
+    check_payload_size(len(call.body))
+    fields = message_fields(params, call.headers, call.body)
+    broker = ctx.broker
+    if retain and call.body:
+        _check_retained_room(broker, call.account, topic)
+    message = Message(
+        topic=topic,
+        payload=call.body,
+        qos=qos,
+        retain=retain,
+        properties=fields.properties,
+        account=call.account,
+        origin=call.origin,
+        expiry_interval=fields.expiry_interval,
+    )
+    await publish_message(broker, message)
+    # What AWS answers a successful HTTPS publish with (reference §3, "Success").
+    return call.ok({"message": "OK", "traceId": call.request_id})
+
+
+def _check_retained_room(broker: Broker, account: str, topic: str) -> None:
+    """At the per-account maximum, a retained publish with a payload to a *new* topic is
+    throttled (reference §5, "Retained count"); replacing or deleting one is always fine."""
+    space = broker.spaces.get(account)
+    limit = broker.settings.max_retained_messages
+    if space is not None and len(space.retained) >= limit and space.retained.get(topic) is None:
+        raise AwsError.throttled(
+            f"The account has reached its maximum of {limit} retained messages."
+        )
+
+
+# --------------------------------------------------------------------------- retained
+
+
+async def get_retained_message(ctx: HubContext, call: Call) -> web.Response:
+    """``GET /retainedMessage/{topic}``; payload and userProperties are blobs (base64)."""
+    topic = check_topic(call.label)
+    message = ctx.broker.retained_message(call.account, topic)
+    if message is None:
+        raise AwsError.not_found(f"No retained message exists for topic {topic}.")
+    body: dict[str, object] = {
+        "topic": topic,
+        "payload": _b64(message.payload),
+        "qos": message.qos,
+    }
+    modified = last_modified_ms(message)
+    if modified is not None:
+        body["lastModifiedTime"] = modified
+    users = message.properties.user_properties
+    if users:
+        array = [{name: value} for name, value in users]
+        body["userProperties"] = _b64(json.dumps(array, separators=(",", ":")).encode())
+    return call.ok(body)
+
+
+async def list_retained_messages(ctx: HubContext, call: Call) -> web.Response:
+    """``GET /retainedMessage``: summaries in topic order, paged by ``nextToken``."""
+    params = call.params
+    limit = parse_int("maxResults", params.get("maxResults"), DEFAULT_RETAINED_PAGE, 1, 200)
+    after = _token_position("retained", params.get("nextToken"))
+    messages = ctx.broker.retained_messages(call.account)  # sorted by topic
+    page, token = _page(messages, lambda m: m.topic, after, limit, "retained")
+    summaries: list[dict[str, object]] = []
+    for message in page:
+        summary: dict[str, object] = {
+            "topic": message.topic,
+            "payloadSize": len(message.payload),
+            "qos": message.qos,
+        }
+        modified = last_modified_ms(message)
+        if modified is not None:
+            summary["lastModifiedTime"] = modified
+        summaries.append(summary)
+    body: dict[str, object] = {"retainedTopics": summaries}
+    if token is not None:
+        body["nextToken"] = token
+    return call.ok(body)
+
+
+def last_modified_ms(message: Message) -> int | None:
+    """When the retained message was stored, in Unix milliseconds.
+
+    ``Message.published_at_ms`` when the message carries it; otherwise the time inside the
+    hub's 63-bit MessageId (registry/ids.py layout), which is the publish time to the
+    millisecond when the broker uses the hub's generator. None (field omitted) when neither
+    is known, e.g. a broker counting ids from 1."""
+    stamp = getattr(message, "published_at_ms", None)
+    if isinstance(stamp, int) and stamp > 0:
+        return stamp
+    if message.id >= 1 << 22:  # a millisecond part above zero: a generated id
+        return decode_message_id(message.id).unix_ms
+    return None
+
+
+# --------------------------------------------------------------------------- connections
+
+
+async def get_connection(ctx: HubContext, call: Call) -> web.Response:
+    """``GET /connections/{clientId}``: the client's session and, while it is connected, its
+    connection (socket details only with ``includeSocketInformation=true``)."""
+    client_id = check_client_id(call.label)
+    include_socket = parse_bool(
+        "includeSocketInformation", call.params.get("includeSocketInformation")
+    )
+    session = ctx.broker.session_of(call.account, client_id)
+    if session is None:
+        raise AwsError.not_found(f"No connection exists for client ID {client_id}.")
+    client = session.client
+    connected = client is not None and client.connected
+    body: dict[str, object] = {
+        "clientId": client_id,
+        "connected": connected,
+        # "true for clean sessions or false for persistent sessions": a session that ends
+        # with its connection (expiry 0) is a clean one.
+        "cleanSession": session.expiry_interval == 0,
+        "sessionExpiry": session.expiry_interval,
+    }
+    if client is not None and connected:
+        body["keepAliveDuration"] = client.keep_alive
+        since = _int_attr(client, "connected_at_ms")
+        if since is not None:
+            body["connectedSince"] = since
+        if include_socket:
+            source = _split_host_port(client.link.peer)
+            if source is not None:
+                body["sourceIp"], body["sourcePort"] = source
+            local = getattr(client.link, "local", None)
+            target = _split_host_port(local) if isinstance(local, str) else None
+            if target is not None:
+                body["targetIp"], body["targetPort"] = target
+    else:
+        since = _int_attr(session, "disconnected_at_ms")
+        if since is not None:
+            body["disconnectedSince"] = since
+        reason = getattr(session, "disconnect_reason", None)
+        if isinstance(reason, str) and reason:
+            body["disconnectReason"] = reason
+    return call.ok(body)
+
+
+async def list_subscriptions(ctx: HubContext, call: Call) -> web.Response:
+    """``GET /connections/{clientId}/subscriptions``: topic filters (as subscribed, with any
+    ``$share/<group>/``) and granted QoS, in filter order, paged by ``nextToken``."""
+    params = call.params
+    client_id = check_client_id(call.label)
+    limit = parse_int("maxResults", params.get("maxResults"), DEFAULT_SUBSCRIPTIONS_PAGE, 1, 200)
+    after = _token_position("subscriptions", params.get("nextToken"))
+    session = ctx.broker.session_of(call.account, client_id)
+    if session is None:
+        raise AwsError.not_found(f"No connection exists for client ID {client_id}.")
+    entries = sorted(session.subscriptions.values(), key=lambda e: e.full_filter)
+    page, token = _page(entries, lambda e: e.full_filter, after, limit, "subscriptions")
+    body: dict[str, object] = {
+        "subscriptions": [{"topicFilter": e.full_filter, "qos": e.qos} for e in page]
+    }
+    if token is not None:
+        body["nextToken"] = token
+    return call.ok(body)
+
+
+async def delete_connection(ctx: HubContext, call: Call) -> web.Response:
+    """``DELETE /connections/{clientId}``: close the client's connection (MQTT 5 DISCONNECT
+    0x98, administrative action); ``cleanSession`` ends its session, ``preventWillMessage``
+    drops its will. "200 OK with no response body" (reference §1)."""
+    params = call.params
+    client_id = check_client_id(call.label)
+    clean = parse_bool("cleanSession", params.get("cleanSession"))
+    prevent_will = parse_bool("preventWillMessage", params.get("preventWillMessage"))
+    done = ctx.broker.disconnect_client(
+        call.account, client_id, clean_session=clean, prevent_will=prevent_will
+    )
+    if not done:
+        raise AwsError.not_found(f"No connected client has the client ID {client_id}.")
+    return web.Response(status=200, headers={"x-amzn-RequestId": call.request_id})
+
+
+async def send_direct_message(ctx: HubContext, call: Call) -> web.Response:
+    """``POST /connections/{clientId}/messages``: one message to one connected client,
+    whatever it subscribed to. ``confirmation=true`` sends it at QoS 1 and answers once the
+    device's PUBACK arrives, or 504 ``GatewayTimeoutException`` after ``timeout`` seconds;
+    otherwise QoS 0 and an immediate answer (model documentation)."""
+    params = call.params
+    client_id = check_client_id(call.label)
+    raw_topic = params.get("topic")
+    if raw_topic is None:
+        raise AwsError.invalid("The topic parameter is required.")
+    topic = check_publish_topic(raw_topic, False)
+    check_payload_size(len(call.body))
+    confirmation = parse_bool("confirmation", params.get("confirmation"))
+    timeout = parse_int(
+        "timeout", params.get("timeout"), DEFAULT_CONFIRM_TIMEOUT, 1, MAX_CONFIRM_TIMEOUT
+    )
+    fields = message_fields(params, call.headers, call.body)
+    broker = ctx.broker
+    message = Message(
+        topic=topic,
+        payload=call.body,
+        qos=1 if confirmation else 0,
+        properties=fields.properties,
+        account=call.account,
+        origin=call.origin,
+    )
+    message.id = broker.new_message_id()
+    not_connected = f"No connected client has the client ID {client_id}."
+    if not confirmation:
+        if not broker.send_direct(call.account, client_id, message):
+            raise AwsError.not_found(not_connected)
+        return call.ok({"message": "OK", "traceId": call.request_id})
+    acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def on_acked() -> None:
+        if not acked.done():
+            acked.set_result(None)
+
+    if not broker.send_direct(call.account, client_id, message, on_acked):
+        raise AwsError.not_found(not_connected)
+    try:
+        await asyncio.wait_for(acked, timeout)
+    except TimeoutError:
+        raise AwsError(
+            GATEWAY_TIMEOUT,
+            f"The client did not confirm delivery (PUBACK) within {timeout} seconds.",
+        ) from None
+    return call.ok({"message": "OK", "traceId": call.request_id})
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _int_attr(obj: object, name: str) -> int | None:
+    value = getattr(obj, name, None)
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _split_host_port(address: str) -> tuple[str, int] | None:
+    """``"1.2.3.4:5"`` or ``"::1:5"`` (how the transports name a peer) as (ip, port)."""
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _token(kind: str, last: str) -> str:
+    """An opaque ``nextToken``: the sort key of the last item returned. Resuming *after* a
+    key (not at an offset) stays correct when items come and go between pages."""
+    return base64.urlsafe_b64encode(f"1:{kind}:{last}".encode()).decode("ascii")
+
+
+def _token_position(kind: str, token: str | None) -> str | None:
+    if token is None:
+        return None
+    try:
+        text = base64.urlsafe_b64decode(token.encode("ascii")).decode()
+    except (binascii.Error, ValueError):
+        text = ""
+    version, _, rest = text.partition(":")
+    token_kind, sep, last = rest.partition(":")
+    if version != "1" or token_kind != kind or not sep:
+        raise AwsError.invalid("The nextToken is not valid.")
+    return last
+
+
+def _page(
+    items: Sequence[T],
+    key: Callable[[T], str],
+    after: str | None,
+    limit: int,
+    kind: str,
+) -> tuple[Sequence[T], str | None]:
+    """Up to ``limit`` items (sorted by ``key``) after the key ``after``, and the token for
+    the rest (None on the last page, which ends boto3's paginator)."""
+    start = 0 if after is None else bisect.bisect_right(items, after, key=key)
+    page = items[start : start + limit]
+    more = start + limit < len(items)
+    return page, (_token(kind, key(page[-1])) if more and page else None)
+
+
+OPERATIONS: dict[str, Handler] = {
+    "Publish": publish,
+    "GetRetainedMessage": get_retained_message,
+    "ListRetainedMessages": list_retained_messages,
+    "GetConnection": get_connection,
+    "ListSubscriptions": list_subscriptions,
+    "DeleteConnection": delete_connection,
+    "SendDirectMessage": send_direct_message,
+}

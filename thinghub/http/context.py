@@ -1,0 +1,23 @@
+"""What the HTTP dialects are given: the hub's parts, passed explicitly (no module state)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from ..broker.broker import Broker
+from ..config import Settings
+from ..registry.registry import Registry
+from .aliyun.signing import NonceCache
+from .ratelimit import RateLimiter
+
+
+@dataclass
+class HubContext:
+    settings: Settings
+    broker: Broker
+    registry: Registry
+    # SignatureNonce replay protection for the Alibaba dialect (one per hub).
+    nonces: NonceCache = field(default_factory=NonceCache)
+    # Per-account request rates, one limiter per dialect.
+    aliyun_limits: RateLimiter = field(default_factory=lambda: RateLimiter({}))
+    aws_limits: RateLimiter = field(default_factory=lambda: RateLimiter({}))

@@ -1,0 +1,33 @@
+"""The one publish path for the HTTP dialects: ``Broker.publish`` plus the wait that makes an
+HTTP 200 mean what a PUBACK means (ARCHITECTURE.md, "Acknowledged means durable")."""
+
+from __future__ import annotations
+
+import asyncio
+
+from ..broker.broker import Broker
+from ..message import Message
+
+
+async def publish(broker: Broker, message: Message) -> int:
+    """Publish ``message`` and return once whatever it changed in the store is committed.
+    Returns how many sessions it was handed to. Assigns ``message.id`` if it has none."""
+    if not message.id:
+        message.id = broker.new_message_id()
+    writes = broker.store_writes
+    matched = broker.publish(message)
+    if broker.store_writes != writes:
+        await committed(broker)
+    return matched
+
+
+async def committed(broker: Broker) -> None:
+    """Wait until everything reported to the store so far is durable."""
+    done = asyncio.get_running_loop().create_future()
+
+    def resolve() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    broker.store.after_commit(resolve)
+    await done

@@ -1,0 +1,72 @@
+"""Per-account, per-action request rate limits (token buckets).
+
+Both cloud dialects throttle per account, shared by every access key of that account, as the
+clouds do (reference: Alibaba's QPS per account and API; AWS's per-account data-plane rates).
+A bucket holds at most one second's worth of requests (its rate) and refills continuously; a
+request that finds it empty is refused at once (the dialect answers with its throttling
+error) rather than queued, so one busy account never slows another.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+
+
+class _Bucket:
+    __slots__ = ("rate", "stamp", "tokens")
+
+    def __init__(self, rate: float, now: float) -> None:
+        self.rate = rate
+        self.tokens = rate
+        self.stamp = now
+
+
+class RateLimiter:
+    def __init__(
+        self,
+        limits: Mapping[str, float],
+        *,
+        default: float | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        max_buckets: int = 100_000,
+    ) -> None:
+        """``limits`` maps an action name to requests per second; actions not listed use
+        ``default`` (None: unlimited). ``max_buckets`` bounds memory: when full, idle buckets
+        (full again) are dropped."""
+        self._limits = dict(limits)
+        self._default = default
+        self._clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._max_buckets = max_buckets
+        self.refused = 0
+
+    def rate_of(self, action: str) -> float | None:
+        return self._limits.get(action, self._default)
+
+    def allow(self, account: str, action: str) -> bool:
+        rate = self.rate_of(action)
+        if rate is None:
+            return True
+        now = self._clock()
+        key = (account, action)
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            if len(self._buckets) >= self._max_buckets:
+                self._prune(now)
+            bucket = self._buckets[key] = _Bucket(rate, now)
+        else:
+            bucket.tokens = min(bucket.rate, bucket.tokens + (now - bucket.stamp) * bucket.rate)
+            bucket.stamp = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return True
+        self.refused += 1
+        return False
+
+    def _prune(self, now: float) -> None:
+        idle = [
+            key for key, b in self._buckets.items() if b.tokens + (now - b.stamp) * b.rate >= b.rate
+        ]
+        for key in idle:
+            del self._buckets[key]
