@@ -18,6 +18,13 @@ from .broker.broker import Broker
 from .config import Settings
 from .http.app import build_http_app
 from .http.context import HubContext
+from .http.ratelimit import (
+    ALIYUN_DEFAULT_RATES,
+    AWS_DEFAULT_OTHER_RATE,
+    AWS_DEFAULT_RATES,
+    RateLimiter,
+    parse_rate_overrides,
+)
 from .registry.ids import MessageIdGenerator
 from .registry.models import AccessKey
 from .registry.registry import Registry
@@ -104,7 +111,19 @@ class Hub:
             self._servers.append(tls)
             mqtts = _bound(tls)
 
-        context = HubContext(settings=settings, broker=broker, registry=registry)
+        api = settings.api
+        context = HubContext(
+            settings=settings,
+            broker=broker,
+            registry=registry,
+            aliyun_limits=RateLimiter(
+                {**ALIYUN_DEFAULT_RATES, **parse_rate_overrides(api.aliyun_rate_limits)}
+            ),
+            aws_limits=RateLimiter(
+                {**AWS_DEFAULT_RATES, **parse_rate_overrides(api.aws_rate_limits)},
+                default=AWS_DEFAULT_OTHER_RATE,
+            ),
+        )
         runner = web.AppRunner(build_http_app(context), access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True)

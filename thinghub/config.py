@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .http.ratelimit import parse_rate_overrides
+
 KIB = 1024
 MIB = 1024 * KIB
 
@@ -78,11 +80,22 @@ class HTTPSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class APISettings:
+    """The cloud-compatible HTTP APIs."""
+
+    # Per-account request rates, "Action=requests_per_second", overriding the documented
+    # defaults (thinghub/http/ratelimit.py; Alibaba's per-API QPS, AWS's publish rate).
+    aliyun_rate_limits: tuple[str, ...] = ()
+    aws_rate_limits: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path("./data")
     log_level: str = "INFO"
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
+    api: APISettings = field(default_factory=APISettings)
 
     def validate(self) -> Settings:
         m = self.mqtt
@@ -104,10 +117,15 @@ class Settings:
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for name in ("aliyun_rate_limits", "aws_rate_limits"):
+            try:
+                parse_rate_overrides(getattr(self.api, name))
+            except ValueError as error:
+                raise ConfigError(f"api.{name}: {error}") from None
         return self
 
 
-_SECTIONS = {"mqtt": MQTTSettings, "http": HTTPSettings}
+_SECTIONS = {"mqtt": MQTTSettings, "http": HTTPSettings, "api": APISettings}
 
 
 def _convert(name: str, raw: Any, annotation: Any) -> Any:

@@ -12,6 +12,57 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping
 
+# Documented per-account QPS of the Alibaba actions (reference §2; "per account, its RAM users
+# share it"). PubBroadcast's 1 QPS is its topic-broadcast rate.
+ALIYUN_DEFAULT_RATES: dict[str, float] = {
+    "Pub": 1600,
+    "BatchPub": 50,
+    "PubBroadcast": 1,
+    "RRpc": 1000,
+    "QueryDeviceSubTopic": 100,
+    "CreateProduct": 50,
+    "QueryProduct": 50,
+    "QueryProductList": 50,
+    "UpdateProduct": 50,
+    "DeleteProduct": 500,
+    "RegisterDevice": 30,
+    "BatchRegisterDevice": 10,
+    "BatchRegisterDeviceWithApplyId": 10,
+    "QueryPageByApplyId": 50,
+    "QueryDeviceDetail": 50,
+    "QueryDevice": 50,
+    "DeleteDevice": 50,
+    "DisableThing": 50,
+    "EnableThing": 50,
+    "GetDeviceStatus": 500,
+    "BatchGetDeviceState": 50,
+    "CreateProductTopic": 1,
+    "QueryProductTopic": 3,
+    "UpdateProductTopic": 50,
+    "DeleteProductTopic": 50,
+}
+
+# AWS IoT Core: HTTP publishes count as inbound publishes, 20,000/s per account (reference
+# "Rates"); the other data-plane operations have no published TPS: 100/s per account is our
+# choice (documented in the README).
+AWS_DEFAULT_RATES: dict[str, float] = {"Publish": 20_000}
+AWS_DEFAULT_OTHER_RATE = 100.0
+
+
+def parse_rate_overrides(entries: tuple[str, ...]) -> dict[str, float]:
+    """``("Pub=100", "BatchPub=5")`` -> ``{"Pub": 100.0, "BatchPub": 5.0}``."""
+    rates: dict[str, float] = {}
+    for entry in entries:
+        name, sep, value = entry.partition("=")
+        try:
+            rate = float(value)
+        except ValueError:
+            rate = -1.0
+        if not sep or not name.strip() or rate <= 0:
+            raise ValueError(f"rate limit {entry!r} is not of the form Action=requests_per_second")
+        rates[name.strip()] = rate
+    return rates
+
 
 class _Bucket:
     __slots__ = ("rate", "stamp", "tokens")
