@@ -12,6 +12,7 @@ import click
 
 from . import __version__
 from .app import Hub
+from .cli_registry import COMMANDS
 from .config import ConfigError, Settings, load_settings
 from .demo import describe, ensure_demo
 
@@ -20,6 +21,10 @@ from .demo import describe, ensure_demo
 @click.version_option(__version__, prog_name="thinghub")
 def main() -> None:
     """ThingHub: a self-hosted IoT messaging hub."""
+
+
+for _command in COMMANDS:
+    main.add_command(_command)
 
 
 @main.command()

@@ -23,7 +23,7 @@ def ensure_demo(registry: Registry) -> Demo | None:
     """Create the demo product and device if the root account has no product yet; return
     them if they exist (None once the user has deleted them)."""
     root = registry.ensure_root_account().account_id
-    products = registry.list_products(root, page=1, page_size=200).items
+    products = registry.list_products(root, page=1, page_size=50).items
     product = next((p for p in products if p.name == DEMO_PRODUCT), None)
     if product is None:
         if products:

@@ -1,0 +1,388 @@
+"""``thinghub account|product|device|topic``: the registry operations of the Alibaba API, for
+people who would rather not write code. Each command opens the registry in the data directory
+(SQLite in WAL mode, so it works beside a running hub), prints a table, or JSON with --json.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import json
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from .auth.aliyun_device import build_credentials
+from .registry.accounts import ROOT_ACCOUNT_ID
+from .registry.errors import RegistryError
+from .registry.registry import Registry
+from .registry.store import RegistryStore
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _common(func: F) -> F:
+    func = click.option(
+        "--data-dir",
+        type=click.Path(path_type=Path),
+        default=Path("./data"),
+        envvar="THINGHUB_DATA_DIR",
+        show_default=True,
+        help="The hub's data directory.",
+    )(func)
+    func = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
+        func
+    )
+    return func
+
+
+def _account_option(func: F) -> F:
+    return click.option(
+        "--account",
+        default=ROOT_ACCOUNT_ID,
+        show_default=True,
+        help="The account the resources belong to.",
+    )(func)
+
+
+@contextmanager
+def _registry(data_dir: Path) -> Iterator[Registry]:
+    store = RegistryStore.open(data_dir)
+    try:
+        registry = Registry(store)
+        registry.ensure_root_account()
+        yield registry
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+    finally:
+        store.close()
+
+
+def _plain(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _show(rows: Sequence[Any], columns: Sequence[str], as_json: bool) -> None:
+    """Print dataclass rows as a table of ``columns``, or all their fields as JSON."""
+    if as_json:
+        click.echo(json.dumps([_plain(r) for r in rows], indent=2, ensure_ascii=False))
+        return
+    cells = [[_cell(getattr(r, c)) for c in columns] for r in rows]
+    widths = [max([len(c)] + [len(row[i]) for row in cells]) for i, c in enumerate(columns)]
+    header = "  ".join(c.upper().ljust(w) for c, w in zip(columns, widths, strict=True))
+    click.echo(header.rstrip())
+    for row in cells:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)).rstrip())
+    if not rows:
+        click.echo("(none)")
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, enum.Enum):
+        return str(value.name)
+    return "" if value is None else str(value)
+
+
+# ------------------------------------------------------------------------------ accounts
+
+
+@click.group()
+def account() -> None:
+    """Accounts and their access keys."""
+
+
+@account.command("list")
+@_common
+def account_list(data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        _show(registry.list_accounts(), ["account_id", "name", "created_at"], as_json)
+
+
+@account.command("create")
+@click.argument("name")
+@_common
+def account_create(name: str, data_dir: Path, as_json: bool) -> None:
+    """Create an account and its first access key."""
+    with _registry(data_dir) as registry:
+        created = registry.create_account(name)
+        key = registry.create_access_key(created.account_id)
+        _show([key], ["account_id", "access_key_id", "secret"], as_json)
+
+
+@account.command("keys")
+@_account_option
+@_common
+def account_keys(account: str, data_dir: Path, as_json: bool) -> None:
+    """List an account's access keys."""
+    with _registry(data_dir) as registry:
+        keys = registry.list_access_keys(account)
+        _show(keys, ["access_key_id", "enabled", "description", "created_at"], as_json)
+
+
+@account.command("create-key")
+@_account_option
+@click.option("--description", default="")
+@_common
+def account_create_key(account: str, description: str, data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        key = registry.create_access_key(account, description=description)
+        _show([key], ["account_id", "access_key_id", "secret"], as_json)
+
+
+@account.command("disable-key")
+@click.argument("access_key_id")
+@_common
+def account_disable_key(access_key_id: str, data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        _show([registry.disable_access_key(access_key_id)], ["access_key_id", "enabled"], as_json)
+
+
+# ------------------------------------------------------------------------------ products
+
+_PRODUCT_COLUMNS = ["product_key", "name", "node_type", "device_count", "description"]
+
+
+@click.group()
+def product() -> None:
+    """Products."""
+
+
+@product.command("list")
+@_account_option
+@_common
+def product_list(account: str, data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        rows = _all_pages(lambda page: registry.list_products(account, page=page, page_size=50))
+        _show(rows, _PRODUCT_COLUMNS, as_json)
+
+
+@product.command("create")
+@click.argument("name")
+@click.option("--gateway", is_flag=True, help="A gateway product (NodeType 1).")
+@click.option("--description", default=None)
+@_account_option
+@_common
+def product_create(
+    name: str, gateway: bool, description: str | None, account: str, data_dir: Path, as_json: bool
+) -> None:
+    with _registry(data_dir) as registry:
+        created = registry.create_product(
+            account, name, 1 if gateway else 0, description=description
+        )
+        _show([created], [*_PRODUCT_COLUMNS, "product_secret"], as_json)
+
+
+@product.command("show")
+@click.argument("product_key")
+@_account_option
+@_common
+def product_show(product_key: str, account: str, data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        found = registry.query_product(account, product_key)
+        _show([found], [*_PRODUCT_COLUMNS, "product_secret"], as_json)
+
+
+@product.command("delete")
+@click.argument("product_key")
+@_account_option
+@_common
+def product_delete(product_key: str, account: str, data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        registry.delete_product(account, product_key)
+        _done(f"deleted product {product_key}", as_json)
+
+
+# ------------------------------------------------------------------------------ devices
+
+_DEVICE_COLUMNS = ["device_name", "status", "iot_id", "nickname", "last_online_at"]
+
+
+@click.group()
+def device() -> None:
+    """Devices, and how they sign in."""
+
+
+@device.command("list")
+@click.argument("product_key")
+@_account_option
+@_common
+def device_list(product_key: str, account: str, data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        rows = _all_pages(
+            lambda page: registry.list_devices(account, product_key, page=page, page_size=50)
+        )
+        _show(rows, _DEVICE_COLUMNS, as_json)
+
+
+@device.command("register")
+@click.argument("product_key")
+@click.argument("device_name", required=False)
+@click.option("--nickname", default=None)
+@_account_option
+@_common
+def device_register(
+    product_key: str,
+    device_name: str | None,
+    nickname: str | None,
+    account: str,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Register a device (a name is generated when none is given)."""
+    with _registry(data_dir) as registry:
+        created = registry.register_device(account, product_key, device_name, nickname=nickname)
+        _show([created], ["device_name", "iot_id", "device_secret"], as_json)
+
+
+@device.command("show")
+@click.argument("product_key")
+@click.argument("device_name")
+@_account_option
+@_common
+def device_show(
+    product_key: str, device_name: str, account: str, data_dir: Path, as_json: bool
+) -> None:
+    """A device with its secret and the MQTT sign-in strings it can use."""
+    with _registry(data_dir) as registry:
+        found = registry.get_device(account, product_key=product_key, device_name=device_name)
+    client_id, username, password = build_credentials(
+        found.product_key, found.device_name, found.device_secret
+    )
+    if as_json:
+        body = {**_plain(found), "mqtt": {"client_id": client_id, "username": username,
+                                          "password": password}}  # fmt: skip
+        click.echo(json.dumps(body, indent=2, ensure_ascii=False))
+        return
+    _show([found], [*_DEVICE_COLUMNS, "device_secret"], False)
+    click.echo(
+        f"\nMQTT client id: {client_id}\nMQTT user name: {username}\nMQTT password: {password}"
+    )
+
+
+@device.command("delete")
+@click.argument("product_key")
+@click.argument("device_name")
+@_account_option
+@_common
+def device_delete(
+    product_key: str, device_name: str, account: str, data_dir: Path, as_json: bool
+) -> None:
+    with _registry(data_dir) as registry:
+        registry.delete_device(account, product_key=product_key, device_name=device_name)
+        _done(f"deleted device {product_key}/{device_name}", as_json)
+
+
+@device.command("disable")
+@click.argument("product_key")
+@click.argument("device_name")
+@_account_option
+@_common
+def device_disable(
+    product_key: str, device_name: str, account: str, data_dir: Path, as_json: bool
+) -> None:
+    """Refuse the device's sign-ins (a running hub disconnects it at its next sign-in)."""
+    with _registry(data_dir) as registry:
+        registry.disable_device(account, product_key=product_key, device_name=device_name)
+        _done(f"disabled device {product_key}/{device_name}", as_json)
+
+
+@device.command("enable")
+@click.argument("product_key")
+@click.argument("device_name")
+@_account_option
+@_common
+def device_enable(
+    product_key: str, device_name: str, account: str, data_dir: Path, as_json: bool
+) -> None:
+    with _registry(data_dir) as registry:
+        registry.enable_device(account, product_key=product_key, device_name=device_name)
+        _done(f"enabled device {product_key}/{device_name}", as_json)
+
+
+# ------------------------------------------------------------------------------ topics
+
+
+@click.group()
+def topic() -> None:
+    """Topic categories of a product (who may publish or subscribe where)."""
+
+
+@topic.command("list")
+@click.argument("product_key")
+@_account_option
+@_common
+def topic_list(product_key: str, account: str, data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        rows = registry.list_topic_categories(account, product_key)
+        _show(rows, ["id", "template", "operation", "description"], as_json)
+
+
+@topic.command("create")
+@click.argument("product_key")
+@click.argument("short_name")
+@click.option(
+    "--operation",
+    type=click.Choice(["SUB", "PUB", "ALL"], case_sensitive=False),
+    required=True,
+    help="What devices may do on it.",
+)
+@click.option("--description", default=None)
+@_account_option
+@_common
+def topic_create(
+    product_key: str,
+    short_name: str,
+    operation: str,
+    description: str | None,
+    account: str,
+    data_dir: Path,
+    as_json: bool,
+) -> None:
+    """Add /${productKey}/${deviceName}/user/SHORT_NAME to the product."""
+    with _registry(data_dir) as registry:
+        created = registry.create_topic_category(
+            account, product_key, short_name, operation.upper(), description=description
+        )
+        _show([created], ["id", "template", "operation"], as_json)
+
+
+@topic.command("delete")
+@click.argument("topic_id", type=int)
+@_account_option
+@_common
+def topic_delete(topic_id: int, account: str, data_dir: Path, as_json: bool) -> None:
+    with _registry(data_dir) as registry:
+        registry.delete_topic_category(account, topic_id)
+        _done(f"deleted topic category {topic_id}", as_json)
+
+
+# ------------------------------------------------------------------------------ helpers
+
+T = TypeVar("T")
+
+
+def _all_pages(fetch: Callable[[int], Any]) -> list[Any]:
+    rows: list[Any] = []
+    page = 1
+    while True:
+        result = fetch(page)
+        rows.extend(result.items)
+        if page >= result.page_count:
+            return rows
+        page += 1
+
+
+def _done(text: str, as_json: bool) -> None:
+    click.echo(json.dumps({"ok": True, "message": text}) if as_json else text)
+
+
+COMMANDS = (account, product, device, topic)
