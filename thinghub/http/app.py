@@ -6,13 +6,17 @@ from __future__ import annotations
 from aiohttp import web
 
 from ..transport.websocket import websocket_handler
+from .aliyun.api import add_routes as add_aliyun_routes
+from .aws.api import add_routes as add_aws_routes
 from .context import HubContext
 
 
 def build_http_app(context: HubContext) -> web.Application:
     broker = context.broker
-    # Large enough for a Base64 MessageContent of the biggest MQTT packet.
-    app = web.Application(client_max_size=broker.settings.max_packet_size * 2)
+    # Large enough for a Base64 MessageContent of the biggest MQTT packet, in a form body or,
+    # as the older Alibaba SDK sends BatchPub and PubBroadcast, in the query string.
+    limit = max(512 * 1024, broker.settings.max_packet_size * 2)
+    app = web.Application(client_max_size=limit, handler_args={"max_line_size": limit})
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})
@@ -30,4 +34,6 @@ def build_http_app(context: HubContext) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/mqtt", websocket_handler(broker))
+    add_aliyun_routes(app, context)
+    add_aws_routes(app, context)
     return app

@@ -18,6 +18,9 @@ ALIYUN_DEFAULT_RATES: dict[str, float] = {
     "Pub": 1600,
     "BatchPub": 50,
     "PubBroadcast": 1,
+    # PubBroadcast without a topic: every online device, once a minute (reference §2.1).
+    "PubBroadcast.AllOnline": 1 / 60,
+    "BatchCheckDeviceNames": 10,
     "RRpc": 1000,
     "QueryDeviceSubTopic": 100,
     "CreateProduct": 50,
@@ -65,11 +68,14 @@ def parse_rate_overrides(entries: tuple[str, ...]) -> dict[str, float]:
 
 
 class _Bucket:
-    __slots__ = ("rate", "stamp", "tokens")
+    __slots__ = ("capacity", "rate", "stamp", "tokens")
 
     def __init__(self, rate: float, now: float) -> None:
         self.rate = rate
-        self.tokens = rate
+        # A bucket holds one second's worth, and at least one request, so that rates below
+        # 1/s (e.g. once a minute) still let a request through when it is due.
+        self.capacity = max(rate, 1.0)
+        self.tokens = self.capacity
         self.stamp = now
 
 
@@ -107,7 +113,7 @@ class RateLimiter:
                 self._prune(now)
             bucket = self._buckets[key] = _Bucket(rate, now)
         else:
-            bucket.tokens = min(bucket.rate, bucket.tokens + (now - bucket.stamp) * bucket.rate)
+            bucket.tokens = min(bucket.capacity, bucket.tokens + (now - bucket.stamp) * bucket.rate)
             bucket.stamp = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0

@@ -50,6 +50,8 @@ MAX_MESSAGE_BYTES = 256 * 1024
 MAX_BROADCAST_BYTES = 64 * 1024
 MAX_BATCH_PUB_DEVICES = 100
 RRPC_TIMEOUT_MS = (1000, 8000)
+# The rate-limiter key of PubBroadcast without TopicFullName (reference §2.1: 1 per minute).
+ALL_ONLINE_BROADCAST = "PubBroadcast.AllOnline"
 _MAX_EXPIRY = 0xFFFFFFFF
 _LEVEL = re.compile(r"[A-Za-z0-9_]+")
 # QueryProduct NetType is a number (the Tea model's ``net_type: int``); CreateProduct takes
@@ -299,6 +301,9 @@ async def pub_broadcast(call: Call) -> Fields:
         message = Message(topic=topic, payload=payload, account=call.account_id, origin=call.origin)
         await publish(broker, message)
         return {"MessageId": message.id}
+    # §2.1: all-online broadcasts have their own quota (1 per minute), beside the action's.
+    if not call.ctx.aliyun_limits.allow(call.account_id, ALL_ONLINE_BROADCAST):
+        raise e.throttled()
     message_id = broker.new_message_id()
     page = 1
     while True:
