@@ -79,6 +79,7 @@ class RegistryBase:
         max_topic_categories_per_product: int = 50,
         max_batch_register: int = 1000,
         max_batch_status: int = 50,
+        cache_ttl_s: float = 2.0,
     ) -> None:
         self.store = store
         self._clock = clock
@@ -89,7 +90,13 @@ class RegistryBase:
         self.max_topic_categories_per_product = max_topic_categories_per_product
         self.max_batch_register = max_batch_register
         self.max_batch_status = max_batch_status
-        self._category_cache: dict[str, tuple[TopicCategory, ...]] = {}
+        # Hot lookups (every API call's access key, every device publish's topic categories)
+        # are cached. A change made through this Registry invalidates its entry at once; a
+        # change made by another process on the same file (the `thinghub` command line beside
+        # a running hub) is seen within ``cache_ttl_s``.
+        self.cache_ttl_s = cache_ttl_s
+        self._category_cache: dict[str, tuple[float, tuple[TopicCategory, ...]]] = {}
+        self._key_cache: dict[str, tuple[float, AccessKey | None]] = {}
 
     # ===== scoping helpers ====================================================================
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+import time
 
 from . import errors as e
 from ._base import (
@@ -91,11 +92,19 @@ class AccountsMixin(RegistryBase):
         """The key, enabled or not (the gateway answers ``InvalidAccessKeyId.Inactive`` for a
         disabled one, reference §1.4), or None. Not scoped: this is how a call finds its
         account."""
+        now = time.monotonic()
+        cached = self._key_cache.get(access_key_id)
+        if cached is not None and now - cached[0] < self.cache_ttl_s:
+            return cached[1]
         with self.store.read() as conn:
             row = conn.execute(
                 "SELECT * FROM access_keys WHERE access_key_id = ?", (access_key_id,)
             ).fetchone()
-        return None if row is None else _access_key(row)
+        key = None if row is None else _access_key(row)
+        if len(self._key_cache) >= 100_000:
+            self._key_cache.clear()  # bounded; unknown ids from a flood must not grow it
+        self._key_cache[access_key_id] = (now, key)
+        return key
 
     def list_access_keys(self, account_id: str) -> list[AccessKey]:
         with self.store.read() as conn:
@@ -113,6 +122,7 @@ class AccountsMixin(RegistryBase):
         return self._set_key_enabled(access_key_id, True)
 
     def _set_key_enabled(self, access_key_id: str, enabled: bool) -> AccessKey:
+        self._key_cache.pop(access_key_id, None)
         with self.store.write() as conn:
             updated = conn.execute(
                 "UPDATE access_keys SET enabled = ? WHERE access_key_id = ?",
@@ -130,6 +140,7 @@ class AccountsMixin(RegistryBase):
         (``THINGHUB_ROOT_ACCESS_KEY_ID``/``_SECRET``). Idempotent; if the key exists with
         another secret, the given secret wins (the environment is the operator's intent). A key
         id that belongs to another account gets ``ConflictError``."""
+        self._key_cache.pop(access_key_id, None)
         if not access_key_id or not access_key_id.isprintable() or " " in access_key_id:
             raise InvalidParameterError(
                 e.INVALID_PARAMETER, "The AccessKeyId must be non-empty printable text."

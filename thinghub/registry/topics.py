@@ -3,6 +3,8 @@ DeleteProductTopic; and the cached per-product list used for authorisation."""
 
 from __future__ import annotations
 
+import time
+
 from . import errors as e
 from ._base import (
     RegistryBase,
@@ -123,11 +125,17 @@ class TopicsMixin(RegistryBase):
     def topic_categories_for_product(self, product_key: str) -> tuple[TopicCategory, ...]:
         """The product's topic categories for authorisation, cached until they change.
         Unknown products have none."""
+        now = time.monotonic()
         cached = self._category_cache.get(product_key)
-        if cached is not None:
-            return cached
+        if cached is not None and now - cached[0] < self.cache_ttl_s:
+            return cached[1]
         with self.store.read() as conn:
             categories = _categories(conn, product_key)
             if _exists(conn, "products", "product_key", product_key):
-                self._category_cache[product_key] = categories
+                if len(self._category_cache) >= _CACHE_LIMIT:
+                    self._category_cache.clear()
+                self._category_cache[product_key] = (now, categories)
         return categories
+
+
+_CACHE_LIMIT = 100_000
