@@ -90,6 +90,7 @@ class Hub:
             allow_anonymous=mqtt.allow_anonymous,
             anonymous_account=registry.ensure_root_account().account_id,
             deny=deny,
+            max_subscriptions_per_device=mqtt.max_subscriptions_per_device,
         )
         self.broker = broker = Broker(
             mqtt,

@@ -53,6 +53,8 @@ class MQTTSettings:
     max_write_buffer: int = 1 * MIB
     max_connections: int = 100_000
     max_subscriptions_per_client: int = 1000
+    # Devices signed in with the Alibaba scheme: Alibaba's limit of 100 subscriptions each.
+    max_subscriptions_per_device: int = 100
     max_topic_length: int = 65535
     max_topic_levels: int = 128
     max_client_id_length: int = 256
@@ -90,12 +92,28 @@ class APISettings:
 
 
 @dataclass(frozen=True, slots=True)
+class StoreSettings:
+    """The broker's durable store, ``broker.db`` in the data directory (issue 5). Past any of
+    these bounds new QoS 1/2 messages are refused (MQTT 5: 0x97) rather than accepted and
+    lost; see thinghub/store/sqlite.py."""
+
+    # Journal calls / bytes the broker reported and the writer has not committed yet.
+    max_pending_calls: int = 200_000
+    max_pending_bytes: int = 64 * MIB
+    # Live data in broker.db; 0 means no limit but the disk's.
+    max_size_bytes: int = 0
+    # Queued messages older than this are dropped at start-up (the clouds keep 7 days).
+    retention_s: int = 7 * 24 * 3600
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path("./data")
     log_level: str = "INFO"
     mqtt: MQTTSettings = field(default_factory=MQTTSettings)
     http: HTTPSettings = field(default_factory=HTTPSettings)
     api: APISettings = field(default_factory=APISettings)
+    store: StoreSettings = field(default_factory=StoreSettings)
 
     def validate(self) -> Settings:
         m = self.mqtt
@@ -125,7 +143,12 @@ class Settings:
         return self
 
 
-_SECTIONS = {"mqtt": MQTTSettings, "http": HTTPSettings, "api": APISettings}
+_SECTIONS = {
+    "mqtt": MQTTSettings,
+    "http": HTTPSettings,
+    "api": APISettings,
+    "store": StoreSettings,
+}
 
 
 def _convert(name: str, raw: Any, annotation: Any) -> Any:

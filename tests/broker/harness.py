@@ -364,6 +364,7 @@ class TestClient:
         maximum_packet_size: int | None = None,
         topic_alias_maximum: int | None = None,
         username: str | None = None,
+        password: bytes | None = None,
         properties: Properties | None = None,
     ) -> ConnAck:
         """Send CONNECT and return the CONNACK. Property arguments other than
@@ -395,6 +396,7 @@ class TestClient:
                 clean_start=clean_start,
                 keep_alive=keep_alive,
                 username=username,
+                password=password,
                 will=will,
                 properties=properties,
             )

@@ -39,8 +39,10 @@ class RegistryHooks:
         allow_anonymous: bool,
         anonymous_account: str,
         deny: DenyList | None = None,
+        max_subscriptions_per_device: int | None = None,
     ) -> None:
         self._registry = registry
+        self._max_subscriptions = max_subscriptions_per_device
         self._allow_anonymous = allow_anonymous
         self._anonymous_account = anonymous_account
         self._deny = deny
@@ -64,6 +66,7 @@ class RegistryHooks:
                 account=identity.account_id,
                 client_id=identity.session_client_id,
                 subject=identity,
+                max_subscriptions=self._max_subscriptions,
             )
         if self._allow_anonymous:
             return Decision(True, account=self._anonymous_account)

@@ -26,6 +26,8 @@ class Decision:
     account: str = ""
     client_id: str | None = None
     subject: object | None = None
+    # A tighter subscription limit for this client than mqtt.max_subscriptions_per_client.
+    max_subscriptions: int | None = None
 
     @staticmethod
     def allow() -> Decision:

@@ -127,6 +127,9 @@ class Broker:
             self.sessions[key] = session
         self.set_session_expiry(session, expiry)
         session.client = client
+        if session.persistent:
+            # Durability (issue 5): the session's expiry clock is stopped while connected.
+            self.store.session_connected(session.key)
         return session, present
 
     def set_session_expiry(self, session: Session, expiry: int) -> None:
@@ -149,6 +152,10 @@ class Broker:
         """The session's connection is gone: start its expiry clock and schedule its will."""
         session.client = None
         expiry = session.expiry_interval
+        if session.persistent and expiry > 0:
+            # Durability (issue 5): the store counts the expiry from this wall-clock time, so
+            # it also runs while the hub is down.
+            self.store.session_disconnected(session.key, int(time.time() * 1000))
         if will is not None:
             delay = min(will_delay, expiry)
             if delay <= 0:

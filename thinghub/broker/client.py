@@ -10,6 +10,7 @@ with a DISCONNECT carrying the reason code, on 3.1.1 by closing (§4.13).
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
@@ -88,12 +89,14 @@ class Client:
         "closed",
         "conn",
         "connected",
+        "connected_at_ms",
         "info",
         "is_v5",
         "keep_alive",
         "last_received",
         "link",
         "max_packet_size",
+        "max_subscriptions",
         "session",
         "version",
         "will",
@@ -116,6 +119,9 @@ class Client:
         self.version = ProtocolVersion.V311
         self.is_v5 = False
         self.connected = False  # CONNACK (success) sent
+        # Wall-clock time of that CONNACK, in milliseconds (reported by the HTTP APIs).
+        self.connected_at_ms = 0
+        self.max_subscriptions = broker.settings.max_subscriptions_per_client
         self.closed = False
         self.session: Session | None = None
         self.info: ClientInfo | None = None
@@ -391,6 +397,8 @@ class Client:
             refuse(decision.reason_code, decision.reason or "not authorized")
             return
         self.account = decision.account
+        if decision.max_subscriptions is not None:
+            self.max_subscriptions = min(self.max_subscriptions, decision.max_subscriptions)
         if decision.client_id is not None:
             client_id = decision.client_id
             assigned = client_id if is_v5 and not packet.client_id else None
@@ -475,6 +483,7 @@ class Client:
             )
         self._send(ConnAck(session_present=present, reason_code=0, properties=ack_props))
         self.connected = True
+        self.connected_at_ms = int(time.time() * 1000)
         for observer in broker.observers:
             observer.connected(self.info)
         if keep_alive:
@@ -702,7 +711,7 @@ class Client:
             raise ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]
         if (
             topic_filter not in session.subscriptions
-            and len(session.subscriptions) >= settings.max_subscriptions_per_client
+            and len(session.subscriptions) >= self.max_subscriptions
         ):
             return ReasonCode.QUOTA_EXCEEDED
         authorizer = self.broker.authorizer

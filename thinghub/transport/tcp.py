@@ -25,6 +25,7 @@ class MQTTStreamProtocol(asyncio.Protocol):
         "_pending",
         "_pending_bytes",
         "_transport",
+        "local",
         "peer",
     )
 
@@ -37,6 +38,8 @@ class MQTTStreamProtocol(asyncio.Protocol):
         self._pending_bytes = 0
         self._close_after_flush = False
         self.peer = "?"
+        # The hub's own address of this connection ("ip:port"), for the HTTP APIs.
+        self.local = "?"
 
     # asyncio.Protocol ---------------------------------------------------------
 
@@ -46,6 +49,9 @@ class MQTTStreamProtocol(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.peer = f"{peername[0]}:{peername[1]}"
+        sockname = transport.get_extra_info("sockname")
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            self.local = f"{sockname[0]}:{sockname[1]}"
         self._client = self._broker.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
