@@ -11,6 +11,7 @@ calls publish too.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from ..broker.auth import ClientInfo, Decision, DenyList
 from ..mqtt.packets import Connect
@@ -82,29 +83,27 @@ class RegistryHooks:
             decision = self._deny.may_publish(client, topic)
             if not decision.allowed:
                 return decision
-        identity = client.subject
-        if isinstance(identity, DeviceIdentity):
-            categories = self._registry.topic_categories_for_product(identity.product_key)
-            verdict = topic_acl.may_publish(
-                identity.product_key, identity.device_name, topic, categories
-            )
-            if not verdict.allowed:
-                return Decision.deny(verdict.reason_code, verdict.reason)
-        return Decision.allow()
+        return self._by_categories(client, topic, topic_acl.may_publish)
 
     def may_subscribe(self, client: ClientInfo, topic_filter: str) -> Decision:
         if self._deny is not None:
             decision = self._deny.may_subscribe(client, topic_filter)
             if not decision.allowed:
                 return decision
+        return self._by_categories(client, topic_filter, topic_acl.may_subscribe)
+
+    def _by_categories(
+        self, client: ClientInfo, topic: str, rule: Callable[..., topic_acl.TopicDecision]
+    ) -> Decision:
+        """A device's topics follow its product's categories; anonymous clients (in the root
+        account, when allowed) are limited only by the deny lists."""
         identity = client.subject
-        if isinstance(identity, DeviceIdentity):
-            categories = self._registry.topic_categories_for_product(identity.product_key)
-            verdict = topic_acl.may_subscribe(
-                identity.product_key, identity.device_name, topic_filter, categories
-            )
-            if not verdict.allowed:
-                return Decision.deny(verdict.reason_code, verdict.reason)
+        if not isinstance(identity, DeviceIdentity):
+            return Decision.allow()
+        categories = self._registry.topic_categories_for_product(identity.product_key)
+        verdict = rule(identity.product_key, identity.device_name, topic, categories)
+        if not verdict.allowed:
+            return Decision.deny(verdict.reason_code, verdict.reason)
         return Decision.allow()
 
     # ConnectionObserver -------------------------------------------------------------
