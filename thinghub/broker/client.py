@@ -154,6 +154,12 @@ class Client:
                     return
         except MQTTError as error:
             self._protocol_error(error)
+        except Exception:
+            # A bug of ours must cost this connection only, never the hub: log it, tell a v5
+            # client "implementation specific error" (0x83), and close.
+            log.exception("internal error while serving %s", self.client_id or self.link.peer)
+            self.broker.stats.protocol_errors += 1
+            self.disconnect(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
 
     def connection_lost(self) -> None:
         """The transport closed, for whatever reason: abnormal unless DISCONNECT came first."""
