@@ -29,6 +29,8 @@ from .registry.ids import MessageIdGenerator
 from .registry.models import AccessKey
 from .registry.registry import Registry
 from .registry.store import RegistryStore
+from .store.lock import DataDirLock
+from .store.sqlite import SQLiteStore, StoreLimits
 from .transport.tcp import make_tls_context, start_tcp_listener
 
 log = logging.getLogger("thinghub")
@@ -51,6 +53,9 @@ class Hub:
     # A root access key created at this start (its secret is shown once), else None.
     new_root_key: AccessKey | None = None
     _store: RegistryStore | None = None
+    # The broker's durable store (issue 5) and the data directory lock held while running.
+    broker_store: SQLiteStore | None = None
+    _lock: DataDirLock | None = None
     _servers: list[asyncio.Server] = field(default_factory=list)
     _http_runner: web.AppRunner | None = None
 
@@ -58,6 +63,9 @@ class Hub:
         """Open the registry and make sure the root account has an access key."""
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
+        # One hub per data directory: taken before any file in it is opened (store/lock.py).
+        if self._lock is None:
+            self._lock = DataDirLock.acquire(settings.data_dir)
         self._store = store = RegistryStore.open(settings.data_dir)
         self.registry = registry = Registry(store)
         root = registry.ensure_root_account()
@@ -92,12 +100,26 @@ class Hub:
             deny=deny,
             max_subscriptions_per_device=mqtt.max_subscriptions_per_device,
         )
+        limits = settings.store
+        if limits.backend == "sqlite":
+            self.broker_store = SQLiteStore.open(
+                settings.data_dir,
+                loop=loop,
+                limits=StoreLimits(
+                    max_pending_calls=limits.max_pending_calls,
+                    max_pending_bytes=limits.max_pending_bytes,
+                    max_size_bytes=limits.max_size_bytes,
+                    retention_s=limits.retention_s,
+                ),
+                lock=self._lock,
+            )
         self.broker = broker = Broker(
             mqtt,
             loop,
             authenticator=hooks,
             authorizer=hooks,
             observers=(hooks,),
+            store=self.broker_store,
             new_message_id=ids.next_id,
         )
         broker.restore()
@@ -157,8 +179,14 @@ class Hub:
                 log.warning("some MQTT connections did not close in time")
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self.broker_store is not None:
+            # Commits what the last connections changed, then stops the writer thread.
+            self.broker_store.close()
         if self._store is not None:
             self._store.close()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
 
 
 def _bound(server: asyncio.Server) -> tuple[str, int]:

@@ -97,6 +97,9 @@ class StoreSettings:
     these bounds new QoS 1/2 messages are refused (MQTT 5: 0x97) rather than accepted and
     lost; see thinghub/store/sqlite.py."""
 
+    # "sqlite" (durable, the default) or "memory": nothing survives a restart, for
+    # benchmarks against the durable figure and throw-away test hubs.
+    backend: str = "sqlite"
     # Journal calls / bytes the broker reported and the writer has not committed yet.
     max_pending_calls: int = 200_000
     max_pending_bytes: int = 64 * MIB
@@ -131,6 +134,7 @@ class Settings:
                 "mqtt.server_keep_alive must be 0..65535",
             ),
             (0 <= m.port <= 65535 and 0 <= self.http.port <= 65535, "ports must be 0..65535"),
+            (self.store.backend in ("sqlite", "memory"), "store.backend must be sqlite or memory"),
         ]
         for ok, message in checks:
             if not ok:

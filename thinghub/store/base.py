@@ -58,6 +58,10 @@ class StoredSession:
     deliveries: list[StoredDelivery] = field(default_factory=list)
     # Inbound QoS 2 packet ids that got PUBREC and await PUBREL (§4.3.3).
     inbound_qos2: set[int] = field(default_factory=set)
+    # Wall-clock time (ms since the epoch) its last connection ended; None while connected
+    # (or when the hub stopped with it connected). The session's expiry counts from here, also
+    # while the hub is down (issue 5, "Expiry and retention").
+    disconnected_at_ms: int | None = None
 
 
 @dataclass(slots=True)
@@ -68,10 +72,26 @@ class StoredState:
 
 
 class BrokerStore(Protocol):
+    @property
+    def accepting(self) -> bool:
+        """False while the store cannot promise to keep new work: its writer is behind past
+        the configured bound, the store is past its size limit, or writing failed (disk full).
+        The broker then refuses new QoS 1/2 publishes (MQTT 5: 0x97 Quota exceeded) rather
+        than accept them and lose them (issue 5). Calls that finish work already accepted
+        (acks, session changes) are still made."""
+        ...
+
     # Sessions ---------------------------------------------------------------------
     def save_session(self, session_key: str, expiry_interval: int) -> None: ...
 
     def delete_session(self, session_key: str) -> None: ...
+
+    def session_connected(self, session_key: str) -> None:
+        """A connection took the session: its expiry clock is stopped."""
+
+    def session_disconnected(self, session_key: str, at_ms: int) -> None:
+        """The session's connection ended at wall-clock ``at_ms`` (ms since the epoch): its
+        expiry clock runs from then, also while the hub is down."""
 
     def save_subscription(self, session_key: str, subscription: StoredSubscription) -> None: ...
 

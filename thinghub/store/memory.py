@@ -11,6 +11,9 @@ from .base import StoredDelivery, StoredSession, StoredState, StoredSubscription
 
 
 class MemoryStore:
+    # Commits are immediate, so the store never falls behind.
+    accepting = True
+
     def __init__(self) -> None:
         self._sessions: dict[str, StoredSession] = {}
         self._messages: dict[int, Message] = {}
@@ -30,6 +33,16 @@ class MemoryStore:
         if session is not None:
             for delivery in session.deliveries:
                 self._release_message(delivery.message_id)
+
+    def session_connected(self, session_key: str) -> None:
+        session = self._sessions.get(session_key)
+        if session is not None:
+            session.disconnected_at_ms = None
+
+    def session_disconnected(self, session_key: str, at_ms: int) -> None:
+        session = self._sessions.get(session_key)
+        if session is not None:
+            session.disconnected_at_ms = at_ms
 
     def save_subscription(self, session_key: str, subscription: StoredSubscription) -> None:
         session = self._sessions.get(session_key)
