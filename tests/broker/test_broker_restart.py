@@ -8,7 +8,16 @@ from collections.abc import Callable
 
 from harness import V5, V311, InMemoryHub, TestClient, both_versions
 
-from thinghub.mqtt.packets import PubAck, PubComp, Publish, PubRec, PubRel, Subscription
+from thinghub.mqtt.packets import (
+    PubAck,
+    PubComp,
+    Publish,
+    PubRec,
+    PubRel,
+    SubAck,
+    Subscribe,
+    Subscription,
+)
 from thinghub.mqtt.properties import Properties
 from thinghub.mqtt.types import ProtocolVersion
 from thinghub.store.memory import MemoryStore
@@ -188,7 +197,7 @@ def test_ack_waits_for_the_store_when_the_message_was_stored(version: ProtocolVe
     store = DeferredStore()
     hub = InMemoryHub(store=store)
     sub = persistent(hub, "sub", version)
-    sub.subscribe("stored", qos=1)
+    subscribe_committed(sub, store, "stored", 1)
     sub.drop()
     pub = hub.connect("pub", version)
     pub.send(Publish(topic="stored", payload=b"x", qos=1, packet_id=10))
@@ -202,10 +211,52 @@ def test_ack_not_written_when_the_connection_closed_before_commit() -> None:
     store = DeferredStore()
     hub = InMemoryHub(store=store)
     sub = persistent(hub, "sub", V5)
-    sub.subscribe("t", qos=1)
+    subscribe_committed(sub, store, "t", 1)
     sub.drop()
     pub = hub.connect("pub", V5)
     pub.send(Publish(topic="t", payload=b"x", qos=1, packet_id=10))
     pub.drop()
     store.commit()
     assert pub.link.chunks == [] and pub.link.writes_after_close == 0
+
+
+def subscribe_committed(client: TestClient, store: DeferredStore, topic: str, qos: int) -> None:
+    """SUBSCRIBE on a persistent session: the SUBACK comes once the store committed it."""
+    client.send(Subscribe(packet_id=1, subscriptions=(Subscription(topic_filter=topic, qos=qos),)))
+    client.assert_nothing_pending()
+    store.commit()
+    assert client.expect(SubAck).reason_codes == (qos,)
+
+
+@both_versions
+def test_acks_keep_their_order_when_one_waits_for_the_store(version: ProtocolVersion) -> None:
+    """[MQTT-4.6.0-2]: PUBACKs in the order of the PUBLISHes, even when the first one waits
+    for the store and the second would not need to."""
+    store = DeferredStore()
+    hub = InMemoryHub(store=store)
+    sub = persistent(hub, "sub", version)
+    subscribe_committed(sub, store, "stored", 1)
+    sub.drop()
+    pub = hub.connect("pub", version)
+    pub.send(Publish(topic="stored", payload=b"x", qos=1, packet_id=10))
+    pub.send(Publish(topic="nobody", payload=b"y", qos=1, packet_id=11))
+    pub.assert_nothing_pending()
+    store.commit()
+    assert [a.packet_id for a in pub.received()] == [10, 11]
+
+
+@both_versions
+def test_qos2_to_a_persistent_session_is_sent_only_once_stored(version: ProtocolVersion) -> None:
+    """Exactly once across a crash: a QoS 2 copy leaves only after the commit, so a crash
+    before it cannot let the publisher's retry produce a second copy."""
+    store = DeferredStore()
+    hub = InMemoryHub(store=store)
+    sub = persistent(hub, "sub", version)
+    subscribe_committed(sub, store, "q2", 2)
+    pub = hub.connect("pub", version)
+    pub.send(Publish(topic="q2", payload=b"once", qos=2, packet_id=7))
+    sub.assert_nothing_pending()
+    pub.assert_nothing_pending()
+    store.commit()
+    assert sub.expect_publish("q2", b"once", qos=2).payload == b"once"
+    assert pub.expect(PubRec).packet_id == 7

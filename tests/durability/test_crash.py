@@ -349,7 +349,6 @@ def crash_loop(hub: Hub, kills: int, per_kill: tuple[int, int], seed: int) -> No
         aws.running = False
 
     assert hub.starts == kills + 1
-    online_dups: list[int] = []
     for sub in (online.name, "crash-offline"):
         for publisher in names:
             got = ledger.received[sub][publisher]
@@ -359,19 +358,10 @@ def crash_loop(hub: Hub, kills: int, per_kill: tuple[int, int], seed: int) -> No
             order = first_arrivals(got)
             assert order == sorted(order), f"{sub} got {publisher}'s messages out of order"
             if publisher in qos2:
+                # Exactly once for QoS 2, online and offline subscribers alike: the broker
+                # forwards a QoS 2 copy to a persistent session only once it is committed.
                 dups = sorted({s for s in got if got.count(s) > 1})
-                if sub == online.name:
-                    online_dups += dups
-                else:
-                    assert not dups, f"{sub} got QoS 2 messages of {publisher} twice: {dups}"
-    if online_dups:
-        # Known broker behaviour, not a store fault: the broker forwards a QoS 2 message to
-        # an ONLINE subscriber before the publisher's copy is committed. A kill in between
-        # loses it before PUBREC, the publisher resends (as it must), and the subscriber
-        # gets it twice. The fix is in the broker: forward to persistent sessions only from
-        # after_commit (see the durability report). The offline session, fed from the store
-        # only, is checked strictly above.
-        pytest.xfail(f"QoS 2 delivered twice to the online subscriber: {online_dups}")
+                assert not dups, f"{sub} got QoS 2 messages of {publisher} twice: {dups}"
 
 
 def test_nothing_acknowledged_is_lost_across_kills(hub: Hub) -> None:

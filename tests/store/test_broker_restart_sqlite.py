@@ -15,6 +15,8 @@ from sqlitehub import SQLiteHub
 _MEMORY_ONLY = {
     "test_ack_waits_for_the_store_when_the_message_was_stored",
     "test_ack_not_written_when_the_connection_closed_before_commit",
+    "test_acks_keep_their_order_when_one_waits_for_the_store",
+    "test_qos2_to_a_persistent_session_is_sent_only_once_stored",
 }
 
 for _name in dir(restart_tests):

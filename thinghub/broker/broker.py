@@ -369,6 +369,14 @@ class Broker:
 
     def _deliver_outgoing(self, session: Session, out: Outgoing) -> None:
         client = session.client
+        if out.qos == 2 and session.persistent:
+            # Exactly once across a crash (§4.3.3): a QoS 2 copy is sent only once it is on
+            # disk. Sent earlier, a crash before the commit would lose the broker's record of
+            # it while the publisher, never acknowledged, sends it again: a second copy.
+            if self._enqueue(session, out):
+                out.durable = False
+                self.store.after_commit(lambda: self._now_durable(session, out))
+            return
         if (
             client is not None
             and not session.queue
@@ -403,7 +411,13 @@ class Broker:
             self.store_writes += 1
             self.store.remove_delivery(session.key, out.message.id)
 
-    def _enqueue(self, session: Session, out: Outgoing) -> None:
+    def _now_durable(self, session: Session, out: Outgoing) -> None:
+        out.durable = True
+        if session.client is not None:
+            self.fill_window(session)
+
+    def _enqueue(self, session: Session, out: Outgoing) -> bool:
+        """Queue ``out`` on the session (persisting it); False if the queue was full."""
         limits = self.settings
         size = out.size
         if (
@@ -419,11 +433,12 @@ class Broker:
                     len(session.queue),
                     session.queued_bytes,
                 )
-            return
+            return False
         if session.persistent:
             self._persist_delivery(session, out)
         session.queue.append(out)
         session.queued_bytes += size
+        return True
 
     def fill_window(self, session: Session) -> None:
         """Send while the inflight window has room (§4.9): first what awaits a resend after a
@@ -442,6 +457,8 @@ class Broker:
                 if pending is not None:
                     client.resend(pending)
                 continue
+            if not queue[0].durable:
+                break  # waits for the store's commit; _now_durable resumes
             out = queue.popleft()
             session.queued_bytes -= out.size
             if session.dropping and len(queue) < self.settings.max_queued_messages // 2:
@@ -503,6 +520,9 @@ class Broker:
                 space.retained.delete(topic)
                 self.store.delete_retained(account, topic)
                 continue
+            # Its body may have left the store with its last delivery; the next persistent
+            # delivery saves it again (saving is idempotent).
+            message.stored = False
             found.append(message)
         return found
 
@@ -616,10 +636,13 @@ class Broker:
                     session.queued_bytes += out.size
             session.inbound_qos2 = set(stored.inbound_qos2)
             if session.expiry_interval < 0xFFFFFFFF:
-                # TODO(durability issue): count the time the hub was down against the expiry.
-                session.expiry_timer = self.clock.call_later(
-                    session.expiry_interval, self._session_expired, session
-                )
+                # The time the hub was down counts against the expiry (issue 5); the store
+                # already dropped sessions whose expiry passed while it was down.
+                left = float(session.expiry_interval)
+                if stored.disconnected_at_ms is not None:
+                    down_s = (time.time() * 1000 - stored.disconnected_at_ms) / 1000
+                    left = max(0.0, left - down_s)
+                session.expiry_timer = self.clock.call_later(left, self._session_expired, session)
 
     def _restore_subscription(self, session: Session, stored: StoredSubscription) -> None:
         persistent, session.persistent = session.persistent, False  # already stored

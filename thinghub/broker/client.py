@@ -80,6 +80,7 @@ class Link(Protocol):
 
 class Client:
     __slots__ = (
+        "_acks_waiting",
         "_aliases_out",
         "_keep_alive_timer",
         "account",
@@ -129,6 +130,8 @@ class Client:
         self.max_packet_size = 268_435_460
         self.alias_maximum_out = 0
         self._aliases_out: dict[str, int] = {}
+        # Acknowledgements waiting for the store's commit (see _acknowledge).
+        self._acks_waiting = 0
         self.will: Message | None = None
         self.will_delay = 0
         self.keep_alive = 0
@@ -558,7 +561,7 @@ class Client:
         packet_id = packet.packet_id
         if qos == 2 and packet_id in session.inbound_qos2:
             # A resent QoS 2 PUBLISH we already have: acknowledge, do not route twice (§4.3.3).
-            self._send(PubRec(packet_id=packet_id))
+            self._acknowledge(PubRec(packet_id=packet_id), False)
             return
 
         reason = ReasonCode.SUCCESS
@@ -569,6 +572,15 @@ class Client:
             if not decision.allowed:
                 broker.stats.dropped_not_authorized += 1
                 reason = decision.reason_code
+        if qos and reason == ReasonCode.SUCCESS and not broker.store.accepting:
+            # The store cannot take more (full, or its writer behind): refuse rather than
+            # accept and lose (issue 5). 3.1.1 has no negative acknowledgement, so its client
+            # is disconnected and will send the message again when it reconnects.
+            if not self.is_v5:
+                log.warning("store not accepting: disconnecting %s", self.client_id)
+                self._close()
+                return
+            reason = ReasonCode.QUOTA_EXCEEDED
         if reason == ReasonCode.SUCCESS:
             message = Message(
                 topic=topic,
@@ -600,12 +612,23 @@ class Client:
                     broker.store_writes += 1
                     broker.store.set_inbound_qos2(session.key, packet_id or 0, True)
             ack = PubRec(packet_id=packet_id or 0, reason_code=code)
-        if broker.store_writes == writes:
+        self._acknowledge(ack, broker.store_writes != writes)
+
+    def _acknowledge(self, ack: Packet, must_wait: bool) -> None:
+        """Acknowledged means stored: an answer whose request changed the store goes out once
+        the store has committed (ARCHITECTURE.md, "Acknowledged means durable"). Answers
+        keep the order of the requests [MQTT-4.6.0-2], so while one waits, later ones queue
+        behind it (the store runs commit callbacks in order)."""
+        if not must_wait and not self._acks_waiting:
             self._send(ack)
-        else:
-            # Acknowledged means stored: answer once the store has committed what this
-            # message changed (ARCHITECTURE.md, "Acknowledged means durable").
-            broker.store.after_commit(lambda: self._send_unless_closed(ack))
+            return
+        self._acks_waiting += 1
+
+        def send() -> None:
+            self._acks_waiting -= 1
+            self._send_unless_closed(ack)
+
+        self.broker.store.after_commit(send)
 
     def _handle_puback(self, packet: PubAck) -> None:
         session = self.session
@@ -627,12 +650,8 @@ class Client:
             raise ProtocolError("PUBREC before CONNECT")
         out = session.inflight.get(packet.packet_id)
         if out is None or out.qos != 2:
-            self._send(
-                PubRel(
-                    packet_id=packet.packet_id,
-                    reason_code=ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0,
-                )
-            )
+            code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0
+            self._acknowledge(PubRel(packet_id=packet.packet_id, reason_code=code), False)
             return
         if packet.reason_code >= 0x80:
             # The receiver refused it: the flow ends here (§4.3.3).
@@ -644,7 +663,10 @@ class Client:
         if session.persistent:
             self.broker.store_writes += 1
             self.broker.store.set_released(session.key, packet.packet_id)
-        self._send(PubRel(packet_id=packet.packet_id))
+        # The release is on disk before the PUBREL leaves: after a crash the hub must resend
+        # PUBREL, not the PUBLISH, which a receiver that already completed would take for a
+        # new message (§4.3.3, exactly once).
+        self._acknowledge(PubRel(packet_id=packet.packet_id), session.persistent)
 
     def _handle_pubrel(self, packet: PubRel) -> None:
         session = self.session
@@ -655,10 +677,12 @@ class Client:
             if session.persistent:
                 self.broker.store_writes += 1
                 self.broker.store.set_inbound_qos2(session.key, packet.packet_id, False)
-            self._send(PubComp(packet_id=packet.packet_id))
+            # The packet id is free on disk before PUBCOMP lets the publisher reuse it: a crash
+            # in between would otherwise take its next message for a duplicate and drop it.
+            self._acknowledge(PubComp(packet_id=packet.packet_id), session.persistent)
         else:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0
-            self._send(PubComp(packet_id=packet.packet_id, reason_code=code))
+            self._acknowledge(PubComp(packet_id=packet.packet_id, reason_code=code), False)
 
     def _handle_pubcomp(self, packet: PubComp) -> None:
         session = self.session
@@ -679,6 +703,7 @@ class Client:
         session = self.session
         if session is None:
             raise ProtocolError("SUBSCRIBE before CONNECT")
+        writes = broker.store_writes
         ids = packet.properties.subscription_identifiers
         subscription_id = ids[0] if ids else None
         codes: list[int] = []
@@ -696,12 +721,28 @@ class Client:
             # Retain Handling (§3.8.3.1); no retained messages for shared subscriptions (§4.8.2).
             if not shared and (sub.retain_handling == 0 or (sub.retain_handling == 1 and is_new)):
                 to_send.append((sub.topic_filter, granted, subscription_id))
-        self._send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)))
-        for topic_filter, granted, sid in to_send:
-            for message in broker.retained_for(self.account, topic_filter):
-                broker.deliver(
-                    session, message, min(message.qos, granted), True, () if sid is None else (sid,)
-                )
+
+        def answer() -> None:
+            if self.closed:
+                return
+            self._send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)))
+            for topic_filter, granted, sid in to_send:
+                for message in broker.retained_for(self.account, topic_filter):
+                    sub_ids = () if sid is None else (sid,)
+                    broker.deliver(session, message, min(message.qos, granted), True, sub_ids)
+
+        # A persistent session's new subscriptions are on disk before the SUBACK says so,
+        # and the SUBACK keeps its place among the acknowledgements.
+        if broker.store_writes != writes or self._acks_waiting:
+            self._acks_waiting += 1
+
+            def later() -> None:
+                self._acks_waiting -= 1
+                answer()
+
+            broker.store.after_commit(later)
+        else:
+            answer()
 
     def _check_subscription(
         self, session: Session, topic_filter: str, no_local: bool
@@ -731,13 +772,15 @@ class Client:
         session = self.session
         if session is None:
             raise ProtocolError("UNSUBSCRIBE before CONNECT")
+        writes = self.broker.store_writes
         codes = tuple(
             ReasonCode.SUCCESS
             if self.broker.unsubscribe(session, f)
             else ReasonCode.NO_SUBSCRIPTION_EXISTED
             for f in packet.topic_filters
         )
-        self._send(UnsubAck(packet_id=packet.packet_id, reason_codes=codes if self.is_v5 else ()))
+        ack = UnsubAck(packet_id=packet.packet_id, reason_codes=codes if self.is_v5 else ())
+        self._acknowledge(ack, self.broker.store_writes != writes)
 
     def _handle_pingreq(self, packet: PingReq) -> None:
         self._send(PingResp())

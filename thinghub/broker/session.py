@@ -79,6 +79,9 @@ class Outgoing:
     # Called when the receiver acknowledges it (PUBACK, or PUBCOMP), e.g. by an HTTP API
     # waiting for a device's confirmation.
     on_acked: Callable[[], None] | None = None
+    # False while a QoS 2 copy for a persistent session waits for the store's commit: it is
+    # not sent before it is durable (see Broker._deliver_outgoing).
+    durable: bool = True
 
     @property
     def size(self) -> int:
