@@ -32,11 +32,11 @@ import os
 import secrets
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypeVar, cast
 from urllib.parse import quote
 
 from bench import brokers
@@ -46,6 +46,7 @@ PAYLOAD_SIZE = 64
 PROBE_EVERY = 50
 MAX_PROBES = 20_000
 REGION = "us-east-1"
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -90,12 +91,27 @@ def probe_payload(index: int) -> bytes:
 
 
 class Subscriber(asyncio.Protocol):
-    """A raw MQTT 5 client: CONNECT, SUBSCRIBE at QoS 0, then count PUBLISH packets and time
-    the probes."""
+    """A raw MQTT client (5 by default, or 3.1.1): CONNECT (with credentials when given),
+    SUBSCRIBE at QoS 0, then count PUBLISH packets and, if ``timed``, time the probes."""
 
-    def __init__(self, topic: str, sent_at: dict[int, int]) -> None:
+    def __init__(
+        self,
+        topic: str,
+        sent_at: dict[int, int],
+        *,
+        client_id: str | None = None,
+        username: str | None = None,
+        password: str | None = None,
+        version: int = 5,
+        timed: bool = True,
+    ) -> None:
         self.topic = topic
         self.sent_at = sent_at
+        self.client_id = client_id or f"benchhttp{secrets.token_hex(4)}"
+        self.username = username
+        self.password = password
+        self.version = version
+        self.timed = timed
         self.buffer = bytearray()
         self.received = 0
         self.latencies_ns: list[int] = []
@@ -104,12 +120,22 @@ class Subscriber(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        client_id = f"benchhttp{secrets.token_hex(4)}"
-        # v5 CONNECT: clean start, keep alive 0, empty properties.
-        body = mqtt_string("MQTT") + bytes([5, 0x02]) + struct.pack(">H", 0) + b"\x00"
-        body += mqtt_string(client_id)
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        flags = 0x02  # clean start / clean session
+        if self.username is not None:
+            flags |= 0x80
+        if self.password is not None:
+            flags |= 0x40
+        # Keep alive 0; MQTT 5 adds an empty property list.
+        body = mqtt_string("MQTT") + bytes([self.version, flags]) + struct.pack(">H", 0)
+        if self.version == 5:
+            body += b"\x00"
+        body += mqtt_string(self.client_id)
+        if self.username is not None:
+            body += mqtt_string(self.username)
+        if self.password is not None:
+            body += mqtt_string(self.password)
         transport.write(b"\x10" + remaining_length(len(body)) + body)
 
     def data_received(self, data: bytes) -> None:
@@ -134,6 +160,7 @@ class Subscriber(asyncio.Protocol):
             if kind == 3:
                 self._publish(bytes(buf[used:end]), (buf[0] >> 1) & 3)
             elif kind == 2 and not self.connected.done():
+                # v5 reason code / v3.1.1 return code: the second byte of both.
                 reason = buf[used + 1] if length >= 2 else 0
                 if reason:
                     self.connected.set_exception(
@@ -153,18 +180,22 @@ class Subscriber(asyncio.Protocol):
     def _publish(self, packet: bytes, qos: int) -> None:
         now = time.perf_counter_ns()
         self.received += 1
+        if not self.timed:
+            return
         topic_len = (packet[0] << 8) | packet[1]
         index = 2 + topic_len + (2 if qos else 0)
-        # MQTT 5: a property length (variable byte integer) before the payload.
-        props, step = 0, 1
-        while True:
-            byte = packet[index]
-            index += 1
-            props += (byte & 0x7F) * step
-            step *= 128
-            if not byte & 0x80:
-                break
-        payload = packet[index + props :]
+        if self.version == 5:
+            # A property length (variable byte integer) before the payload.
+            props, step = 0, 1
+            while True:
+                byte = packet[index]
+                index += 1
+                props += (byte & 0x7F) * step
+                step *= 128
+                if not byte & 0x80:
+                    break
+            index += props
+        payload = packet[index:]
         if payload.startswith(b"probe:"):
             sent = self.sent_at.pop(int(payload[6:14]), None)
             if sent is not None:
@@ -173,13 +204,18 @@ class Subscriber(asyncio.Protocol):
     async def subscribe(self) -> None:
         await asyncio.wait_for(self.connected, 10)
         assert self.transport is not None
-        # v5 SUBSCRIBE: packet id 1, no properties, options byte = QoS 0.
-        body = struct.pack(">H", 1) + b"\x00" + mqtt_string(self.topic) + b"\x00"
+        # SUBSCRIBE: packet id 1, (v5: no properties,) options byte = QoS 0.
+        props = b"\x00" if self.version == 5 else b""
+        body = struct.pack(">H", 1) + props + mqtt_string(self.topic) + b"\x00"
         self.transport.write(b"\x82" + remaining_length(len(body)) + body)
         await asyncio.wait_for(self.subscribed, 10)
 
 
 # --------------------------------------------------------------------------- HTTP load
+
+
+class CpuProbe(Protocol):
+    def cpu_seconds(self) -> float: ...
 
 
 @dataclass
@@ -190,6 +226,10 @@ class Phase:
     elapsed: float = 0.0
     response_ns: list[int] = field(default_factory=list)
     first_error: str = ""
+    #: the pre-signed pool ran out before the time was up (the figures cover what was sent).
+    exhausted: bool = False
+    hub_cpu: float | None = None  # % of one core over the phase
+    gen_cpu: float | None = None
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -198,7 +238,10 @@ class Phase:
             "rate": round(self.requests / self.elapsed, 1) if self.elapsed else 0.0,
             "response_p50_ms": _ms(_percentile(self.response_ns, 0.50)),
             "response_p99_ms": _ms(_percentile(self.response_ns, 0.99)),
+            "hub_cpu": self.hub_cpu,
+            "gen_cpu": self.gen_cpu,
             **({"first_error": self.first_error} if self.first_error else {}),
+            **({"pool_exhausted": True} if self.exhausted else {}),
         }
 
 
@@ -214,28 +257,42 @@ async def _read_response(reader: asyncio.StreamReader) -> tuple[int, bytes]:
     return status, body
 
 
+def _ok(status: int, body: bytes) -> bool:
+    return status == 200
+
+
 async def _load(
     target: Target,
     phase: Phase,
     seconds: float,
     connections: int,
-    next_request: Callable[[], bytes],
+    next_request: Callable[[], bytes | None],
+    *,
+    ok: Callable[[int, bytes], bool] = _ok,
+    hub: CpuProbe | None = None,
 ) -> None:
-    deadline = time.monotonic() + seconds
+    """``connections`` closed loops of one request each for ``seconds``; a connection stops
+    early when ``next_request`` returns None (its pool of signed requests is used up)."""
     started = time.monotonic()
+    deadline = started + seconds
+    cpu0 = hub.cpu_seconds() if hub is not None else 0.0
+    gen0 = time.process_time()
 
     async def connection() -> None:
         reader, writer = await asyncio.open_connection(target.host, target.http_port)
         try:
             while time.monotonic() < deadline:
                 request = next_request()
+                if request is None:
+                    phase.exhausted = True
+                    break
                 t0 = time.perf_counter_ns()
                 writer.write(request)
                 status, body = await _read_response(reader)
                 if len(phase.response_ns) < 200_000:
                     phase.response_ns.append(time.perf_counter_ns() - t0)
                 phase.requests += 1
-                if status != 200:
+                if not ok(status, body):
                     phase.errors += 1
                     if not phase.first_error:
                         phase.first_error = f"{status} {body[:300]!r}"
@@ -244,9 +301,38 @@ async def _load(
 
     await asyncio.gather(*(connection() for _ in range(connections)))
     phase.elapsed = time.monotonic() - started
+    if phase.elapsed > 0:
+        if hub is not None:
+            phase.hub_cpu = round(100 * (hub.cpu_seconds() - cpu0) / phase.elapsed, 1)
+        phase.gen_cpu = round(100 * (time.process_time() - gen0) / phase.elapsed, 1)
 
 
-async def _measure(target: Target, seconds: float, connections: int) -> dict[str, Any]:
+async def measure_healthz(
+    target: Target, seconds: float, connections: int, hub: CpuProbe | None = None
+) -> Phase:
+    """The do-nothing endpoint (``GET /healthz``), same connections and duration."""
+    health = plain_request(target, "/healthz")
+    baseline = Phase("healthz")
+    await _load(target, baseline, seconds, connections, lambda: health, hub=hub)
+    return baseline
+
+
+async def wait_for(done: Callable[[], bool], limit_s: float = 1.0) -> None:
+    """Let the last QoS 0 messages arrive (bounded; QoS 0 may be dropped)."""
+    for _ in range(max(1, int(limit_s / 0.01))):
+        if done():
+            return
+        await asyncio.sleep(0.01)
+
+
+async def _measure(
+    target: Target,
+    seconds: float,
+    connections: int,
+    hub: CpuProbe | None = None,
+    warmup: float = 0.0,
+    baseline_seconds: float | None = None,
+) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     topic = f"bench/http/{secrets.token_hex(4)}"
     path = "/topics/" + quote(topic, safe="-._~")
@@ -272,16 +358,14 @@ async def _measure(target: Target, seconds: float, connections: int) -> dict[str
             return probes[index]
         return fixed
 
-    health = plain_request(target, "/healthz")
-    baseline = Phase("healthz")
-    await _load(target, baseline, seconds, connections, lambda: health)
+    baseline = await measure_healthz(target, baseline_seconds or seconds, connections, hub)
+    if warmup > 0:
+        await _load(target, Phase("warm-up"), warmup, connections, lambda: fixed)
+        await asyncio.sleep(0.2)
+        subscriber.received = 0
     publish = Phase("publish")
-    await _load(target, publish, seconds, connections, next_publish)
-    # Let the last QoS 0 messages arrive (bounded; QoS 0 may be dropped).
-    for _ in range(100):
-        if subscriber.received >= publish.requests - publish.errors:
-            break
-        await asyncio.sleep(0.01)
+    await _load(target, publish, seconds, connections, next_publish, hub=hub)
+    await wait_for(lambda: subscriber.received >= publish.requests - publish.errors)
     assert subscriber.transport is not None
     subscriber.transport.close()
     latencies = sorted(subscriber.latencies_ns)
@@ -293,12 +377,13 @@ async def _measure(target: Target, seconds: float, connections: int) -> dict[str
         receipt_p99_ms=_ms(_percentile(latencies, 0.99)),
     )
     return {
-        "scenario": "http-publish",
+        "scenario": "aws-publish",
         "seconds": seconds,
         "connections": connections,
         "payload_bytes": PAYLOAD_SIZE,
         "publish": result,
         "healthz": baseline.summary(),
+        "notes": [],
     }
 
 
@@ -313,21 +398,39 @@ def _ms(ns: float | None) -> float | None:
     return None if ns is None else round(ns / 1e6, 3)
 
 
+def run_loop(coro: Coroutine[Any, Any, T]) -> T:
+    """uvloop when available, as the hub and ``python -m bench`` use."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
+
+
 def measure(target: Target, seconds: float = 5.0, connections: int = 8) -> dict[str, Any]:
     """Measure against a hub that is already running."""
-    return asyncio.run(_measure(target, seconds, connections))
+    return run_loop(_measure(target, seconds, connections))
 
 
 # --------------------------------------------------------------------------- the hub
 
 
-class _KeyedThingHub(brokers.ThingHub):
-    """bench/brokers.py's ThingHub, started with a known root access key."""
+class KeyedThingHub(brokers.ThingHub):
+    """bench/brokers.py's ThingHub, started with a known root access key and extra
+    environment (the raised rate limits)."""
 
-    def __init__(self, cpu: int | None, key_id: str, secret: str) -> None:
-        super().__init__(cpu)
+    def __init__(
+        self,
+        cpu: int | None,
+        key_id: str,
+        secret: str,
+        extra_env: dict[str, str] | None = None,
+        binary: str | None = None,
+    ) -> None:
+        super().__init__(cpu, binary)
         self.key_id = key_id
         self.secret = secret
+        self.extra_env = dict(extra_env or {})
 
     def env(self) -> dict[str, str]:
         env = dict(os.environ)
@@ -335,22 +438,49 @@ class _KeyedThingHub(brokers.ThingHub):
         env["THINGHUB_ROOT_ACCESS_KEY_SECRET"] = self.secret
         # The subscriber connects anonymously; anonymous clients live in the root account.
         env["THINGHUB_MQTT_ALLOW_ANONYMOUS"] = "true"
+        env.update(self.extra_env)
         return env
 
 
-def run(seconds: float = 5.0, connections: int = 8, pin: bool = True) -> dict[str, Any]:
-    """Start a hub, measure, stop it; the dict for ``python -m bench``."""
-    broker_cpu, generator_cpu = brokers.cpu_plan(pin)
+# The documented per-account limits (20,000 Publish/s) would not bind here, but a bench
+# must never measure a throttle: raised, and said so in the output.
+RATE_LIMITS = {"THINGHUB_API_AWS_RATE_LIMITS": "Publish=1000000"}
+
+
+def limits_note(env: dict[str, str]) -> str:
+    return "rate limits raised for the bench: " + "; ".join(
+        f"{name}={value}" for name, value in env.items()
+    )
+
+
+def run(
+    seconds: float = 5.0,
+    connections: int = 8,
+    pin: bool = True,
+    *,
+    warmup: float = 0.0,
+    binary: str | None = None,
+    baseline_seconds: float | None = None,
+    cpus: tuple[int | None, int | None] | None = None,
+) -> dict[str, Any]:
+    """Start a hub, measure, stop it; the dict for ``python -m bench``. The do-nothing
+    endpoint is measured for ``baseline_seconds`` (default: ``seconds``)."""
+    # (hub cpu, generator cpu); a caller that has pinned itself already passes its plan.
+    broker_cpu, generator_cpu = cpus if cpus is not None else brokers.cpu_plan(pin)
     key_id = "AKIDBENCH" + secrets.token_hex(6).upper()
-    hub = _KeyedThingHub(broker_cpu, key_id, secrets.token_urlsafe(30))
+    hub = KeyedThingHub(broker_cpu, key_id, secrets.token_urlsafe(30), RATE_LIMITS, binary)
     hub.start()
     try:
         if generator_cpu is not None:
             os.sched_setaffinity(0, {generator_cpu})
         target = Target(brokers.HOST, hub.http_port, hub.port, hub.key_id, hub.secret)
-        result = measure(target, seconds, connections)
+        result = run_loop(
+            _measure(target, seconds, connections, hub.probe, warmup, baseline_seconds)
+        )
+        result["peak_rss_kb"] = hub.probe.peak_rss_kb() if hub.probe else None
         result["broker"] = "thinghub"
         result["at"] = datetime.now(UTC).isoformat(timespec="seconds")
+        result["notes"].append(limits_note(RATE_LIMITS))
         return result
     finally:
         hub.stop()
@@ -358,18 +488,28 @@ def run(seconds: float = 5.0, connections: int = 8, pin: bool = True) -> dict[st
 
 def describe(result: dict[str, Any]) -> str:
     p, h = result["publish"], result["healthz"]
-    return (
-        f"http-publish: {p['rate']:,.0f} req/s (QoS 0, {result['connections']} keep-alive "
+    ratio = p["rate"] / h["rate"] if h["rate"] else 0.0
+    lines = [
+        f"aws-publish: {p['rate']:,.0f} req/s (QoS 0, {result['connections']} keep-alive "
         f"connections, {p['errors']} errors), request-to-receipt p50 {p['receipt_p50_ms']} ms "
-        f"p99 {p['receipt_p99_ms']} ms ({p['probes']} probes, {p['delivered']} delivered)\n"
-        f"healthz:      {h['rate']:,.0f} req/s (do-nothing endpoint, same run), response "
-        f"p50 {h['response_p50_ms']} ms p99 {h['response_p99_ms']} ms"
-    )
+        f"p99 {p['receipt_p99_ms']} ms ({p['probes']} probes, {p['delivered']} delivered), "
+        f"hub CPU {_pct(p['hub_cpu'])}",
+        f"healthz:     {h['rate']:,.0f} req/s (do-nothing endpoint, same run), response "
+        f"p50 {h['response_p50_ms']} ms p99 {h['response_p99_ms']} ms, hub CPU "
+        f"{_pct(h['hub_cpu'])}; Publish/healthz = {ratio:.2f}",
+    ]
+    lines += [f"note: {note}" for note in result.get("notes", [])]
+    return "\n".join(lines)
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}%"
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--warmup", type=float, default=0.0, help="publish before measuring")
     parser.add_argument("--connections", type=int, default=8)
     parser.add_argument("--no-pin", action="store_true", help="do not pin hub and generator")
     parser.add_argument("--json", type=Path, help="also write the result here")
@@ -379,6 +519,8 @@ def main(argv: list[str] | None = None) -> int:
         help="measure a hub that is already running (key from THINGHUB_ROOT_ACCESS_KEY_*)",
     )
     args = parser.parse_args(argv)
+    if not 0 < args.seconds <= 300 or not 1 <= args.connections <= 1000:
+        parser.error("--seconds must be in (0, 300] and --connections in [1, 1000]")
     if args.target:
         host, http_port, mqtt_port = args.target.rsplit(":", 2)
         target = Target(
@@ -391,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
         result = measure(target, args.seconds, args.connections)
     else:
         try:
-            result = run(args.seconds, args.connections, pin=not args.no_pin)
+            result = run(args.seconds, args.connections, pin=not args.no_pin, warmup=args.warmup)
         finally:
             brokers.stop_all()
     print(describe(result))

@@ -86,9 +86,11 @@ def mqtt_string(s: str) -> bytes:
     return struct.pack(">H", len(raw)) + raw
 
 
-def connect_packet(client_id: str, keepalive: int = KEEPALIVE) -> bytes:
-    """MQTT 3.1.1 CONNECT, clean session, no will/credentials."""
-    body = mqtt_string("MQTT") + bytes([4, 0x02]) + struct.pack(">H", keepalive)
+def connect_packet(client_id: str, keepalive: int = KEEPALIVE, clean: bool = True) -> bytes:
+    """MQTT 3.1.1 CONNECT, no will/credentials; clean session unless ``clean`` is False (a
+    persistent session, whose QoS 1/2 messages the broker must keep)."""
+    flags = 0x02 if clean else 0x00
+    body = mqtt_string("MQTT") + bytes([4, flags]) + struct.pack(">H", keepalive)
     body += mqtt_string(client_id)
     return b"\x10" + remaining_length(len(body)) + body
 
@@ -136,9 +138,10 @@ class SetupError(Exception):
 class Client(asyncio.Protocol):
     """One MQTT connection; publisher, subscriber or idle."""
 
-    def __init__(self, run: LoadRun | None, cid: str) -> None:
+    def __init__(self, run: LoadRun | None, cid: str, clean: bool = True) -> None:
         self.run = run
         self.cid = cid
+        self.clean = clean
         self.transport: asyncio.Transport | None = None
         loop = asyncio.get_running_loop()
         self.connack: asyncio.Future[int] = loop.create_future()
@@ -154,7 +157,7 @@ class Client(asyncio.Protocol):
         transport = self.transport
         # Pause (and stop publishing) once 256 KiB are queued in user space.
         transport.set_write_buffer_limits(high=256 * 1024, low=64 * 1024)
-        transport.write(connect_packet(self.cid))
+        transport.write(connect_packet(self.cid, clean=self.clean))
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -335,6 +338,9 @@ class StreamSpec:
     window: int = 2000  # end-to-end messages in flight (all publishers together)
     batch: int = 50  # messages per write
     ack_window: int = 100  # QoS 1: unacknowledged PUBLISH per publisher
+    # Subscribers keep persistent sessions (clean session 0) under ids stable across runs, so
+    # each run resumes the same sessions instead of leaving one more behind.
+    persistent_subs: bool = False
 
 
 @dataclass
@@ -481,7 +487,12 @@ async def _gather_bounded(
 
 
 async def open_client(
-    run: LoadRun | None, host: str, port: int, cid: str, clients: list[Client]
+    run: LoadRun | None,
+    host: str,
+    port: int,
+    cid: str,
+    clients: list[Client],
+    clean: bool = True,
 ) -> Client:
     """TCP connect + CONNECT/CONNACK.
 
@@ -490,7 +501,7 @@ async def open_client(
     """
     loop = asyncio.get_running_loop()
     async with asyncio.timeout(CONNECT_TIMEOUT):
-        _, proto = await loop.create_connection(lambda: Client(run, cid), host, port)
+        _, proto = await loop.create_connection(lambda: Client(run, cid, clean), host, port)
         clients.append(proto)
         rc = await proto.connack
     if rc != 0:
@@ -524,7 +535,11 @@ async def run_stream(
 
         def sub_factory(i: int, topic: str) -> Callable[[], asyncio.Future[None]]:
             async def go() -> None:
-                c = await open_client(run, host, port, client_id(token, "s", i), clients)
+                if spec.persistent_subs:
+                    cid = client_id(spec.name.replace("-", "")[:8], "s", i)
+                    c = await open_client(run, host, port, cid, clients, clean=False)
+                else:
+                    c = await open_client(run, host, port, client_id(token, "s", i), clients)
                 await c.subscribe(topic, spec.qos)
                 subs.append((c, topic))
 

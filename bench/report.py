@@ -21,6 +21,8 @@ MEDIAN_FIELDS = (
     "broker_cpu",
     "gen_cpu",
     "lost",
+    "baseline_rate",
+    "requests_rate",
 )
 
 
@@ -122,6 +124,8 @@ def results_table(summaries: Sequence[Summary]) -> list[str]:
     rows = []
     for s in summaries:
         sc = SCENARIOS[s.scenario]
+        if sc.http:
+            continue  # http_table
         if not s.available:
             rows.append([s.scenario, s.broker, "not available", "-", "-", "-", "-", "-", "-"])
             continue
@@ -162,6 +166,44 @@ def ratio_table(summaries: Sequence[Summary], a: str, b: str) -> list[str]:
                 _ratio(sa.median["p99_ms"], sb.median["p99_ms"]),
                 _ratio(sa.median["peak_rss_kb"], sb.median["peak_rss_kb"]),
                 _ratio(sa.median["kb_per_conn"], sb.median["kb_per_conn"]),
+            ]
+        )
+    return _table(header, rows, first_num=1)
+
+
+def http_table(summaries: Sequence[Summary]) -> list[str]:
+    """The HTTP API scenarios beside the do-nothing endpoint of the same runs."""
+    header = [
+        "Scenario",
+        "Throughput",
+        "Requests/s",
+        "Do-nothing req/s",
+        "Ratio",
+        "Receipt p50 ms",
+        "Receipt p99 ms",
+        "Hub CPU",
+        "Gen CPU",
+    ]
+    rows = []
+    for s in summaries:
+        sc = SCENARIOS[s.scenario]
+        if not sc.http:
+            continue
+        if not s.available:
+            rows.append([s.scenario, f"failed: {s.error}", *["-"] * 7])
+            continue
+        m = s.median
+        rows.append(
+            [
+                s.scenario,
+                f"{_num(m['rate'])} {sc.unit}",
+                _num(m["requests_rate"]),
+                _num(m["baseline_rate"]),
+                _ratio(m["requests_rate"], m["baseline_rate"]),
+                _num(m["p50_ms"], 2),
+                _num(m["p99_ms"], 2),
+                _pct(m["broker_cpu"]),
+                _pct(m["gen_cpu"]),
             ]
         )
     return _table(header, rows, first_num=1)
@@ -217,10 +259,27 @@ def render(
             "lower = the null broker was the limit and the ceiling is higher still."
         )
         out.append("")
-    out.append("### Results (medians)")
-    out.append("")
-    out.extend(results_table(summaries))
-    out.append("")
+    mqtt = [s for s in summaries if not SCENARIOS[s.scenario].http]
+    http = [s for s in summaries if SCENARIOS[s.scenario].http]
+    if mqtt or not http:
+        out.append("### Results (medians)")
+        out.append("")
+        out.extend(results_table(mqtt))
+        out.append("")
+    if http:
+        out.append("### HTTP APIs (ThingHub only, medians)")
+        out.append("")
+        out.extend(http_table(http))
+        out.append("")
+        out.append(
+            "Requests/s over the hub's do-nothing endpoint (`GET /healthz`, same connections, "
+            "same run) is the ratio. Receipt = request written -> MQTT PUBLISH read by the "
+            "subscriber/device (BatchPub: by the last device of the list). QoS 0, 64-byte "
+            "payloads, 8 keep-alive connections, requests signed before the run. The per-"
+            "account rate limits are raised for these runs (THINGHUB_API_AWS_RATE_LIMITS="
+            "Publish=1000000, THINGHUB_API_ALIYUN_RATE_LIMITS=Pub=1000000,BatchPub=1000000)."
+        )
+        out.append("")
     if "thinghub" in brokers and "mosquitto" in brokers:
         out.append("### ThingHub / mosquitto")
         out.append("")

@@ -20,6 +20,7 @@ from bench.scenarios import IDLE_CONNECTIONS, SCENARIOS, RunResult, Scenario
 
 T = TypeVar("T")
 MAX_SECONDS = 300.0  # clients use keep-alive 600 and never ping
+HTTP_BASELINE_S = 5.0  # the do-nothing endpoint's share of an HTTP run
 
 
 def log(msg: str) -> None:
@@ -139,6 +140,66 @@ def one_run(
         broker.stop()
 
 
+def http_run(
+    sc: Scenario,
+    seconds: float,
+    warmup: float,
+    cpus: tuple[int | None, int | None],
+    binary: str | None,
+) -> RunResult:
+    """One run of an HTTP API scenario (its own fresh hub, rate limits raised). ``cpus``:
+    (hub, generator), as main() pinned them (this process may now see only its own CPU)."""
+    from bench import aliyun_pub, http_publish
+
+    baseline = min(seconds, HTTP_BASELINE_S)
+    try:
+        if sc.name == "aws-publish":
+            doc = http_publish.run(
+                seconds, warmup=warmup, binary=binary, baseline_seconds=baseline, cpus=cpus
+            )
+            phase = doc["publish"]
+            rate = phase["rate"]
+        else:
+            action = "Pub" if sc.name == "aliyun-pub" else "BatchPub"
+            doc = aliyun_pub.run(
+                seconds,
+                cpus=cpus,
+                actions=(action,),
+                warmup=warmup,
+                binary=binary,
+                baseline_seconds=baseline,
+            )
+            phase = doc[action]
+            rate = phase["rate"] if action == "Pub" else phase["deliveries_rate"]
+    except BrokerUnavailable as e:
+        return RunResult(sc.name, "thinghub", ok=False, error=str(e))
+    except (OSError, aliyun_pub.SetupError, asyncio.IncompleteReadError, TimeoutError) as e:
+        return RunResult(sc.name, "thinghub", ok=False, error=str(e) or type(e).__name__)
+    warnings = list(doc.get("notes", []))
+    if phase["errors"]:
+        warnings.append(f"{phase['errors']} failed requests, first: {phase.get('first_error')}")
+    if phase.get("pool_exhausted"):
+        warnings.append("the pool of pre-signed requests ran out before the time was up")
+    return RunResult(
+        sc.name,
+        "thinghub",
+        ok=phase["requests"] > 0,
+        error=None if phase["requests"] else "no request completed",
+        rate=rate,
+        p50_ms=phase["receipt_p50_ms"],
+        p99_ms=phase["receipt_p99_ms"],
+        peak_rss_kb=doc.get("peak_rss_kb"),
+        broker_cpu=phase["hub_cpu"],
+        gen_cpu=phase["gen_cpu"],
+        sent=phase["requests"],
+        delivered=phase["delivered"],
+        latency_samples=phase["probes"],
+        baseline_rate=doc["healthz"]["rate"],
+        requests_rate=phase["rate"],
+        warnings=warnings,
+    )
+
+
 def describe(r: RunResult, unit: str) -> str:
     if not r.ok:
         return f"FAILED: {r.error}"
@@ -150,6 +211,8 @@ def describe(r: RunResult, unit: str) -> str:
     if r.peak_rss_kb is not None:
         parts.append(f"peak RSS {r.peak_rss_kb / 1024:.1f} MB")
     parts.append(f"broker CPU {r.broker_cpu or 0:.0f}% gen CPU {r.gen_cpu or 0:.0f}%")
+    if r.baseline_rate is not None:
+        parts.append(f"do-nothing endpoint {r.baseline_rate:,.0f} req/s")
     if r.lost:
         parts.append(f"lost {r.lost}")
     return ", ".join(parts)
@@ -204,6 +267,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cs = min(args.seconds, 5.0)
             for name in args.scenario:
                 sc = SCENARIOS[name]
+                if sc.http:
+                    continue  # no null-broker equivalent
                 r, _ = one_run(
                     sc, make_broker("null", broker_cpu, args), cs, args.warmup, connections
                 )
@@ -213,6 +278,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         unavailable: dict[str, str] = {}
         for name in args.scenario:
             sc = SCENARIOS[name]
+            if sc.http:
+                if "thinghub" not in args.broker or "thinghub" in unavailable:
+                    continue  # ThingHub's own APIs: nothing to compare with
+                http_runs: list[RunResult] = []
+                for i in range(args.runs):
+                    r = http_run(
+                        sc, args.seconds, args.warmup, (broker_cpu, gen_cpu), args.thinghub
+                    )
+                    http_runs.append(r)
+                    all_runs.append(r)
+                    log(f"  thinghub  {name:<11} run {i + 1}: {describe(r, sc.unit)}")
+                summaries.append(report.summarize(name, "thinghub", http_runs))
+                continue
             runs: dict[str, list[RunResult]] = {b: [] for b in args.broker}
             # Brokers alternate within each run so slow drift hits both alike.
             for i in range(args.runs):

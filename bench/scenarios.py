@@ -18,7 +18,10 @@ class Scenario:
     name: str
     title: str
     unit: str  # what ``rate`` counts
-    spec: StreamSpec | None  # None: the idle-connections scenario
+    spec: StreamSpec | None  # None: the idle-connections scenario (or an HTTP one)
+    # An HTTP API scenario (bench/http_publish.py, bench/aliyun_pub.py): ThingHub only, no
+    # null-broker ceiling, reported in its own table beside the do-nothing endpoint.
+    http: bool = False
 
 
 def _fanin() -> StreamSpec:
@@ -55,6 +58,22 @@ def _qos1() -> StreamSpec:
     )
 
 
+def _qos1_persistent() -> StreamSpec:
+    # qos1 into a persistent session (clean session 0, connected before the publisher): every
+    # delivery goes through the broker's store (issue 5, "QoS 1 end to end into a persistent
+    # session, with durability on"). Compare with qos1 in the same run.
+    return StreamSpec(
+        name="qos1-persistent",
+        pub_topics=[["bench/qos1p"]],
+        sub_topics=["bench/qos1p"],
+        qos=1,
+        window=1000,
+        batch=25,
+        ack_window=100,
+        persistent_subs=True,
+    )
+
+
 def _topics1000() -> StreamSpec:
     topics = [f"bench/t/{i:04d}" for i in range(1000)]
     return StreamSpec(
@@ -74,10 +93,39 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("fan-in", "fan-in: 4 pub -> 1 sub, QoS 0", "msgs/s", _fanin()),
         Scenario("fan-out", "fan-out: 1 pub -> 100 subs, QoS 0", "deliveries/s", _fanout()),
         Scenario("qos1", "qos1: 1 pub -> 1 sub, QoS 1, window 100", "msgs/s", _qos1()),
+        Scenario(
+            "qos1-persistent",
+            "qos1-persistent: as qos1, into a persistent session",
+            "msgs/s",
+            _qos1_persistent(),
+        ),
         Scenario("topics1000", "topics1000: 1 pub -> 1,000 topics/subs", "msgs/s", _topics1000()),
         Scenario("idle10k", "idle10k: 10,000 idle connections", "connects/s", None),
+        Scenario(
+            "aws-publish",
+            "aws-publish: AWS Publish (SigV4), QoS 0 -> 1 MQTT 5 subscriber",
+            "req/s",
+            None,
+            http=True,
+        ),
+        Scenario(
+            "aliyun-pub",
+            "aliyun-pub: Alibaba Pub (V1 signature), QoS 0 -> 1 device",
+            "req/s",
+            None,
+            http=True,
+        ),
+        Scenario(
+            "aliyun-batchpub",
+            "aliyun-batchpub: Alibaba BatchPub, QoS 0 -> 100 devices",
+            "deliveries/s",
+            None,
+            http=True,
+        ),
     )
 }
+MQTT_SCENARIOS = [name for name, sc in SCENARIOS.items() if not sc.http]
+HTTP_SCENARIOS = [name for name, sc in SCENARIOS.items() if sc.http]
 
 
 @dataclass
@@ -100,6 +148,10 @@ class RunResult:
     delivered: int | None = None
     lost: int | None = None
     latency_samples: int | None = None
+    # HTTP scenarios: the do-nothing endpoint (GET /healthz) in the same run, and the request
+    # rate (equal to ``rate`` but for BatchPub, whose ``rate`` counts deliveries).
+    baseline_rate: float | None = None
+    requests_rate: float | None = None
     warnings: list[str] = field(default_factory=list)
 
     @classmethod

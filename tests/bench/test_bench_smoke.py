@@ -31,12 +31,20 @@ def test_every_scenario_runs_against_thinghub(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     summary = {row["scenario"]: row for row in report["summary"]}
-    assert set(summary) == {"fan-in", "fan-out", "qos1", "topics1000", "idle10k"}
+    # The five MQTT scenarios and the HTTP APIs at least (other scenarios may join them).
+    mqtt = {"fan-in", "fan-out", "qos1", "topics1000", "idle10k"}
+    http = {"aws-publish", "aliyun-pub", "aliyun-batchpub"}
+    assert mqtt | http <= set(summary), set(summary)
     for name, row in summary.items():
         assert row["available"] and row["ok_runs"] == 1, (name, row["error"])
         assert row["median"]["rate"] > 0, name
+    # The HTTP APIs are measured beside the do-nothing endpoint of the same run.
+    for name in http:
+        assert summary[name]["median"]["baseline_rate"] > 0, name
+        assert summary[name]["median"]["requests_rate"] > 0, name
     # QoS 1 end to end loses nothing; the idle scenario measured memory per connection.
     assert summary["qos1"]["median"]["lost"] == 0
     assert summary["idle10k"]["median"]["kb_per_conn"] is not None
     # The printed report is the table the README quotes.
     assert "| fan-in" in proc.stdout and "thinghub" in proc.stdout
+    assert "| aliyun-pub" in proc.stdout and "Do-nothing" in proc.stdout

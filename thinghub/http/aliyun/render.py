@@ -51,9 +51,26 @@ def success(
     action: str, response_format: str, request_id: str, fields: Mapping[str, Any]
 ) -> web.Response:
     """HTTP 200 with ``Success: true`` (and, for a business error, whatever ``fields`` add)."""
+    if response_format == "JSON" and _plain_ints(fields):
+        # Pub's {"MessageId": n}, BatchPub's {}: written directly, byte for byte what
+        # _json() makes of them (a RequestId is a UUID: nothing to escape).
+        tail = "".join(f',"{name}":{value}' for name, value in fields.items())
+        return _raw(200, f'{{"RequestId":"{request_id}","Success":true{tail}}}', JSON_TYPE)
     body: dict[str, Any] = {"RequestId": request_id, "Success": True}
     body.update(fields)
     return _response(200, action, response_format, body)
+
+
+def _plain_ints(fields: Mapping[str, Any]) -> bool:
+    """Only ``int`` values (not bool) under names that JSON writes as they are, and none of
+    the envelope's own names (which ``body.update`` would overwrite in place)."""
+    return all(
+        type(value) is int
+        and name.isascii()
+        and name.isalnum()
+        and name not in ("RequestId", "Success")
+        for name, value in fields.items()
+    )
 
 
 def business_error(

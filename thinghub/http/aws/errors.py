@@ -104,6 +104,13 @@ def json_response(body: dict[str, object], request_id: str, status: int = 200) -
     )
 
 
+def ok_response(request_id: str) -> web.Response:
+    """``{"message":"OK","traceId":<request id>}``, what a successful HTTPS publish answers
+    (reference §3); written directly: a request id needs no JSON escaping."""
+    body = f'{{"message":"OK","traceId":"{request_id}"}}'
+    return web.Response(status=200, body=body.encode(), headers=_headers(request_id))
+
+
 def error_response(shape: ErrorShape, message: str, request_id: str) -> web.Response:
     """The error shape of §3: status, ``x-amzn-ErrorType``, ``x-amzn-RequestId`` and a JSON
     body with ``message`` and ``traceId`` (AWS's own error bodies carry exactly these two)."""

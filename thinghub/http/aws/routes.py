@@ -26,7 +26,7 @@ from ...message import Message
 from ...registry.ids import decode_message_id
 from ..context import HubContext
 from ..publishing import publish as publish_message
-from .errors import GATEWAY_TIMEOUT, AwsError, json_response
+from .errors import GATEWAY_TIMEOUT, AwsError, json_response, ok_response
 from .validation import (
     Params,
     check_client_id,
@@ -103,7 +103,7 @@ async def publish(ctx: HubContext, call: Call) -> web.Response:
     )
     await publish_message(broker, message)
     # What AWS answers a successful HTTPS publish with (reference §3, "Success").
-    return call.ok({"message": "OK", "traceId": call.request_id})
+    return ok_response(call.request_id)
 
 
 def _check_retained_room(broker: Broker, account: str, topic: str) -> None:

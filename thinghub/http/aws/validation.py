@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import json
 import re
 from collections.abc import Mapping, Sequence
@@ -180,6 +181,12 @@ def check_topic(topic: str, what: str = "topic") -> str:
 
 def check_publish_topic(topic: str, retain: bool) -> str:
     """A topic that may be published to over the API (§5, "Reserved `$` topics")."""
+    if len(topic) <= _CACHED_TOPIC:
+        return _check_publish_topic_cached(topic, retain)
+    return _check_publish_topic(topic, retain)
+
+
+def _check_publish_topic(topic: str, retain: bool) -> str:
     check_topic(topic)
     if topic.startswith("$"):
         if not any(p.fullmatch(topic) for p in _PUBLISHABLE_RESERVED):
@@ -187,6 +194,12 @@ def check_publish_topic(topic: str, retain: bool) -> str:
         if retain:
             raise AwsError.invalid("RETAIN cannot be used on reserved topics.")
     return topic
+
+
+# Devices publish to the same topics over and over: the verdict is memoised (a pure
+# function; bounded in entries and, through the length, in size; refusals are not cached).
+_CACHED_TOPIC = 512
+_check_publish_topic_cached = functools.lru_cache(maxsize=4096)(_check_publish_topic)
 
 
 def check_client_id(client_id: str) -> str:
