@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ./data
 
-.PHONY: run test test-all lint bench bench-quick clean
+.PHONY: run test test-all crash lint bench bench-quick clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(STAMP)
 ## Every test, long ones included.
 test-all: $(STAMP)
 	$(BIN)/pytest
+
+## The long crash loop: kill -9 the hub 25 times under load; nothing acknowledged is lost.
+crash: $(STAMP)
+	$(BIN)/pytest -m slow tests/durability
 
 lint: $(STAMP)
 	$(BIN)/ruff check thinghub tests bench

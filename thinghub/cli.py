@@ -12,9 +12,12 @@ import click
 
 from . import __version__
 from .app import Hub
+from .cli_backup import backup
 from .cli_registry import COMMANDS
 from .config import ConfigError, Settings, load_settings
 from .demo import describe, ensure_demo
+from .registry.errors import RegistryError, SchemaVersionError
+from .store.errors import StoreError
 
 
 @click.group()
@@ -23,7 +26,7 @@ def main() -> None:
     """ThingHub: a self-hosted IoT messaging hub."""
 
 
-for _command in COMMANDS:
+for _command in (*COMMANDS, backup):
     main.add_command(_command)
 
 
@@ -86,7 +89,7 @@ def serve(
         pass
     try:
         runner(_serve(settings))
-    except OSError as error:
+    except (OSError, StoreError, RegistryError, SchemaVersionError) as error:
         raise click.ClickException(f"cannot start: {error}") from None
 
 

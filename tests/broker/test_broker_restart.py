@@ -19,7 +19,7 @@ from thinghub.mqtt.packets import (
     Subscription,
 )
 from thinghub.mqtt.properties import Properties
-from thinghub.mqtt.types import ProtocolVersion
+from thinghub.mqtt.types import ProtocolVersion, ReasonCode
 from thinghub.store.memory import MemoryStore
 
 
@@ -260,3 +260,30 @@ def test_qos2_to_a_persistent_session_is_sent_only_once_stored(version: Protocol
     store.commit()
     assert sub.expect_publish("q2", b"once", qos=2).payload == b"once"
     assert pub.expect(PubRec).packet_id == 7
+
+
+class FullStore(MemoryStore):
+    """A store past its limits (disk full, writer behind): it accepts no new work."""
+
+    accepting = False
+
+
+def test_v5_publish_refused_with_quota_exceeded_when_the_store_is_full() -> None:
+    hub = InMemoryHub(store=FullStore())
+    watcher = hub.connect("watcher", V5)
+    watcher.subscribe("t", qos=1)
+    pub = hub.connect("pub", V5)
+    ack = pub.publish("t", b"x", 1)
+    assert isinstance(ack, PubAck) and ack.reason_code == ReasonCode.QUOTA_EXCEEDED
+    pub.publish("t", b"qos 0 still flows", 0)
+    assert watcher.expect_publish("t").payload == b"qos 0 still flows"
+
+
+def test_v311_publisher_is_disconnected_when_the_store_is_full() -> None:
+    """3.1.1 has no negative PUBACK: the client is disconnected unacknowledged, and sends
+    the message again when it reconnects."""
+    hub = InMemoryHub(store=FullStore())
+    pub = hub.connect("pub", V311)
+    pub.send(Publish(topic="t", payload=b"x", qos=1, packet_id=3))
+    assert pub.closed
+    assert pub.received() == []

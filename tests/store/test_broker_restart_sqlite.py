@@ -17,6 +17,8 @@ _MEMORY_ONLY = {
     "test_ack_not_written_when_the_connection_closed_before_commit",
     "test_acks_keep_their_order_when_one_waits_for_the_store",
     "test_qos2_to_a_persistent_session_is_sent_only_once_stored",
+    "test_v5_publish_refused_with_quota_exceeded_when_the_store_is_full",
+    "test_v311_publisher_is_disconnected_when_the_store_is_full",
 }
 
 for _name in dir(restart_tests):

@@ -24,6 +24,7 @@ from aiohttp import web
 from ...registry.errors import RegistryError
 from ..aws.api import RequestIds
 from ..context import HubContext
+from ..publishing import StoreUnavailable
 from . import errors as e
 from . import render
 from .actions import ACTIONS, Call
@@ -98,6 +99,10 @@ async def handle(ctx: HubContext, request: web.Request, request_id: str) -> web.
         return render.business_error(
             action or "", response_format, request_id, error.code, error.message
         )
+    except StoreUnavailable as error:
+        # The gateway's 503: nothing was published; the SDKs may retry.
+        unavailable = GatewayError("ServiceUnavailable", 503, str(error))
+        return render.gateway_error(unavailable, response_format, request_id, host)
     except Exception:
         log.exception("Alibaba API %s failed (RequestId %s)", action, request_id)
         return render.gateway_error(e.internal_error(), response_format, request_id, host)

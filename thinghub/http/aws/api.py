@@ -40,11 +40,13 @@ from urllib.parse import unquote
 from aiohttp import web
 
 from ..context import HubContext
+from ..publishing import StoreUnavailable
 from . import sigv4
 from .errors import (
     INTERNAL_FAILURE,
     METHOD_NOT_ALLOWED,
     REQUEST_ENTITY_TOO_LARGE,
+    SERVICE_UNAVAILABLE,
     AwsError,
     ErrorShape,
     error_response,
@@ -217,6 +219,9 @@ def add_routes(app: web.Application, ctx: HubContext) -> None:
             log.debug("iot-data %s refused: %s", request_id, error)
             shape = ErrorShape(error.error_type, error.status)
             return error_response(shape, error.message, request_id)
+        except StoreUnavailable as error:
+            # Modelled 503 (a fault: boto3 retries it, as it should: nothing was published).
+            return error_response(SERVICE_UNAVAILABLE, str(error), request_id)
         except Exception:
             log.exception("iot-data request %s failed", request_id)
             return error_response(INTERNAL_FAILURE, "Internal failure.", request_id)
