@@ -97,6 +97,7 @@ class RegistryBase:
         self.cache_ttl_s = cache_ttl_s
         self._category_cache: dict[str, tuple[float, tuple[TopicCategory, ...]]] = {}
         self._key_cache: dict[str, tuple[float, AccessKey | None]] = {}
+        self._device_cache: dict[tuple[str, str], tuple[float, Device | None]] = {}
 
     # ===== scoping helpers ====================================================================
 

@@ -3,6 +3,7 @@ side: sign-in lookup and presence."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -52,6 +53,7 @@ class DevicesMixin(RegistryBase):
         alphanumerics). Generates the 32-character DeviceSecret and the IotId."""
         name = None if device_name is None or device_name == "" else check_device_name(device_name)
         nick = check_nickname(nickname)
+        self._device_cache.clear()  # see lookup_device
         with self.store.write() as conn:
             product = self._product(conn, account_id, instance_id, product_key)
             if name is not None and _device_exists(conn, product.product_key, name):
@@ -103,6 +105,7 @@ class DevicesMixin(RegistryBase):
                 f"At most {self.max_batch_register} devices can be registered at once.",
             )
         now = self._clock()
+        self._device_cache.clear()  # see lookup_device
         with self.store.write() as conn:
             product = self._product(conn, account_id, instance_id, product_key)
             for name in names:
@@ -217,6 +220,7 @@ class DevicesMixin(RegistryBase):
         instance_id: str | None = None,
     ) -> Device:
         """DeleteDevice. Returns the deleted device, so the caller can end its connection."""
+        self._device_cache.clear()  # see lookup_device
         with self.store.write() as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             conn.execute("DELETE FROM devices WHERE iot_id = ?", (device.iot_id,))
@@ -233,6 +237,7 @@ class DevicesMixin(RegistryBase):
     ) -> Device:
         """DisableThing: status DISABLE, sign-in refused until enabled. The caller ends the
         device's connection. Disabling a disabled device is not an error."""
+        self._device_cache.clear()  # see lookup_device
         with self.store.write() as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             if device.status is not DeviceStatus.DISABLE:
@@ -253,6 +258,7 @@ class DevicesMixin(RegistryBase):
         instance_id: str | None = None,
     ) -> Device:
         """EnableThing: back to OFFLINE (UNACTIVE if it never signed in)."""
+        self._device_cache.clear()  # see lookup_device
         with self.store.write() as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             if device.status is DeviceStatus.DISABLE:
@@ -296,12 +302,26 @@ class DevicesMixin(RegistryBase):
     # --- the broker's side: sign-in and presence (not scoped) ---------------------------------
 
     def lookup_device(self, product_key: str, device_name: str) -> Device | None:
-        """The device a CONNECT names (``deviceName&productKey``), in any account, or None."""
+        """The device a CONNECT names (``deviceName&productKey``), in any account, or None.
+
+        Cached (sign-in and every Pub ask): any device write through this Registry clears the
+        cache; a change made by another process is seen within ``cache_ttl_s``. The cached
+        record's ONLINE/OFFLINE status may lag; callers use it for identity, secret and the
+        disabled flag, which the writes above keep current."""
+        now = time.monotonic()
+        key = (product_key, device_name)
+        cached = self._device_cache.get(key)
+        if cached is not None and now - cached[0] < self.cache_ttl_s:
+            return cached[1]
         with self.store.read() as conn:
             row = _device_row(
                 conn, "d.product_key = ? AND d.device_name = ?", (product_key, device_name)
             )
-        return None if row is None else _device(row)
+        device = None if row is None else _device(row)
+        if len(self._device_cache) >= 100_000:
+            self._device_cache.clear()  # bounded; unknown names from a flood must not grow it
+        self._device_cache[key] = (now, device)
+        return device
 
     def set_device_online(
         self, product_key: str, device_name: str, *, ip_address: str | None = None
@@ -311,6 +331,7 @@ class DevicesMixin(RegistryBase):
         ``set_device_offline``. A disabled device gets ``thinghub.DeviceDisabled`` (the sign-in
         check should have refused it already)."""
         now = self._clock()
+        self._device_cache.clear()  # see lookup_device
         with self.store.write() as conn:
             row = _device_row(
                 conn, "d.product_key = ? AND d.device_name = ?", (product_key, device_name)
@@ -341,12 +362,14 @@ class DevicesMixin(RegistryBase):
         if online_epoch is not None:
             sql += " AND online_epoch = ?"
             args.append(online_epoch)
+        self._device_cache.clear()  # see lookup_device
         with self.store.write() as conn:
             return conn.execute(sql, args).rowcount > 0
 
     def mark_all_offline(self) -> int:
         """At start-up: no device is connected yet, whatever the last run recorded."""
         now = self._clock()
+        self._device_cache.clear()  # see lookup_device
         with self.store.write() as conn:
             return conn.execute(
                 "UPDATE devices SET online = 0, status_changed_at = ? WHERE online = 1", (now,)
