@@ -103,8 +103,8 @@ class StoreSettings:
     # Journal calls / bytes the broker reported and the writer has not committed yet.
     max_pending_calls: int = 200_000
     max_pending_bytes: int = 64 * MIB
-    # Live data in broker.db; 0 means no limit but the disk's.
-    max_size_bytes: int = 0
+    # Live data in broker.db (0: no limit but the disk's, which is also handled).
+    max_size_bytes: int = 8 * 1024 * MIB
     # Queued messages older than this are dropped at start-up (the clouds keep 7 days).
     retention_s: int = 7 * 24 * 3600
 
