@@ -257,9 +257,11 @@ def test_qos2_to_a_persistent_session_is_sent_only_once_stored(version: Protocol
     pub.send(Publish(topic="q2", payload=b"once", qos=2, packet_id=7))
     sub.assert_nothing_pending()
     pub.assert_nothing_pending()
+    store.commit()  # the message and the publisher's PUBREC state are stored
+    assert pub.expect(PubRec).packet_id == 7
+    sub.assert_nothing_pending()  # its packet id towards the subscriber is not, yet
     store.commit()
     assert sub.expect_publish("q2", b"once", qos=2).payload == b"once"
-    assert pub.expect(PubRec).packet_id == 7
 
 
 class FullStore(MemoryStore):

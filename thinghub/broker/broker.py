@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any, Protocol
 
 from ..config import MQTTSettings
@@ -470,10 +471,21 @@ class Broker:
                 self.delivery_done(session, out)
                 continue
             out.packet_id = session.allocate_packet_id()
+            inflight[out.packet_id] = out
             if session.persistent:
                 self.store_writes += 1
                 self.store.set_packet_id(session.key, out.message.id, out.packet_id)
-            inflight[out.packet_id] = out
+                if out.qos == 2:
+                    # Its packet id is on disk before it leaves: after a crash the hub resends
+                    # it under the same id with DUP, which the receiver recognises, rather
+                    # than as a new message it would deliver again (§4.3.3, [MQTT-4.4.0-1]).
+                    self.store.after_commit(partial(self._send_stored, client, session, out))
+                    continue
+            client.send_publish(out, False)
+
+    def _send_stored(self, client: Client, session: Session, out: Outgoing) -> None:
+        # Only on the connection it was meant for: after a reconnect, _resume resent it.
+        if session.client is client and client.connected and inflight_has(session, out):
             client.send_publish(out, False)
 
     # ------------------------------------------------------------------ retained
@@ -686,6 +698,10 @@ def _counter() -> Callable[[], int]:
         return state[0]
 
     return next_id
+
+
+def inflight_has(session: Session, out: Outgoing) -> bool:
+    return session.inflight.get(out.packet_id) is out and not out.released
 
 
 def session_key(account: str, client_id: str) -> str:
