@@ -47,8 +47,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import Enum
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 from urllib.parse import quote, unquote
+
+from ..keys import AccessKey, K
 
 __all__ = [
     "MAX_SKEW_S",
@@ -501,19 +503,6 @@ class NonceCache:
 
 
 # --------------------------------------------------------------------------- verification
-
-
-class AccessKey(Protocol):
-    """What verify() needs from the registry's access-key record."""
-
-    @property
-    def secret(self) -> str: ...
-
-    @property
-    def enabled(self) -> bool: ...
-
-
-K = TypeVar("K", bound=AccessKey)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,8 +49,10 @@ from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Generic, Protocol, TypeVar
+from typing import Generic
 from urllib.parse import quote, unquote
+
+from ..keys import AccessKey, K
 
 __all__ = [
     "ALGORITHM",
@@ -356,19 +358,6 @@ def _signing_key(secret: str, scope_date: str, region: str, service: str) -> byt
 
 
 # --------------------------------------------------------------------------- verification
-
-
-class AccessKey(Protocol):
-    """What verify() needs from the registry's access-key record."""
-
-    @property
-    def secret(self) -> str: ...
-
-    @property
-    def enabled(self) -> bool: ...
-
-
-K = TypeVar("K", bound=AccessKey)
 
 
 @dataclass(frozen=True, slots=True)
