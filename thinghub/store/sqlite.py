@@ -26,10 +26,12 @@ Faults
 ------
 * A group that fails to commit (``sqlite3.OperationalError``: "database or disk is full", an
   I/O error) is rolled back: the file keeps its last committed state, nothing old is touched.
-  The group's callbacks are dropped (those publishers are never acknowledged and will resend),
-  the store stops ``accepting``, the failure is logged once, and the group's journal calls are
-  retried with backoff (merged with what came after), so the file catches up with the broker's
-  memory as soon as space is back; recovery is logged once too.
+  The group's callbacks are held (its publishers are not acknowledged while their messages are
+  not on disk), the store stops ``accepting``, the failure is logged once, and the group's
+  journal calls are retried with backoff (merged with what came after), so the file catches up
+  with the broker's memory as soon as space is back; then the held callbacks run (late but
+  true acknowledgements, and nothing in the broker that waits on a commit waits for ever), and
+  recovery is logged once too.
 * ``accepting`` is also False while the writer is behind past ``max_pending_calls`` /
   ``max_pending_bytes``, or while the database is past ``max_size_bytes``: the broker then
   refuses new QoS 1/2 work instead of accepting what it might lose. Past the soft size limit
@@ -463,6 +465,8 @@ class SQLiteStore:
     def _run(self) -> None:
         conn = self._conn
         retry: list[Op] = []
+        # Callbacks of groups that failed to commit: run once their retried calls commit.
+        held: list[Callable[[], None]] = []
         retry_calls = retry_bytes = 0
         delay = 0.1
         while True:
@@ -481,13 +485,17 @@ class SQLiteStore:
                     return
                 continue
             live, callbacks = _coalesce(ops)
+            callbacks = held + callbacks
             try:
                 self._commit(conn, live)
             except sqlite3.Error as error:
                 _rollback(conn)
-                # The file keeps its last commit. These publishers are never acknowledged;
-                # the calls are retried, so disk catches up with memory once there is room.
+                # The file keeps its last commit. The calls are retried, so disk catches up
+                # with memory once there is room; their callbacks are held until then (the
+                # publishers are acknowledged only once their messages are on disk, and the
+                # broker's waits on commits, e.g. QoS 2 deliveries, resume then).
                 retry, retry_calls, retry_bytes = live, calls, nbytes
+                held = callbacks
                 if not self._failing:
                     log.error(
                         "cannot write %s (%s): refusing new QoS 1/2 messages; %d "
@@ -510,6 +518,7 @@ class SQLiteStore:
                 delay = min(delay * 2, 5.0)
                 continue
             retry, retry_calls, retry_bytes, delay = [], 0, 0, 0.1
+            held = []
             if self._failing:
                 self._failing = False
                 log.warning("writing %s works again: accepting QoS 1/2 messages", self.path)
