@@ -10,7 +10,8 @@ from __future__ import annotations
 import secrets
 import sqlite3
 import string
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import errors as e
@@ -98,6 +99,16 @@ class RegistryBase:
         self._category_cache: dict[str, tuple[float, tuple[TopicCategory, ...]]] = {}
         self._key_cache: dict[str, tuple[float, AccessKey | None]] = {}
         self._device_cache: dict[tuple[str, str], tuple[float, Device | None]] = {}
+
+    @contextmanager
+    def _device_write(self) -> Iterator[sqlite3.Connection]:
+        """A write that changes devices. The lookup cache (see ``lookup_device``) is cleared
+        once the write is over, so no reader can cache what it replaced."""
+        try:
+            with self.store.write() as conn:
+                yield conn
+        finally:
+            self._device_cache.clear()
 
     # ===== scoping helpers ====================================================================
 

@@ -53,8 +53,7 @@ class DevicesMixin(RegistryBase):
         alphanumerics). Generates the 32-character DeviceSecret and the IotId."""
         name = None if device_name is None or device_name == "" else check_device_name(device_name)
         nick = check_nickname(nickname)
-        self._device_cache.clear()  # see lookup_device
-        with self.store.write() as conn:
+        with self._device_write() as conn:
             product = self._product(conn, account_id, instance_id, product_key)
             if name is not None and _device_exists(conn, product.product_key, name):
                 raise ConflictError(
@@ -105,8 +104,7 @@ class DevicesMixin(RegistryBase):
                 f"At most {self.max_batch_register} devices can be registered at once.",
             )
         now = self._clock()
-        self._device_cache.clear()  # see lookup_device
-        with self.store.write() as conn:
+        with self._device_write() as conn:
             product = self._product(conn, account_id, instance_id, product_key)
             for name in names:
                 if name is not None and _device_exists(conn, product.product_key, name):
@@ -220,8 +218,7 @@ class DevicesMixin(RegistryBase):
         instance_id: str | None = None,
     ) -> Device:
         """DeleteDevice. Returns the deleted device, so the caller can end its connection."""
-        self._device_cache.clear()  # see lookup_device
-        with self.store.write() as conn:
+        with self._device_write() as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             conn.execute("DELETE FROM devices WHERE iot_id = ?", (device.iot_id,))
         return device
@@ -237,8 +234,7 @@ class DevicesMixin(RegistryBase):
     ) -> Device:
         """DisableThing: status DISABLE, sign-in refused until enabled. The caller ends the
         device's connection. Disabling a disabled device is not an error."""
-        self._device_cache.clear()  # see lookup_device
-        with self.store.write() as conn:
+        with self._device_write() as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             if device.status is not DeviceStatus.DISABLE:
                 conn.execute(
@@ -258,8 +254,7 @@ class DevicesMixin(RegistryBase):
         instance_id: str | None = None,
     ) -> Device:
         """EnableThing: back to OFFLINE (UNACTIVE if it never signed in)."""
-        self._device_cache.clear()  # see lookup_device
-        with self.store.write() as conn:
+        with self._device_write() as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             if device.status is DeviceStatus.DISABLE:
                 conn.execute(
@@ -331,8 +326,7 @@ class DevicesMixin(RegistryBase):
         ``set_device_offline``. A disabled device gets ``thinghub.DeviceDisabled`` (the sign-in
         check should have refused it already)."""
         now = self._clock()
-        self._device_cache.clear()  # see lookup_device
-        with self.store.write() as conn:
+        with self._device_write() as conn:
             row = _device_row(
                 conn, "d.product_key = ? AND d.device_name = ?", (product_key, device_name)
             )
@@ -362,15 +356,13 @@ class DevicesMixin(RegistryBase):
         if online_epoch is not None:
             sql += " AND online_epoch = ?"
             args.append(online_epoch)
-        self._device_cache.clear()  # see lookup_device
-        with self.store.write() as conn:
+        with self._device_write() as conn:
             return conn.execute(sql, args).rowcount > 0
 
     def mark_all_offline(self) -> int:
         """At start-up: no device is connected yet, whatever the last run recorded."""
         now = self._clock()
-        self._device_cache.clear()  # see lookup_device
-        with self.store.write() as conn:
+        with self._device_write() as conn:
             return conn.execute(
                 "UPDATE devices SET online = 0, status_changed_at = ? WHERE online = 1", (now,)
             ).rowcount
