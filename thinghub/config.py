@@ -49,6 +49,9 @@ class MQTTSettings:
     # Per-session queue (offline or slow consumers) for QoS 1/2 messages.
     max_queued_messages: int = 1000
     max_queued_bytes: int = 16 * MIB
+    # Queued messages of one persistent session held in memory while it is connected (none
+    # while offline); the rest wait on disk and are read back in pages of this many.
+    queue_page_messages: int = 500
     # Bytes waiting in one connection's socket buffer before QoS 0 messages to it are dropped.
     max_write_buffer: int = 1 * MIB
     max_connections: int = 100_000
@@ -128,6 +131,7 @@ class Settings:
             (m.max_packet_size <= 268_435_455, "mqtt.max_packet_size exceeds MQTT's maximum"),
             (0 <= m.topic_alias_maximum <= 65535, "mqtt.topic_alias_maximum must be 0..65535"),
             (m.max_queued_messages >= 0, "mqtt.max_queued_messages must be >= 0"),
+            (m.queue_page_messages >= 1, "mqtt.queue_page_messages must be >= 1"),
             (m.max_connections >= 1, "mqtt.max_connections must be >= 1"),
             (
                 m.server_keep_alive is None or 0 <= m.server_keep_alive <= 65535,

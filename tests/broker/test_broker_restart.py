@@ -8,6 +8,8 @@ from collections.abc import Callable
 
 from harness import V5, V311, InMemoryHub, TestClient, both_versions
 
+from thinghub.broker.session import Session
+from thinghub.message import Message
 from thinghub.mqtt.packets import (
     PubAck,
     PubComp,
@@ -20,6 +22,7 @@ from thinghub.mqtt.packets import (
 )
 from thinghub.mqtt.properties import Properties
 from thinghub.mqtt.types import ProtocolVersion, ReasonCode
+from thinghub.store.base import QueuedDelivery
 from thinghub.store.memory import MemoryStore
 
 
@@ -173,6 +176,129 @@ def test_restored_session_without_expiry_stays() -> None:
     resume(hub, "sub", V311)
 
 
+# ---------------------------------------------------------------------------- queues on disk
+# A persistent session keeps at most a page of its queue in memory while connected, none while
+# offline; the rest is read back from the store a page at a time (issue 5: "memory does not
+# grow with queue length").
+
+
+def session(hub: InMemoryHub, client_id: str) -> Session:
+    found = hub.broker.session_of("", client_id)
+    assert found is not None
+    return found
+
+
+def drain(client: TestClient, count: int, hub: InMemoryHub, page: int) -> list[bytes]:
+    """Take and acknowledge ``count`` messages, checking the memory bound as they come."""
+    got: list[bytes] = []
+    while len(got) < count:
+        batch = client.publishes()
+        assert batch, f"stuck after {len(got)} of {count}"
+        for p in batch:
+            assert len(session(hub, client.client_id).queue) <= page
+            got.append(p.payload)
+            client.ack(p)
+    client.assert_nothing_pending()
+    return got
+
+
+@both_versions
+def test_an_offline_queue_waits_on_disk_and_comes_back_in_order(version: ProtocolVersion) -> None:
+    hub = InMemoryHub(queue_page_messages=5)
+    sub = persistent(hub, "sub", version)
+    sub.subscribe("t", qos=2)
+    pub = hub.connect("pub", version)
+    pub.publish("t", b"0", 1)  # in flight when the connection breaks: resent first
+    sub.drop()
+    sent = [str(i).encode() for i in range(23)]
+    for i, payload in enumerate(sent[1:]):
+        if i % 3:
+            pub.publish("t", payload, 1)
+        else:
+            pub.publish_qos2("t", payload)
+    state = session(hub, "sub")
+    assert (len(state.inflight), len(state.queue), state.spilled) == (1, 0, 22)
+    assert state.queued_bytes == sum(len(p) + 1 for p in sent[1:])
+    again = resume(hub, "sub", version)
+    assert drain(again, 23, hub, page=5) == sent
+    assert (session(hub, "sub").spilled, session(hub, "sub").queued_bytes) == (0, 0)
+
+
+def test_a_slow_consumer_keeps_one_page_in_memory() -> None:
+    hub = InMemoryHub(queue_page_messages=4)
+    sub = persistent(hub, "sub", V5)
+    sub.disconnect()
+    sub = hub.client(V5)
+    sub.connect("sub", clean_start=False, session_expiry=100, receive_maximum=2)
+    sub.subscribe("t", qos=1)
+    pub = hub.connect("pub", V5)
+    sent = [str(i).encode() for i in range(15)]
+    for payload in sent:
+        pub.publish("t", payload, 1)
+    state = session(hub, "sub")
+    assert (len(state.inflight), len(state.queue), state.spilled) == (2, 4, 9)
+    assert [p.payload for p in sub.publishes()] == sent[:2]
+    sub.drop()  # offline: its memory queue goes to disk too
+    assert (len(state.inflight), len(state.queue), state.spilled) == (2, 0, 13)
+    again = hub.client(V5)
+    assert again.connect(
+        "sub", clean_start=False, session_expiry=100, receive_maximum=2
+    ).session_present
+    assert drain(again, 15, hub, page=4) == sent
+
+
+@both_versions
+def test_queued_messages_on_disk_survive_restart_behind_those_in_flight(
+    version: ProtocolVersion,
+) -> None:
+    hub = InMemoryHub(queue_page_messages=3, max_inflight=2)
+    sub = persistent(hub, "sub", version)
+    sub.subscribe("t", qos=1)
+    pub = hub.connect("pub", version)
+    sent = [str(i).encode() for i in range(12)]
+    for payload in sent:
+        pub.publish("t", payload, 1)
+    first = sub.publishes()
+    assert [p.payload for p in first] == sent[:2]  # in flight, never acknowledged
+    hub.restart()
+    state = session(hub, "sub")
+    assert (len(state.inflight), len(state.queue), state.spilled) == (2, 0, 10)
+    again = resume(hub, "sub", version)
+    assert drain(again, 12, hub, page=3) == sent
+    again.drop()
+    hub.restart()
+    resume(hub, "sub", version).assert_nothing_pending()
+
+
+def test_the_queue_limit_counts_messages_on_disk() -> None:
+    hub = InMemoryHub(queue_page_messages=3, max_queued_messages=10)
+    sub = persistent(hub, "sub", V5)
+    sub.subscribe("t", qos=1)
+    sub.drop()
+    pub = hub.connect("pub", V5)
+    for i in range(15):
+        pub.publish("t", str(i).encode(), 1)
+    assert hub.stats.dropped_queue_full == 5
+    again = resume(hub, "sub", V5)
+    assert drain(again, 10, hub, page=3) == [str(i).encode() for i in range(10)]
+
+
+def test_a_direct_message_on_disk_still_reports_its_acknowledgement() -> None:
+    hub = InMemoryHub(queue_page_messages=2)
+    sub = hub.client(V5)
+    sub.connect("sub", clean_start=False, session_expiry=100, receive_maximum=1)
+    sub.subscribe("t", qos=1)
+    pub = hub.connect("pub", V5)
+    for i in range(4):
+        pub.publish("t", str(i).encode(), 1)  # 1 in flight, 2 in memory, 1 on disk
+    acked: list[str] = []
+    direct = Message(topic="direct", payload=b"d", qos=1)
+    assert hub.broker.send_direct("", "sub", direct, lambda: acked.append("d"))
+    assert session(hub, "sub").spilled == 2
+    assert drain(sub, 5, hub, page=2) == [b"0", b"1", b"2", b"3", b"d"]
+    assert acked == ["d"]
+
+
 # ---------------------------------------------------------------------------- commit barrier
 
 
@@ -185,6 +311,12 @@ class DeferredStore(MemoryStore):
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self.waiting.append(callback)
+
+    def read_queued(
+        self, session_key: str, limit: int, callback: Callable[[list[QueuedDelivery]], None]
+    ) -> None:
+        # Read after the commit, as the SQLite store does.
+        self.waiting.append(lambda: MemoryStore.read_queued(self, session_key, limit, callback))
 
     def commit(self) -> None:
         waiting, self.waiting = self.waiting, []

@@ -20,7 +20,7 @@ from thinghub.message import Message
 from thinghub.mqtt.properties import Properties
 from thinghub.registry.store import RegistryStore
 from thinghub.store.backup import backup
-from thinghub.store.base import StoredDelivery, StoredState, StoredSubscription
+from thinghub.store.base import QueuedDelivery, StoredDelivery, StoredState, StoredSubscription
 from thinghub.store.errors import DataDirLocked, SchemaVersionError, StoreError, StoreOpenError
 from thinghub.store.memory import MemoryStore
 from thinghub.store.sqlite import FILE_NAME, MIGRATIONS, SQLiteStore, StoreLimits
@@ -119,7 +119,7 @@ def test_every_journal_call_round_trips(open_store: Callable[..., SQLiteStore], 
     assert committed(store)
     store.close()
 
-    state = open_store().load()
+    state = loaded(open_store())
     a, b = state.sessions[A], state.sessions[B]
     assert (a.client_id, a.account, a.expiry_interval) == ("a", "acct", 300)
     assert b.expiry_interval == 0xFFFFFFFF
@@ -156,11 +156,25 @@ def test_deliveries_load_in_their_original_order(open_store: Callable[..., SQLit
         if mid % 50 == 0:
             assert committed(store)  # group boundaries in between
     for mid in (100, 101, 102):
-        store.set_packet_id(A, mid, mid)  # in flight now: the order does not change
+        store.set_packet_id(A, mid, mid)  # in flight now (102 is gone already)
     store.close()
-    state = open_store().load()
-    assert [d.message_id for d in state.sessions[A].deliveries] == order
-    assert set(state.messages) == set(order)
+    store = open_store()
+    state = store.load()
+    # In flight: listed, with their bodies; queued: counted, and read back in pages, in order.
+    assert [d.message_id for d in state.sessions[A].deliveries] == [100, 101]
+    assert set(state.messages) == {100, 101}
+    assert state.sessions[A].queued == len(order) - 2
+    queued = [mid for mid in order if mid not in (100, 101)]
+    pages: list[list[int]] = []
+    while sum(map(len, pages)) < len(queued):
+        page: list[QueuedDelivery] = []
+        store.read_queued(A, 64, page.extend)
+        pages.append([d.message_id for d, _m in page])
+        for d, _m in page:  # taken: in flight, then acknowledged
+            store.set_packet_id(A, d.message_id, 1)
+            store.remove_delivery(A, d.message_id)
+    assert len(pages) == 4 and all(len(p) == 64 for p in pages)  # 256 queued
+    assert [mid for p in pages for mid in p] == queued
 
 
 def test_a_message_body_goes_with_its_last_delivery(
@@ -279,6 +293,21 @@ class JournalFuzz:
             flush()
 
 
+def loaded(store: SQLiteStore | MemoryStore) -> StoredState:
+    """``load()``, with each session's queued deliveries read back (``read_queued``) after
+    its in-flight ones, bodies included: the whole stored state, for comparisons."""
+    state = store.load()
+    for key, session in state.sessions.items():
+        page: list[QueuedDelivery] = []
+        store.read_queued(key, 1 << 30, page.extend)
+        assert len(page) == session.queued
+        assert sum(len(m.payload) + len(m.topic) for _d, m in page) == session.queued_bytes
+        for delivery, body in page:
+            session.deliveries.append(delivery)
+            state.messages[body.id] = body
+    return state
+
+
 def normal(state: StoredState) -> Any:
     sessions = {
         key: (
@@ -309,7 +338,7 @@ def test_random_journals_load_as_memory_store_does(
     for _ in range(1500):
         fuzz.step([memory, store], lambda: store.flush())
     store.close()
-    assert normal(open_store().load()) == normal(memory.load())
+    assert normal(loaded(open_store())) == normal(loaded(memory))
 
 
 # ---------------------------------------------------------------------------- expiry while down
@@ -337,7 +366,7 @@ def test_expiry_counts_while_the_hub_is_down(
     store.close()
 
     clocks.advance(120, down=True)
-    state = open_store().load()
+    state = loaded(open_store())
     # A (60 s, disconnected) is gone; B never expires; "live" was connected when the hub
     # stopped (its clock starts at restart); "late" has an hour.
     assert set(state.sessions) == {B, "acct\x00live", "acct\x00late"}
@@ -356,7 +385,7 @@ def test_messages_past_the_retention_period_are_dropped(
     store.add_delivery(A, StoredDelivery(1, 1, False))
     store.close()
     clocks.advance(3601, down=True)
-    assert open_store(limits=StoreLimits(retention_s=3600)).load().sessions[A].deliveries == []
+    assert loaded(open_store(limits=StoreLimits(retention_s=3600))).sessions[A].deliveries == []
 
 
 # ---------------------------------------------------------------------------- faults at open
@@ -445,7 +474,7 @@ def test_disk_full_keeps_old_data_holds_acks_until_written_and_recovers(
     assert withheld == ["acked"]
     store.close()
     # The journal calls of the failed groups were retried: disk caught up with memory.
-    state = open_store().load()
+    state = loaded(open_store())
     assert [d.message_id for d in state.sessions[A].deliveries] == [1, 2, 3]
 
 
@@ -515,7 +544,7 @@ def test_groups_commit_off_the_loop_and_callbacks_run_on_it_in_order(
     order, threads, loop_thread = asyncio.run(main())
     assert order == list(range(2000))
     assert threads == {loop_thread}
-    state = open_store(tmp_path / "looped").load()
+    state = loaded(open_store(tmp_path / "looped"))
     assert len(state.sessions[A].deliveries) == 2000
 
 
@@ -536,7 +565,7 @@ def test_backup_copies_both_databases_while_they_are_open(
     assert sorted(p.name for p in written) == ["broker.db", "registry.db"]
     registry.close()
     store.close()
-    copy = open_store(tmp_path / "copy").load()
+    copy = loaded(open_store(tmp_path / "copy"))
     assert copy.messages[1].payload == b"kept"
     assert RegistryStore.open(tmp_path / "copy").get_meta("probe") == 42
     with pytest.raises(StoreError, match="holds no ThingHub database"):

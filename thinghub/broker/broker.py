@@ -23,7 +23,13 @@ from ..config import MQTTSettings
 from ..message import Message
 from ..mqtt.packets import Subscription
 from ..mqtt.types import ReasonCode
-from ..store.base import BrokerStore, StoredDelivery, StoredState, StoredSubscription
+from ..store.base import (
+    BrokerStore,
+    QueuedDelivery,
+    StoredDelivery,
+    StoredState,
+    StoredSubscription,
+)
 from ..store.memory import MemoryStore
 from ..topics import parse_shared
 from .auth import (
@@ -148,6 +154,10 @@ class Broker:
         elif was_persistent:
             self.store_writes += 1
             self.store.delete_session(session.key)
+            # Its messages on disk went with it (the session ends with its connection).
+            session.spilled = 0
+            session.ack_waiters.clear()
+            session.queued_bytes = sum(out.size for out in session.queue)
 
     def close_session(self, session: Session, will: Message | None, will_delay: int) -> None:
         """The session's connection is gone: start its expiry clock and schedule its will."""
@@ -157,6 +167,7 @@ class Broker:
             # Durability (issue 5): the store counts the expiry from this wall-clock time, so
             # it also runs while the hub is down.
             self.store.session_disconnected(session.key, int(time.time() * 1000))
+            self._spill_queue(session)
         if will is not None:
             delay = min(will_delay, expiry)
             if delay <= 0:
@@ -188,12 +199,12 @@ class Broker:
         for entry in list(session.subscriptions.values()):
             self._remove_from_trie(entry)
         session.subscriptions.clear()
-        if session.queue:
-            log.debug(
-                "session %s ended with %d queued messages", session.client_id, len(session.queue)
-            )
+        if session.queued:
+            log.debug("session %s ended with %d queued messages", session.client_id, session.queued)
         session.queue.clear()
         session.queued_bytes = 0
+        session.spilled = 0
+        session.ack_waiters.clear()
         session.inflight.clear()
         session.resend.clear()
         if self.sessions.get(session.key) is session:
@@ -374,13 +385,12 @@ class Broker:
             # Exactly once across a crash (§4.3.3): a QoS 2 copy is sent only once it is on
             # disk. Sent earlier, a crash before the commit would lose the broker's record of
             # it while the publisher, never acknowledged, sends it again: a second copy.
-            if self._enqueue(session, out):
-                out.durable = False
-                self.store.after_commit(lambda: self._now_durable(session, out))
+            self._enqueue(session, out, wait_for_commit=True)
             return
         if (
             client is not None
             and not session.queue
+            and not session.spilled
             and not session.resend
             and not session.window_full(client.window)
         ):
@@ -417,12 +427,18 @@ class Broker:
         if session.client is not None:
             self.fill_window(session)
 
-    def _enqueue(self, session: Session, out: Outgoing) -> bool:
-        """Queue ``out`` on the session (persisting it); False if the queue was full."""
+    def _enqueue(self, session: Session, out: Outgoing, wait_for_commit: bool = False) -> None:
+        """Queue ``out`` on the session, persisting it (unless the queue is full: dropped and
+        counted). A persistent session keeps at most a page of its queue in memory, none while
+        offline; the rest is on disk only and read back in pages (issue 5: memory does not
+        grow with queue length). With ``wait_for_commit`` a copy kept in memory is not sent
+        before the store has committed it."""
         limits = self.settings
         size = out.size
+        # Messages already on their way back from disk to a connected client do not count: a
+        # client back after filling its queue must not lose the first new ones to the read.
         if (
-            len(session.queue) >= limits.max_queued_messages
+            session.queued - session.reading >= limits.max_queued_messages
             or session.queued_bytes + size > limits.max_queued_bytes
         ):
             self.stats.dropped_queue_full += 1
@@ -431,15 +447,83 @@ class Broker:
                 log.warning(
                     "queue of session %r is full (%d messages, %d bytes): dropping new messages",
                     session.client_id,
-                    len(session.queue),
+                    session.queued,
                     session.queued_bytes,
                 )
-            return False
+            return
+        session.queued_bytes += size
         if session.persistent:
             self._persist_delivery(session, out)
+            if (
+                session.spilled
+                or session.client is None
+                or len(session.queue) >= limits.queue_page_messages
+            ):
+                # Behind what is on disk already, or no room in memory: on disk only.
+                session.spilled += 1
+                if out.on_acked is not None:
+                    session.ack_waiters[out.message.id] = out.on_acked
+                return
+            if wait_for_commit:
+                out.durable = False
+                session.queue.append(out)
+                # (A store without a writer runs this at once: queued first, then sent.)
+                self.store.after_commit(partial(self._now_durable, session, out))
+                return
         session.queue.append(out)
-        session.queued_bytes += size
-        return True
+
+    def _spill_queue(self, session: Session) -> None:
+        """An offline persistent session keeps no queued message in memory: every one of them
+        is in the store's journal already, and comes back with ``_read_queued``."""
+        if not session.queue:
+            return
+        for out in session.queue:
+            if out.on_acked is not None:
+                session.ack_waiters[out.message.id] = out.on_acked
+        session.spilled += len(session.queue)
+        session.queue.clear()
+
+    def _read_queued(self, session: Session) -> None:
+        """Ask the store for the next page of the session's queue (one request at a time)."""
+        if session.reading:
+            return
+        page = self.settings.queue_page_messages
+        session.reading = min(session.spilled, page)
+        self.store.read_queued(session.key, page, partial(self._page_read, session))
+
+    def _page_read(self, session: Session, page: list[QueuedDelivery]) -> None:
+        session.reading = 0
+        if self.sessions.get(session.key) is not session or not session.persistent:
+            return  # the session ended meanwhile
+        if session.client is None:
+            return  # offline again: the page stays on disk, read again on the next resume
+        if not page:
+            if session.spilled:
+                # The store has none of them (it failed to read, and logged why): stop waiting
+                # for them; whatever is on disk is queued again at the next start.
+                log.error(
+                    "session %r: %d queued messages could not be read back",
+                    session.client_id,
+                    session.spilled,
+                )
+                session.spilled = 0
+                session.queued_bytes = sum(out.size for out in session.queue)
+            return
+        # The memory queue was empty when the page was asked for and nothing joins it while
+        # messages are on disk, so the page is exactly the next messages in order.
+        waiters = session.ack_waiters
+        for delivery, message in page[: session.spilled]:
+            session.queue.append(
+                Outgoing(
+                    message,
+                    delivery.qos,
+                    delivery.retain,
+                    delivery.subscription_ids,
+                    on_acked=waiters.pop(message.id, None) if waiters else None,
+                )
+            )
+        session.spilled -= min(len(page), session.spilled)
+        self.fill_window(session)
 
     def fill_window(self, session: Session) -> None:
         """Send while the inflight window has room (§4.9): first what awaits a resend after a
@@ -452,12 +536,19 @@ class Broker:
         inflight = session.inflight
         window = client.window
         now = self.clock.time()
-        while (resend or queue) and not session.window_full(window) and client.connected:
+        while (
+            (resend or queue or session.spilled)
+            and not session.window_full(window)
+            and client.connected
+        ):
             if resend:
                 pending = inflight.get(resend.popleft())
                 if pending is not None:
                     client.resend(pending)
                 continue
+            if not queue:
+                self._read_queued(session)  # _page_read resumes
+                break
             if not queue[0].durable:
                 break  # waits for the store's commit; _now_durable resumes
             out = queue.popleft()
@@ -646,6 +737,9 @@ class Broker:
                 else:
                     session.queue.append(out)
                     session.queued_bytes += out.size
+            # The queue stays on disk until the session's client is back (_read_queued).
+            session.spilled += stored.queued
+            session.queued_bytes += stored.queued_bytes
             session.inbound_qos2 = set(stored.inbound_qos2)
             if session.expiry_interval < 0xFFFFFFFF:
                 # The time the hub was down counts against the expiry (issue 5); the store

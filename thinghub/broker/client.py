@@ -641,7 +641,7 @@ class Client:
                 self.broker.delivery_done(session, out)
             if out.on_acked is not None:
                 out.on_acked()
-            if session.queue or session.resend:
+            if session.queue or session.resend or session.spilled:
                 self.broker.fill_window(session)
 
     def _handle_pubrec(self, packet: PubRec) -> None:
@@ -694,7 +694,7 @@ class Client:
             self.broker.delivery_done(session, out)
             if out.on_acked is not None:
                 out.on_acked()
-            if session.queue or session.resend:
+            if session.queue or session.resend or session.spilled:
                 self.broker.fill_window(session)
 
     def _handle_subscribe(self, packet: Subscribe) -> None:

@@ -91,6 +91,7 @@ class Outgoing:
 class Session:
     __slots__ = (
         "account",
+        "ack_waiters",
         "client",
         "client_id",
         "dropping",
@@ -104,7 +105,9 @@ class Session:
         "persistent",
         "queue",
         "queued_bytes",
+        "reading",
         "resend",
+        "spilled",
         "subscriptions",
         "will_timer",
     )
@@ -127,6 +130,14 @@ class Session:
         # Packet ids of in-flight messages still to be resent after a reconnect, when the new
         # connection's Receive Maximum is smaller than what was in flight (see Client._resume).
         self.resend: deque[int] = deque()
+        # Queued messages of a persistent session that are on disk only, after those in
+        # ``queue`` (which holds the oldest); read back a page at a time (Broker._read_queued).
+        # ``queued_bytes`` counts both.
+        self.spilled = 0
+        # Messages the outstanding read of the store will bring back (0: no read under way).
+        self.reading = 0
+        # ``on_acked`` callbacks of spilled messages, by message id, given back on reading.
+        self.ack_waiters: dict[int, Callable[[], None]] = {}
         self.queued_bytes = 0
         self.inbound_qos2: set[int] = set()
         self.next_packet_id = 1
@@ -136,6 +147,11 @@ class Session:
         self.pending_will: Message | None = None
         # True while queue overflow drops are happening (logged once per episode).
         self.dropping = False
+
+    @property
+    def queued(self) -> int:
+        """Queued messages, in memory and on disk."""
+        return len(self.queue) + self.spilled
 
     def window_full(self, window: int) -> bool:
         """True when ``window`` messages are sent and unacknowledged (§4.9)."""

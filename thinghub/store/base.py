@@ -10,7 +10,11 @@ A durable implementation may buffer these calls and commit them in groups; ``aft
 runs a callback once everything reported before it is durable. The broker acknowledges a QoS 1/2
 publish (PUBACK, PUBREC) only from such a callback, so "acknowledged" means "stored".
 
-``load()`` returns everything saved, for the broker to rebuild its state at start-up.
+``load()`` returns what the broker needs to rebuild its state at start-up: sessions, their
+subscriptions and in-flight messages, and retained messages. Queued messages (no packet id yet)
+are only counted there; the broker reads them in pages with ``read_queued`` when their session
+is ready to take them, so a large backlog costs neither start-up time nor memory (issue 5:
+"queues are read from disk as needed").
 
 Sessions are named by ``session_key`` (``Session.key``: the account and the client id joined by
 U+0000); retained messages by their account and topic.
@@ -55,7 +59,12 @@ class StoredSession:
     expiry_interval: int
     account: str = ""
     subscriptions: dict[str, StoredSubscription] = field(default_factory=dict)
+    # In flight (packet id set), in delivery order.
     deliveries: list[StoredDelivery] = field(default_factory=list)
+    # Queued deliveries (no packet id yet), after the in-flight ones: how many, and the size
+    # of their topics and payloads (for the session's queue bounds); read with read_queued.
+    queued: int = 0
+    queued_bytes: int = 0
     # Inbound QoS 2 packet ids that got PUBREC and await PUBREL (§4.3.3).
     inbound_qos2: set[int] = field(default_factory=set)
     # Wall-clock time (ms since the epoch) its last connection ended; None while connected
@@ -67,8 +76,13 @@ class StoredSession:
 @dataclass(slots=True)
 class StoredState:
     sessions: dict[str, StoredSession]
+    # The bodies of the in-flight deliveries.
     messages: dict[int, Message]
     retained: list[Message]
+
+
+# A queued delivery read back from the store, with its message.
+QueuedDelivery = tuple[StoredDelivery, Message]
 
 
 class BrokerStore(Protocol):
@@ -121,5 +135,15 @@ class BrokerStore(Protocol):
     # Commit barrier and recovery ------------------------------------------------------
     def after_commit(self, callback: Callable[[], None]) -> None:
         """Run ``callback`` once everything reported so far is durable."""
+
+    def read_queued(
+        self,
+        session_key: str,
+        limit: int,
+        callback: Callable[[list[QueuedDelivery]], None],
+    ) -> None:
+        """Call ``callback`` with the session's oldest ``limit`` queued deliveries (packet id 0),
+        in delivery order, read once everything reported before this call is durable. Like
+        ``after_commit``, the callback runs on the broker's thread, in journal order."""
 
     def load(self) -> StoredState: ...

@@ -5,9 +5,10 @@ not the process itself. Commits are immediate."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import replace
 
 from ..message import Message
-from .base import StoredDelivery, StoredSession, StoredState, StoredSubscription
+from .base import QueuedDelivery, StoredDelivery, StoredSession, StoredState, StoredSubscription
 
 
 class MemoryStore:
@@ -75,7 +76,7 @@ class MemoryStore:
         return None
 
     def set_packet_id(self, session_key: str, message_id: int, packet_id: int) -> None:
-        delivery = self._find(session_key, lambda d: d.message_id == message_id)
+        delivery = self._find(session_key, lambda d: d.message_id == message_id and not d.packet_id)
         if delivery is not None:
             delivery.packet_id = packet_id
 
@@ -120,9 +121,44 @@ class MemoryStore:
     def after_commit(self, callback: Callable[[], None]) -> None:
         callback()
 
+    def read_queued(
+        self,
+        session_key: str,
+        limit: int,
+        callback: Callable[[list[QueuedDelivery]], None],
+    ) -> None:
+        session = self._sessions.get(session_key)
+        found: list[QueuedDelivery] = []
+        if session is not None:
+            for delivery in session.deliveries:
+                if len(found) >= limit:
+                    break
+                if not delivery.packet_id:
+                    found.append((replace(delivery), self._messages[delivery.message_id]))
+        callback(found)
+
     def load(self) -> StoredState:
+        """As ``SQLiteStore.load``: in-flight deliveries listed, queued ones counted."""
+        sessions: dict[str, StoredSession] = {}
+        messages: dict[int, Message] = {}
+        for key, stored in self._sessions.items():
+            copy = replace(
+                stored,
+                subscriptions=dict(stored.subscriptions),
+                deliveries=[],
+                inbound_qos2=set(stored.inbound_qos2),
+                queued=0,
+                queued_bytes=0,
+            )
+            for delivery in stored.deliveries:
+                message = self._messages[delivery.message_id]
+                if delivery.packet_id:
+                    copy.deliveries.append(replace(delivery))
+                    messages[message.id] = message
+                else:
+                    copy.queued += 1
+                    copy.queued_bytes += len(message.payload) + len(message.topic)
+            sessions[key] = copy
         return StoredState(
-            sessions=dict(self._sessions),
-            messages=dict(self._messages),
-            retained=list(self._retained.values()),
+            sessions=sessions, messages=messages, retained=list(self._retained.values())
         )

@@ -63,12 +63,13 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from ..message import Message
 from ..mqtt.properties import NO_PROPERTIES, Properties
-from .base import StoredDelivery, StoredSession, StoredState, StoredSubscription
+from .base import QueuedDelivery, StoredDelivery, StoredSession, StoredState, StoredSubscription
 from .errors import SchemaVersionError, StoreOpenError
 from .lock import DataDirLock
 
@@ -151,7 +152,14 @@ _V1: tuple[str, ...] = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# Version 2: queued deliveries are read in pages (``read_queued``), oldest first, so the hub
+# need not hold them in memory: this index serves "the next page of this session's queue"
+# without sorting the session's whole backlog.
+_V2: tuple[str, ...] = (
+    "CREATE INDEX deliveries_queued ON deliveries (session_key, seq) WHERE packet_id = 0",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +195,11 @@ _DEL_RETAIN = 11  # (op, account, topic)
 _CONNECTED = 12  # (op, session_key)
 _DISCONNECTED = 13  # (op, session_key, at_ms)
 _BARRIER = 14  # (op, callback)
+_READ = 15  # (op, session_key, limit, callback)
 
 Op = tuple[Any, ...]
+# What runs once a group is committed: a callback, or a ``_READ`` entry whose page is read first.
+AfterCommit = Callable[[], None] | Op
 # A group's bookkeeping: (journal calls, pending-bytes estimate).
 _CALL_BYTES = 100
 
@@ -419,6 +430,18 @@ class SQLiteStore:
         if self._loop is None:
             self.flush()
 
+    def read_queued(
+        self,
+        session_key: str,
+        limit: int,
+        callback: Callable[[list[QueuedDelivery]], None],
+    ) -> None:
+        # A journal entry like a barrier: the writer reads after committing the group that
+        # holds it, so the page sees every delivery added and every packet id set before it.
+        self._append((_READ, session_key, limit, callback))
+        if self._loop is None:
+            self.flush()
+
     def _seal(self) -> None:
         """Hand the open journal to the writer as one batch (loop thread)."""
         self._seal_requested = False
@@ -466,7 +489,7 @@ class SQLiteStore:
         conn = self._conn
         retry: list[Op] = []
         # Callbacks of groups that failed to commit: run once their retried calls commit.
-        held: list[Callable[[], None]] = []
+        held: list[AfterCommit] = []
         retry_calls = retry_bytes = 0
         delay = 0.1
         while True:
@@ -519,12 +542,14 @@ class SQLiteStore:
                 continue
             retry, retry_calls, retry_bytes, delay = [], 0, 0, 0.1
             held = []
+            offset = self._clock() - self._wall()
+            ready = [_read_page(conn, c, offset) for c in callbacks]
             if self._failing:
                 self._failing = False
                 log.warning("writing %s works again: accepting QoS 1/2 messages", self.path)
             self._update_size(conn)
-            if callbacks:
-                self._dispatch(callbacks)
+            if ready:
+                self._dispatch(ready)
             with self._progress:
                 self._done_calls += calls
                 self._done_bytes += nbytes
@@ -572,9 +597,10 @@ class SQLiteStore:
     # ------------------------------------------------------------------ start-up and shutdown
 
     def load(self) -> StoredState:
-        """Everything stored, for ``Broker.restore``: deliveries in their original order.
-        Drops (from the file too) sessions whose expiry passed while the hub was down,
-        messages whose expiry or retention passed, and anything no longer referenced."""
+        """What ``Broker.restore`` needs: sessions, subscriptions, in-flight deliveries in their
+        original order with their bodies, queued deliveries counted, retained messages. Drops
+        (from the file too) sessions whose expiry passed while the hub was down, messages
+        whose expiry or retention passed, and anything no longer referenced."""
         self.flush()
         now_ms = int(self._wall() * 1000)
         offset = self._clock() - self._wall()
@@ -613,11 +639,11 @@ class SQLiteStore:
 # ---------------------------------------------------------------------------- writing
 
 
-def _coalesce(ops: list[Op]) -> tuple[list[Op], list[Callable[[], None]]]:
+def _coalesce(ops: list[Op]) -> tuple[list[Op], list[AfterCommit]]:
     """The group's calls with adds cancelled by later removes (and their packet id and
     release updates, and message bodies nobody needs any more) left out, and its callbacks."""
     out: list[Op | None] = list(ops)
-    callbacks: list[Callable[[], None]] = []
+    callbacks: list[AfterCommit] = []
     pending: dict[tuple[str, int], list[int]] = {}
     in_flight: dict[tuple[str, int], int] = {}
     saved: dict[int, int] = {}
@@ -654,6 +680,9 @@ def _coalesce(ops: list[Op]) -> tuple[list[Op], list[Callable[[], None]]]:
             saved[op[1].id] = i
         elif kind == _BARRIER:
             callbacks.append(op[1])
+            out[i] = None
+        elif kind == _READ:
+            callbacks.append(op)
             out[i] = None
     for mid, i in saved.items():
         # Its deliveries came and went within the group (a batch holds whole publishes, so
@@ -805,6 +834,38 @@ _SESSION_TABLES = (
 )
 
 
+_QUEUED_PAGE = (
+    "SELECT d.message_id, d.qos, d.retain, d.subscription_ids, m.account, m.topic, m.payload, "
+    "m.qos, m.retain, m.properties, m.origin, m.expiry_interval, m.expires_at_ms "
+    "FROM deliveries d JOIN messages m ON m.id = d.message_id "
+    "WHERE d.session_key = ? AND d.packet_id = 0 ORDER BY d.seq LIMIT ?"
+)
+
+
+def _read_page(conn: sqlite3.Connection, item: AfterCommit, offset: float) -> Callable[[], None]:
+    """``item`` itself, or for a ``_READ`` entry its callback bound to the page it asked for
+    (writer thread, after the commit; served by the ``deliveries_queued`` index)."""
+    if not isinstance(item, tuple):
+        return item
+    _op, session_key, limit, callback = item
+    page: list[QueuedDelivery] = []
+    try:
+        for row in conn.execute(_QUEUED_PAGE, (session_key, limit)):
+            mid, qos, retain, ids = row[0], row[1], row[2], row[3]
+            message = _message(mid, row[4], row[5], row[6], row[7], row[8], row[9:], offset)
+            page.append((StoredDelivery(mid, qos, bool(retain), _ids(ids)), message))
+    except sqlite3.Error as error:
+        # An empty page: the broker then stops waiting for this queue (see Broker._page_read);
+        # the rows stay on disk and come back with the next start.
+        log.error("cannot read the queue of session %r: %s", session_key, error)
+        page = []
+    return partial(callback, page)
+
+
+def _ids(text: str | None) -> tuple[int, ...]:
+    return tuple(int(i) for i in text.split(",")) if text else ()
+
+
 def _rollback(conn: sqlite3.Connection) -> None:
     try:
         conn.execute("ROLLBACK")
@@ -887,26 +948,30 @@ def _read_state(conn: sqlite3.Connection, offset: float) -> StoredState:
         sessions[key].subscriptions[full_filter] = StoredSubscription(
             full_filter, qos, bool(no_local), bool(rap), rh, sub_id
         )
+    # Only the in-flight deliveries and their bodies are read (a window per session); queued
+    # ones are counted here and read in pages as their sessions take them (``read_queued``),
+    # so start-up time and memory do not grow with the backlog (issue 5).
     messages: dict[int, Message] = {}
     for row in conn.execute(
         "SELECT id, account, topic, payload, qos, retain, properties, origin, "
-        "expiry_interval, expires_at_ms FROM messages"
+        "expiry_interval, expires_at_ms FROM messages "
+        "WHERE id IN (SELECT message_id FROM deliveries WHERE packet_id <> 0)"
     ):
         messages[row[0]] = _message(row[0], row[1], row[2], row[3], row[4], row[5], row[6:], offset)
     for key, mid, qos, retain, ids, packet_id, released in conn.execute(
         "SELECT session_key, message_id, qos, retain, subscription_ids, packet_id, released "
-        "FROM deliveries ORDER BY seq"
+        "FROM deliveries WHERE packet_id <> 0 ORDER BY seq"
     ):
         sessions[key].deliveries.append(
-            StoredDelivery(
-                mid,
-                qos,
-                bool(retain),
-                tuple(int(i) for i in ids.split(",")) if ids else (),
-                packet_id,
-                bool(released),
-            )
+            StoredDelivery(mid, qos, bool(retain), _ids(ids), packet_id, bool(released))
         )
+    for key, count, nbytes in conn.execute(
+        "SELECT d.session_key, count(*), sum(length(m.payload) + length(m.topic)) "
+        "FROM deliveries d JOIN messages m ON m.id = d.message_id "
+        "WHERE d.packet_id = 0 GROUP BY d.session_key"
+    ):
+        sessions[key].queued = count
+        sessions[key].queued_bytes = nbytes or 0
     for key, packet_id in conn.execute("SELECT session_key, packet_id FROM inbound_qos2"):
         sessions[key].inbound_qos2.add(packet_id)
     retained = [
