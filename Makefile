@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ./data
 
-.PHONY: run test test-all crash lint bench bench-quick clean
+.PHONY: run test test-all crash lint bench bench-quick bench-backlog clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -36,9 +36,14 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check thinghub tests bench
 	$(BIN)/mypy
 
-## Benchmarks: ThingHub, and mosquitto beside it when installed.
+## Benchmarks: ThingHub, and mosquitto beside it when installed; then the 1M-message backlog.
 bench: $(STAMP)
 	$(BIN)/python -m bench
+	$(BIN)/python -m bench.backlog
+
+## A million QoS 1 messages queued for offline sessions; restart time and memory under them.
+bench-backlog: $(STAMP)
+	$(BIN)/python -m bench.backlog
 
 bench-quick: $(STAMP)
 	$(BIN)/python -m bench --seconds 2 --runs 1

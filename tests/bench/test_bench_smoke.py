@@ -48,3 +48,21 @@ def test_every_scenario_runs_against_thinghub(tmp_path: Path) -> None:
     # The printed report is the table the README quotes.
     assert "| fan-in" in proc.stdout and "thinghub" in proc.stdout
     assert "| aliyun-pub" in proc.stdout and "Do-nothing" in proc.stdout
+
+
+def test_the_backlog_benchmark_runs(tmp_path: Path) -> None:
+    """`make bench-backlog` at a fiftieth of its size: the queue comes back whole and in
+    order after a SIGKILL (the benchmark checks both), and the figures are there."""
+    out = tmp_path / "backlog.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.backlog", "--messages", "20000", "--json", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert figures["drained"] == 2000 and figures["drain_s"] > 0
+    assert figures["restart_s"] > 0 and figures["rss_after_restart_mb"] > 0
+    assert "restart after SIGKILL" in proc.stdout

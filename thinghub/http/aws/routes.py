@@ -25,6 +25,7 @@ from ...broker.broker import Broker
 from ...message import Message
 from ...registry.ids import decode_message_id
 from ..context import HubContext
+from ..publishing import StoreUnavailable
 from ..publishing import publish as publish_message
 from .errors import GATEWAY_TIMEOUT, AwsError, json_response, ok_response
 from .validation import (
@@ -300,6 +301,10 @@ async def send_direct_message(ctx: HubContext, call: Call) -> web.Response:
         if not acked.done():
             acked.set_result(None)
 
+    if not broker.store.accepting:
+        # A QoS 1 copy to a persistent session is stored: refused like any publish while the
+        # store cannot take more (issue 5), before anything is sent.
+        raise StoreUnavailable("the message store is not accepting new messages")
     if not broker.send_direct(call.account, client_id, message, on_acked):
         raise AwsError.not_found(not_connected)
     try:
