@@ -165,14 +165,14 @@ class Conn:
         self.writer.close()
 
 
-async def make_sessions(port: int, sessions: int) -> list[str]:
+async def make_sessions(port: int, sessions: int, qos: int) -> list[str]:
     topics = []
     for i in range(sessions):
         conn = await Conn.open(port, f"backlog{i}", clean=False)
         topic = f"backlog/{i}"
-        conn.writer.write(subscribe_packet(1, topic, 1))
+        conn.writer.write(subscribe_packet(1, topic, qos))
         kind, body = await conn.packet()
-        if kind != 0x90 or body[2] != 1:
+        if kind != 0x90 or body[2] != qos:
             raise RuntimeError(f"SUBSCRIBE refused: {body!r}")
         conn.close()
         topics.append(topic)
@@ -180,12 +180,17 @@ async def make_sessions(port: int, sessions: int) -> list[str]:
 
 
 async def publish_all(
-    port: int, topics: list[str], messages: int, hub: Hub, samples: list[tuple[int, float]]
+    port: int,
+    topics: list[str],
+    messages: int,
+    qos: int,
+    hub: Hub,
+    samples: list[tuple[int, float]],
 ) -> float:
-    """Publish ``messages`` QoS 1 messages round-robin over ``topics`` (payload: the message's
-    number on its topic, padded); returns the seconds it took. Each topic has one publisher
-    (MQTT orders messages per publisher and topic). Samples the hub's RSS as it goes."""
-    prefixes = [publish_prefix(t, 1, PAYLOAD) for t in topics]
+    """Publish ``messages`` messages at ``qos`` round-robin over ``topics`` (payload: the
+    message's number on its topic, padded); returns the seconds it took. Each topic has one
+    publisher (MQTT orders messages per publisher and topic). Samples the hub's RSS."""
+    prefixes = [publish_prefix(t, qos, PAYLOAD) for t in topics]
     acked = 0
     step = max(1, messages // 10)
     publishers = min(PUBLISHERS, len(topics))
@@ -201,8 +206,10 @@ async def publish_all(
         async def reader() -> None:
             nonlocal acked
             while True:
-                kind, _body = await conn.packet()
-                if kind == 0x40:
+                kind, body = await conn.packet()
+                if kind == 0x50:  # PUBREC: release it (QoS 2)
+                    conn.writer.write(b"\x62\x02" + body[:2])
+                elif kind in (0x40, 0x70):  # PUBACK, PUBCOMP: done
                     credit.release()
                     acked += 1
                     if acked % step == 0:
@@ -230,22 +237,28 @@ async def publish_all(
 
 
 async def drain_one(port: int, expected: int) -> float:
-    """Resume session 0 and take its whole queue; checks count and order."""
+    """Resume session 0 and take its whole queue (PUBACK, or PUBREC then PUBCOMP); checks
+    count and order."""
     conn = await Conn.open(port, "backlog0", clean=False)
     began = time.monotonic()
     seq = 0
     while seq < expected:
         kind, body = await asyncio.wait_for(conn.packet(), 30)
+        if kind == 0x62:  # PUBREL
+            conn.writer.write(b"\x70\x02" + body[:2])
+            continue
         if kind & 0xF0 != 0x30:
             continue
         topic_len = struct.unpack(">H", body[:2])[0]
         pid = body[2 + topic_len : 4 + topic_len]
         payload = body[4 + topic_len :]
         got = int(payload.rstrip(b"."))
+        if kind & 0x08:  # DUP: a resend of one already counted
+            continue
         if got != seq:
             raise RuntimeError(f"session 0: expected message {seq}, got {got}")
         seq += 1
-        conn.writer.write(b"\x40\x02" + pid)
+        conn.writer.write((b"\x50\x02" if kind & 0x06 == 0x04 else b"\x40\x02") + pid)
     took = time.monotonic() - began
     conn.close()
     return took
@@ -258,6 +271,7 @@ async def drain_one(port: int, expected: int) -> float:
 class Result:
     messages: int
     sessions: int
+    qos: int
     fill_s: float = 0.0
     rss_samples: list[tuple[int, float]] = field(default_factory=list)
     restart_s: float = 0.0
@@ -271,16 +285,16 @@ class Result:
         return self.__dict__
 
 
-async def run(binary: str, messages: int, sessions: int, workdir: Path) -> Result:
-    result = Result(messages, sessions)
+async def run(binary: str, messages: int, sessions: int, qos: int, workdir: Path) -> Result:
+    result = Result(messages, sessions, qos)
     per_session = -(-messages // sessions)
     hub = Hub(binary, workdir / "data", queue_limit=per_session + 1000)
     hub.start()
     try:
         result.rss_empty_mb = hub.rss_mb()
-        topics = await make_sessions(hub.port, sessions)
-        log(f"backlog: {sessions} offline sessions; publishing {messages:,} QoS 1 messages")
-        result.fill_s = await publish_all(hub.port, topics, messages, hub, result.rss_samples)
+        topics = await make_sessions(hub.port, sessions, qos)
+        log(f"backlog: {sessions} offline sessions; publishing {messages:,} QoS {qos} messages")
+        result.fill_s = await publish_all(hub.port, topics, messages, qos, hub, result.rss_samples)
         log(f"backlog: filled in {result.fill_s:.1f} s; killing the hub (SIGKILL)")
         hub.kill()
         db_bytes = sum(p.stat().st_size for p in (workdir / "data").glob("broker.db*"))
@@ -297,7 +311,7 @@ async def run(binary: str, messages: int, sessions: int, workdir: Path) -> Resul
 
 def render(r: Result, machine: dict[str, str]) -> str:
     lines = [
-        f"## backlog: {r.messages:,} QoS 1 messages queued for {r.sessions} offline sessions",
+        f"## backlog: {r.messages:,} QoS {r.qos} messages queued for {r.sessions} offline sessions",
         "",
         f"Machine: {machine['cpu']} x{machine['cores']}, {machine['memory']}, "
         f"{machine['kernel']}, {machine['python']}, {machine['event_loop']}",
@@ -331,6 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.backlog", description=__doc__)
     ap.add_argument("--messages", type=int, default=1_000_000)
     ap.add_argument("--sessions", type=int, default=10)
+    ap.add_argument("--qos", type=int, choices=(1, 2), default=1, help="publish and subscribe QoS")
     ap.add_argument("--thinghub", help="ThingHub executable (default: next to this python)")
     ap.add_argument("--json", type=Path, help="also write the figures as JSON to FILE")
     args = ap.parse_args(argv)
@@ -341,7 +356,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not binary:
         ap.error("thinghub executable not found")
     with tempfile.TemporaryDirectory(prefix="bench-backlog-") as tmp:
-        result = asyncio.run(run(binary, args.messages, args.sessions, Path(tmp)))
+        result = asyncio.run(run(binary, args.messages, args.sessions, args.qos, Path(tmp)))
     print(render(result, machine_info()))
     if args.json:
         args.json.write_text(json.dumps(result.to_json(), indent=2))
