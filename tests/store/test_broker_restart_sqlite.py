@@ -10,7 +10,10 @@ from typing import Any
 
 import pytest
 import test_broker_restart as restart_tests
+from harness import V5
 from sqlitehub import SQLiteHub
+
+from thinghub.store.sqlite import StoreLimits
 
 _MEMORY_ONLY = {
     "test_ack_waits_for_the_store_when_the_message_was_stored",
@@ -46,3 +49,32 @@ def on_sqlite(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]
 def test_the_tests_ran_here() -> None:
     names = [n for n in globals() if n.startswith("test_")]
     assert len(names) > 10
+
+
+def test_queued_messages_past_the_retention_period_are_dropped_when_read(tmp_path: Path) -> None:
+    """Retention (issue 5, 7 days by default) also runs while the hub runs: a queued message
+    read back from disk after its retention period is dropped, as an expired one is."""
+    hub = SQLiteHub(tmp_path / "data", limits=StoreLimits(retention_s=3600))
+    sub = hub.client(V5)
+    sub.connect("sub", clean_start=False, session_expiry=86400)
+    sub.subscribe("t", qos=1)
+    sub.drop()
+    pub = hub.connect("pub", V5)
+    pub.publish("t", b"old-1", 1)
+    pub.publish("t", b"old-2", 1)
+    hub.advance(1800)
+    pub.publish("t", b"recent", 1)
+    hub.advance(1801)  # old ones: 3601 s queued; the recent one: 1801 s
+    again = hub.client(V5)
+    assert again.connect("sub", clean_start=False, session_expiry=86400).session_present
+    got = again.publishes()
+    assert [p.payload for p in got] == [b"recent"]
+    assert got[0].properties.message_expiry_interval is None  # retention is not sent
+    assert hub.stats.dropped_expired == 2
+    again.ack(got[0])
+    again.drop()
+    hub.restart()
+    back = hub.client(V5)
+    assert back.connect("sub", clean_start=False, session_expiry=86400).session_present
+    back.assert_nothing_pending()  # the dropped ones left the disk too
+    hub.close()

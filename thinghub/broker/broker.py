@@ -557,7 +557,10 @@ class Broker:
                 # The episode of drops is over once the queue has drained to half; the next
                 # overflow is logged again.
                 session.dropping = False
-            if out.message.expired(now):
+            message = out.message
+            if message.expired(now) or (
+                message.keep_until is not None and now >= message.keep_until
+            ):
                 self.stats.dropped_expired += 1
                 self.delivery_done(session, out)
                 continue

@@ -543,7 +543,8 @@ class SQLiteStore:
             retry, retry_calls, retry_bytes, delay = [], 0, 0, 0.1
             held = []
             offset = self._clock() - self._wall()
-            ready = [_read_page(conn, c, offset) for c in callbacks]
+            retention = self.limits.retention_s
+            ready = [_read_page(conn, c, offset, retention) for c in callbacks]
             if self._failing:
                 self._failing = False
                 log.warning("writing %s works again: accepting QoS 1/2 messages", self.path)
@@ -836,15 +837,18 @@ _SESSION_TABLES = (
 
 _QUEUED_PAGE = (
     "SELECT d.message_id, d.qos, d.retain, d.subscription_ids, m.account, m.topic, m.payload, "
-    "m.qos, m.retain, m.properties, m.origin, m.expiry_interval, m.expires_at_ms "
-    "FROM deliveries d JOIN messages m ON m.id = d.message_id "
+    "m.qos, m.retain, m.properties, m.origin, m.expiry_interval, m.expires_at_ms, "
+    "m.stored_at_ms FROM deliveries d JOIN messages m ON m.id = d.message_id "
     "WHERE d.session_key = ? AND d.packet_id = 0 ORDER BY d.seq LIMIT ?"
 )
 
 
-def _read_page(conn: sqlite3.Connection, item: AfterCommit, offset: float) -> Callable[[], None]:
+def _read_page(
+    conn: sqlite3.Connection, item: AfterCommit, offset: float, retention_s: int
+) -> Callable[[], None]:
     """``item`` itself, or for a ``_READ`` entry its callback bound to the page it asked for
-    (writer thread, after the commit; served by the ``deliveries_queued`` index)."""
+    (writer thread, after the commit; served by the ``deliveries_queued`` index). Each message
+    carries ``keep_until``, the end of its retention period on the broker's clock."""
     if not isinstance(item, tuple):
         return item
     _op, session_key, limit, callback = item
@@ -852,7 +856,8 @@ def _read_page(conn: sqlite3.Connection, item: AfterCommit, offset: float) -> Ca
     try:
         for row in conn.execute(_QUEUED_PAGE, (session_key, limit)):
             mid, qos, retain, ids = row[0], row[1], row[2], row[3]
-            message = _message(mid, row[4], row[5], row[6], row[7], row[8], row[9:], offset)
+            message = _message(mid, row[4], row[5], row[6], row[7], row[8], row[9:13], offset)
+            message.keep_until = row[13] / 1000.0 + retention_s + offset
             page.append((StoredDelivery(mid, qos, bool(retain), _ids(ids)), message))
     except sqlite3.Error as error:
         # An empty page: the broker then stops waiting for this queue (see Broker._page_read);
