@@ -388,6 +388,44 @@ def test_messages_past_the_retention_period_are_dropped(
     assert loaded(open_store(limits=StoreLimits(retention_s=3600))).sessions[A].deliveries == []
 
 
+# ---------------------------------------------------------------------------- migrations
+
+
+def test_a_version_1_file_is_migrated_with_its_data(
+    open_store: Callable[..., SQLiteStore], tmp_path: Path
+):
+    """A broker.db written by the first release (schema 1, no deliveries_queued index) opens,
+    is migrated in place, and its queue reads back in pages."""
+    data = tmp_path / "data"
+    data.mkdir()
+    conn = sqlite3.connect(data / FILE_NAME)
+    for statement in MIGRATIONS[0]:
+        conn.execute(statement)
+    conn.execute("INSERT INTO sessions VALUES (?, 'acct', 'a', 100, NULL)", (A,))
+    for mid in (1, 2, 3):
+        conn.execute(
+            "INSERT INTO messages VALUES (?, 'acct', 't', ?, 1, 0, NULL, 'p', NULL, NULL, ?)",
+            (mid, f"m{mid}".encode(), 1_700_000_000_000),
+        )
+        conn.execute(
+            "INSERT INTO deliveries (session_key, message_id, qos, retain, subscription_ids, "
+            "packet_id, released) VALUES (?, ?, 1, 0, NULL, ?, 0)",
+            (A, mid, 7 if mid == 1 else 0),
+        )
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+
+    store = open_store()
+    state = store.load()
+    assert rows(data, "PRAGMA user_version") == [(len(MIGRATIONS),)]
+    assert ("deliveries_queued",) in rows(data, "SELECT name FROM sqlite_master")
+    assert [(d.message_id, d.packet_id) for d in state.sessions[A].deliveries] == [(1, 7)]
+    page: list[QueuedDelivery] = []
+    store.read_queued(A, 10, page.extend)
+    assert [(d.message_id, m.payload) for d, m in page] == [(2, b"m2"), (3, b"m3")]
+
+
 # ---------------------------------------------------------------------------- faults at open
 
 
