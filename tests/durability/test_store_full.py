@@ -70,11 +70,16 @@ class Hub:
         else:
             pytest.fail("the hub did not start:\n" + "".join(self.log))
         stdout = self.proc.stdout
-        threading.Thread(target=lambda: self.log.extend(stdout), daemon=True).start()
+        self.reader = threading.Thread(target=lambda: self.log.extend(stdout), daemon=True)
+        self.reader.start()
 
     def stop(self) -> None:
         self.proc.terminate()
-        assert self.proc.wait(15) == 0, "".join(self.log[-30:])
+        code = self.proc.wait(15)
+        self.reader.join(5)  # EOF once the hub is gone
+        assert self.proc.stdout is not None
+        self.proc.stdout.close()
+        assert code == 0, "".join(self.log[-30:])
 
 
 @pytest.fixture
