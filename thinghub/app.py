@@ -22,6 +22,7 @@ from .http.ratelimit import (
     ALIYUN_DEFAULT_RATES,
     AWS_DEFAULT_OTHER_RATE,
     AWS_DEFAULT_RATES,
+    AWS_RATE_GROUPS,
     RateLimiter,
     parse_rate_overrides,
 )
@@ -29,6 +30,9 @@ from .registry.ids import MessageIdGenerator
 from .registry.models import AccessKey
 from .registry.registry import Registry
 from .registry.store import RegistryStore
+from .shadow.document import Limits as ShadowLimits
+from .shadow.service import ShadowService
+from .shadow.store import ShadowStore
 from .store.lock import DataDirLock
 from .store.sqlite import SQLiteStore, StoreLimits
 from .transport.tcp import make_tls_context, start_tcp_listener
@@ -58,6 +62,8 @@ class Hub:
     _lock: DataDirLock | None = None
     _servers: list[asyncio.Server] = field(default_factory=list)
     _http_runner: web.AppRunner | None = None
+    # AWS IoT device shadows (a table of registry.db, on their own connection and thread).
+    shadows: ShadowService | None = None
 
     def open_registry(self) -> Registry:
         """Open the registry and make sure the root account has an access key."""
@@ -123,6 +129,17 @@ class Hub:
             new_message_id=ids.next_id,
         )
         broker.restore()
+        shadow = settings.shadow
+        self.shadows = shadows = ShadowService(
+            broker,
+            ShadowStore.open(settings.data_dir),
+            limits=ShadowLimits(
+                max_state_bytes=shadow.max_document_bytes, max_depth=shadow.max_depth
+            ),
+            max_inflight_per_thing=shadow.max_inflight_per_thing,
+            max_pending=shadow.max_pending,
+        )
+        shadows.start()
 
         tcp = await start_tcp_listener(broker, mqtt.host, mqtt.port)
         self._servers.append(tcp)
@@ -145,7 +162,9 @@ class Hub:
             aws_limits=RateLimiter(
                 {**AWS_DEFAULT_RATES, **parse_rate_overrides(api.aws_rate_limits)},
                 default=AWS_DEFAULT_OTHER_RATE,
+                groups=AWS_RATE_GROUPS,
             ),
+            shadows=shadows,
         )
         runner = web.AppRunner(build_http_app(context), access_log=None, handle_signals=False)
         await runner.setup()
@@ -179,6 +198,10 @@ class Hub:
                 log.warning("some MQTT connections did not close in time")
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self.shadows is not None:
+            # Answers what it has taken (its answers may still reach the broker's store).
+            await self.shadows.close()
+            self.shadows = None
         if self.broker_store is not None:
             # Commits what the last connections changed, then stops the writer thread.
             self.broker_store.close()

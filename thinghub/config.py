@@ -113,6 +113,21 @@ class StoreSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class ShadowSettings:
+    """AWS IoT device shadows (thinghub/shadow). Defaults are AWS IoT Core's Device Shadow
+    quotas; see the README, "Device shadows"."""
+
+    # "Maximum size of a JSON state document": desired + reported, metadata not counted.
+    max_document_bytes: int = 8 * KIB
+    # "Maximum depth of JSON device state documents": levels in desired or reported.
+    max_depth: int = 8
+    # "Maximum number of in-flight, unacknowledged messages per thing" (429 beyond).
+    max_inflight_per_thing: int = 10
+    # Shadow requests waiting for the store, hub-wide (429 beyond).
+    max_pending: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path("./data")
     log_level: str = "INFO"
@@ -120,6 +135,7 @@ class Settings:
     http: HTTPSettings = field(default_factory=HTTPSettings)
     api: APISettings = field(default_factory=APISettings)
     store: StoreSettings = field(default_factory=StoreSettings)
+    shadow: ShadowSettings = field(default_factory=ShadowSettings)
 
     def validate(self) -> Settings:
         m = self.mqtt
@@ -139,6 +155,16 @@ class Settings:
             ),
             (0 <= m.port <= 65535 and 0 <= self.http.port <= 65535, "ports must be 0..65535"),
             (self.store.backend in ("sqlite", "memory"), "store.backend must be sqlite or memory"),
+            (
+                min(
+                    self.shadow.max_document_bytes,
+                    self.shadow.max_depth,
+                    self.shadow.max_inflight_per_thing,
+                    self.shadow.max_pending,
+                )
+                >= 1,
+                "shadow settings must be at least 1",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -156,6 +182,7 @@ _SECTIONS = {
     "http": HTTPSettings,
     "api": APISettings,
     "store": StoreSettings,
+    "shadow": ShadowSettings,
 }
 
 

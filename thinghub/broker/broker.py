@@ -88,6 +88,9 @@ class Broker:
         self.clients: set[Client] = set()
         # One topic space per account: nothing crosses accounts (see space.py).
         self.spaces: dict[str, TopicSpace] = {}
+        # Services answering requests on reserved topics, by topic prefix (see intercept).
+        self._interceptors: dict[str, Callable[[Message], bool]] = {}
+        self._intercepted_prefixes: tuple[str, ...] = ()
 
     def space(self, account: str) -> TopicSpace:
         space = self.spaces.get(account)
@@ -282,6 +285,9 @@ class Broker:
         """Route one message to every matching subscription; returns how many sessions it was
         handed to. Retained messages are stored (or deleted, for an empty payload) first."""
         self.stats.messages_received += 1
+        prefixes = self._intercepted_prefixes
+        if prefixes and message.topic.startswith(prefixes) and self._intercepted(message):
+            return 1  # one receiver, the service: a v5 PUBACK says Success, not 0x10
         if message.expiry_interval is not None and message.expires_at is None:
             message.received_at = now = self.clock.time()
             message.expires_at = now + message.expiry_interval
@@ -645,6 +651,26 @@ class Broker:
         watch = Watch(space, topic_filter, callback)
         space.watches.add(topic_filter, id(watch), watch)
         return watch
+
+    def intercept(self, prefix: str, handler: Callable[[Message], bool] | None) -> None:
+        """Offer every message published to a topic starting with ``prefix`` to ``handler``
+        first, whoever published it (an MQTT client, an HTTP dialect, a will). A handler that
+        returns True has consumed the message: it is neither retained nor routed. For hub
+        services that answer requests on reserved topics (the AWS device shadow service,
+        ``$aws/things/``); they publish their answers with ``publish`` like anyone else.
+        ``None`` removes the handler of ``prefix``."""
+        if handler is None:
+            self._interceptors.pop(prefix, None)
+        else:
+            self._interceptors[prefix] = handler
+        self._intercepted_prefixes = tuple(self._interceptors)
+
+    def _intercepted(self, message: Message) -> bool:
+        topic = message.topic
+        return any(
+            topic.startswith(prefix) and handler(message)
+            for prefix, handler in self._interceptors.items()
+        )
 
     def session_of(self, account: str, client_id: str) -> Session | None:
         return self.sessions.get(session_key(account, client_id))

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..broker.broker import Broker
 from ..config import Settings
 from ..registry.registry import Registry
+from ..shadow.service import ShadowService
 from .aliyun.signing import NonceCache
 from .ratelimit import RateLimiter
 
@@ -21,3 +22,5 @@ class HubContext:
     # Per-account request rates, one limiter per dialect.
     aliyun_limits: RateLimiter = field(default_factory=lambda: RateLimiter({}))
     aws_limits: RateLimiter = field(default_factory=lambda: RateLimiter({}))
+    # AWS IoT device shadows (None: the shadow operations answer 503).
+    shadows: ShadowService | None = None

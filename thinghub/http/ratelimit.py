@@ -46,10 +46,20 @@ ALIYUN_DEFAULT_RATES: dict[str, float] = {
 }
 
 # AWS IoT Core: HTTP publishes count as inbound publishes, 20,000/s per account (reference
-# "Rates"); the other data-plane operations have no published TPS: 100/s per account is our
-# choice (documented in the README).
-AWS_DEFAULT_RATES: dict[str, float] = {"Publish": 20_000}
+# "Rates"); the device shadow operations share the quota "Device Shadow API requests/second
+# per account", 4,000 (AWS IoT Core quotas); the other data-plane operations have no
+# published TPS: 100/s per account is our choice (documented in the README).
+AWS_SHADOW_RATE = "DeviceShadow"
+AWS_DEFAULT_RATES: dict[str, float] = {"Publish": 20_000, AWS_SHADOW_RATE: 4_000}
 AWS_DEFAULT_OTHER_RATE = 100.0
+# Operations that draw from one shared budget (a bucket named after the group) unless a limit
+# of their own is configured (aws_rate_limits = ["UpdateThingShadow=50"]).
+AWS_RATE_GROUPS: dict[str, str] = {
+    "GetThingShadow": AWS_SHADOW_RATE,
+    "UpdateThingShadow": AWS_SHADOW_RATE,
+    "DeleteThingShadow": AWS_SHADOW_RATE,
+    "ListNamedShadowsForThing": AWS_SHADOW_RATE,
+}
 
 
 def parse_rate_overrides(entries: tuple[str, ...]) -> dict[str, float]:
@@ -87,24 +97,39 @@ class RateLimiter:
         default: float | None = None,
         clock: Callable[[], float] = time.monotonic,
         max_buckets: int = 100_000,
+        groups: Mapping[str, str] | None = None,
     ) -> None:
         """``limits`` maps an action name to requests per second; actions not listed use
-        ``default`` (None: unlimited). ``max_buckets`` bounds memory: when full, idle buckets
-        (full again) are dropped."""
+        their group's limit (``groups`` maps an action to a name in ``limits``; the group's
+        actions share one bucket), else ``default`` (None: unlimited). ``max_buckets``
+        bounds memory: when full, idle buckets (full again) are dropped."""
         self._limits = dict(limits)
+        self._groups = dict(groups or {})
         self._default = default
         self._clock = clock
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._max_buckets = max_buckets
         self.refused = 0
 
+    def _budget(self, action: str) -> tuple[str, float | None]:
+        """The bucket ``action`` draws from and its rate: its own, its group's, the default."""
+        rate = self._limits.get(action)
+        if rate is not None:
+            return action, rate
+        group = self._groups.get(action)
+        if group is not None and group in self._limits:
+            return group, self._limits[group]
+        return action, self._default
+
     def rate_of(self, action: str) -> float | None:
-        return self._limits.get(action, self._default)
+        return self._budget(action)[1]
 
     def allow(self, account: str, action: str) -> bool:
-        rate = self.rate_of(action)
+        rate = self._limits.get(action)
         if rate is None:
-            return True
+            action, rate = self._budget(action)
+            if rate is None:
+                return True
         now = self._clock()
         key = (account, action)
         bucket = self._buckets.get(key)

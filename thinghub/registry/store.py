@@ -111,7 +111,25 @@ _V1: tuple[str, ...] = (
     "CREATE TABLE meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# Version 2: AWS IoT device shadows (thinghub/shadow/store.py). One row per shadow of a thing,
+# per account; shadow_name is '' for the classic (unnamed) shadow. ``document`` is the JSON
+# {"state": ..., "metadata": ...}; a deleted shadow keeps its row with document NULL for 48
+# hours, so that a shadow created again under its name continues its version (AWS IoT
+# developer guide, device-shadow-data-flow, "DELETE"). Times are epoch seconds, as shadows'.
+_V2: tuple[str, ...] = (
+    """CREATE TABLE shadows (
+        account_id TEXT NOT NULL,
+        thing_name TEXT NOT NULL,
+        shadow_name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        document TEXT,
+        updated_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, thing_name, shadow_name)
+    ) WITHOUT ROWID""",
+    "CREATE INDEX shadows_deleted ON shadows(updated_at) WHERE document IS NULL",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 
 _ID_LEASE_KEY = "message_id_lease_ms"
 

@@ -46,6 +46,8 @@ from thinghub.registry.ids import MemoryLeaseStore, MessageIdGenerator
 from thinghub.registry.models import AccessKey
 from thinghub.registry.registry import Registry
 from thinghub.registry.store import RegistryStore
+from thinghub.shadow.service import ShadowService
+from thinghub.shadow.store import ShadowStore
 from thinghub.transport.tcp import start_tcp_listener
 
 T = TypeVar("T")
@@ -87,6 +89,7 @@ class AwsHub:
     host: str = "127.0.0.1"
     ws_path: str = "/mqtt"
     _pool: urllib3.PoolManager = field(default_factory=urllib3.PoolManager)
+    shadows: ShadowService | None = None
 
     @property
     def endpoint(self) -> str:
@@ -192,6 +195,9 @@ async def start_hub(tmp: Path) -> tuple[AwsHub, Callable[[], Any]]:
     root_key = registry.create_access_key(ROOT_ACCOUNT_ID)
     other = registry.create_account("other")
     other_key = registry.create_access_key(other.account_id)
+    # Device shadows: a table of the same registry.db, as thinghub/app.py wires them.
+    shadows = ShadowService(broker, ShadowStore.open(tmp))
+    shadows.start()
 
     runners: list[web.AppRunner] = []
 
@@ -210,18 +216,21 @@ async def start_hub(tmp: Path) -> tuple[AwsHub, Callable[[], Any]]:
         return int(sockets[0].getsockname()[1])
 
     settings = Settings()
-    http_port = await serve(HubContext(settings, broker, registry))
+    http_port = await serve(HubContext(settings, broker, registry, shadows=shadows))
     frozen = RateLimiter({}, default=LIMITED_RATE, clock=lambda: 0.0)
-    limited_port = await serve(HubContext(settings, broker, registry, aws_limits=frozen))
+    limited = HubContext(settings, broker, registry, aws_limits=frozen, shadows=shadows)
+    limited_port = await serve(limited)
     mqtt = await start_tcp_listener(broker, "127.0.0.1", 0)
     port = int(mqtt.sockets[0].getsockname()[1])
     hub = AwsHub(loop, broker, registry, root_key, other_key, port, http_port, limited_port)
+    hub.shadows = shadows
 
     async def stop() -> None:
         mqtt.close()
         broker.close_all()
         for runner in runners:
             await runner.cleanup()
+        await shadows.close()
         registry.store.close()
 
     return hub, stop

@@ -25,8 +25,10 @@ Routes::
     DELETE /connections/{clientId}             DeleteConnection
     GET    /connections/{clientId}/subscriptions   ListSubscriptions
     POST   /connections/{clientId}/messages    SendDirectMessage
-
-The shadow operations (``/things/...``, ``/api/things/shadow/...``) are not mounted.
+    GET    /things/{thingName}/shadow          GetThingShadow      (shadow_routes.py)
+    POST   /things/{thingName}/shadow          UpdateThingShadow
+    DELETE /things/{thingName}/shadow          DeleteThingShadow
+    GET    /api/things/shadow/ListNamedShadowsForThing/{thingName}   ListNamedShadowsForThing
 """
 
 from __future__ import annotations
@@ -66,7 +68,15 @@ _MOUNTS = (
     "/retainedMessage/{rest:.*}",
     "/connections",
     "/connections/{rest:.*}",
+    "/things/{rest:.*}",
+    "/api/things/shadow/{rest:.*}",
 )
+_LIST_SHADOWS = "/api/things/shadow/ListNamedShadowsForThing/"
+_SHADOW_VERBS = {
+    "GET": "GetThingShadow",
+    "POST": "UpdateThingShadow",
+    "DELETE": "DeleteThingShadow",
+}
 _READ_CHUNK = 64 * 1024
 
 
@@ -108,6 +118,12 @@ def match(method: str, raw_path: str) -> Match:
         if sep and tail == "messages":
             return _pick(method, {"POST": "SendDirectMessage"}, head)
         return _pick(method, {"GET": "GetConnection", "DELETE": "DeleteConnection"}, rest)
+    if raw_path.startswith("/things/"):
+        head, sep, tail = raw_path[len("/things/") :].rpartition("/")
+        if sep and tail == "shadow":
+            return _pick(method, _SHADOW_VERBS, head)
+    if raw_path.startswith(_LIST_SHADOWS):
+        return _pick(method, {"GET": "ListNamedShadowsForThing"}, raw_path[len(_LIST_SHADOWS) :])
     raise AwsError(
         METHOD_NOT_ALLOWED, "The specified combination of HTTP verb and URI is not supported."
     )

@@ -42,6 +42,7 @@ __all__ = [
     "SERVICE_UNAVAILABLE",
     "THROTTLING",
     "UNAUTHORIZED",
+    "UNSUPPORTED_DOCUMENT_ENCODING",
     "AwsError",
     "ErrorShape",
     "error_response",
@@ -64,6 +65,7 @@ RESOURCE_NOT_FOUND = ErrorShape("ResourceNotFoundException", 404)
 METHOD_NOT_ALLOWED = ErrorShape("MethodNotAllowedException", 405)
 CONFLICT = ErrorShape("ConflictException", 409)
 REQUEST_ENTITY_TOO_LARGE = ErrorShape("RequestEntityTooLargeException", 413)
+UNSUPPORTED_DOCUMENT_ENCODING = ErrorShape("UnsupportedDocumentEncodingException", 415)
 THROTTLING = ErrorShape("ThrottlingException", 429)
 INTERNAL_FAILURE = ErrorShape("InternalFailureException", 500)
 SERVICE_UNAVAILABLE = ErrorShape("ServiceUnavailableException", 503)

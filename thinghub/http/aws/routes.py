@@ -27,6 +27,7 @@ from ...registry.ids import decode_message_id
 from ..context import HubContext
 from ..publishing import StoreUnavailable
 from ..publishing import publish as publish_message
+from . import shadow_routes
 from .errors import GATEWAY_TIMEOUT, AwsError, json_response, ok_response
 from .validation import (
     Params,
@@ -380,4 +381,9 @@ OPERATIONS: dict[str, Handler] = {
     "ListSubscriptions": list_subscriptions,
     "DeleteConnection": delete_connection,
     "SendDirectMessage": send_direct_message,
+    # Device shadows: shadow_routes.py.
+    "GetThingShadow": shadow_routes.get_thing_shadow,
+    "UpdateThingShadow": shadow_routes.update_thing_shadow,
+    "DeleteThingShadow": shadow_routes.delete_thing_shadow,
+    "ListNamedShadowsForThing": shadow_routes.list_named_shadows_for_thing,
 }
