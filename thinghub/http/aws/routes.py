@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import binascii
 import bisect
 import json
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -29,6 +28,7 @@ from ..publishing import StoreUnavailable
 from ..publishing import publish as publish_message
 from . import shadow_routes
 from .errors import GATEWAY_TIMEOUT, AwsError, json_response, ok_response
+from .paging import next_token, token_position
 from .validation import (
     Params,
     check_client_id,
@@ -147,7 +147,7 @@ async def list_retained_messages(ctx: HubContext, call: Call) -> web.Response:
     """``GET /retainedMessage``: summaries in topic order, paged by ``nextToken``."""
     params = call.params
     limit = parse_int("maxResults", params.get("maxResults"), DEFAULT_RETAINED_PAGE, 1, 200)
-    after = _token_position("retained", params.get("nextToken"))
+    after = token_position("retained", params.get("nextToken"))
     messages = ctx.broker.retained_messages(call.account)  # sorted by topic
     page, token = _page(messages, lambda m: m.topic, after, limit, "retained")
     summaries: list[dict[str, object]] = []
@@ -234,7 +234,7 @@ async def list_subscriptions(ctx: HubContext, call: Call) -> web.Response:
     params = call.params
     client_id = check_client_id(call.label)
     limit = parse_int("maxResults", params.get("maxResults"), DEFAULT_SUBSCRIPTIONS_PAGE, 1, 200)
-    after = _token_position("subscriptions", params.get("nextToken"))
+    after = token_position("subscriptions", params.get("nextToken"))
     session = ctx.broker.session_of(call.account, client_id)
     if session is None:
         raise AwsError.not_found(f"No connection exists for client ID {client_id}.")
@@ -338,26 +338,6 @@ def _split_host_port(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def _token(kind: str, last: str) -> str:
-    """An opaque ``nextToken``: the sort key of the last item returned. Resuming *after* a
-    key (not at an offset) stays correct when items come and go between pages."""
-    return base64.urlsafe_b64encode(f"1:{kind}:{last}".encode()).decode("ascii")
-
-
-def _token_position(kind: str, token: str | None) -> str | None:
-    if token is None:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(token.encode("ascii")).decode()
-    except (binascii.Error, ValueError):
-        text = ""
-    version, _, rest = text.partition(":")
-    token_kind, sep, last = rest.partition(":")
-    if version != "1" or token_kind != kind or not sep:
-        raise AwsError.invalid("The nextToken is not valid.")
-    return last
-
-
 def _page(
     items: Sequence[T],
     key: Callable[[T], str],
@@ -370,7 +350,7 @@ def _page(
     start = 0 if after is None else bisect.bisect_right(items, after, key=key)
     page = items[start : start + limit]
     more = start + limit < len(items)
-    return page, (_token(kind, key(page[-1])) if more and page else None)
+    return page, (next_token(kind, key(page[-1])) if more and page else None)
 
 
 OPERATIONS: dict[str, Handler] = {

@@ -17,8 +17,6 @@ access key's account: another account's shadow is "not found", like a missing on
 
 from __future__ import annotations
 
-import base64
-import binascii
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -39,6 +37,7 @@ from .errors import (
     AwsError,
     ErrorShape,
 )
+from .paging import next_token, token_position
 from .validation import parse_int
 
 if TYPE_CHECKING:  # routes imports this module; Call is only a type here
@@ -123,7 +122,7 @@ async def delete_thing_shadow(ctx: HubContext, call: Call) -> web.Response:
 async def list_named_shadows_for_thing(ctx: HubContext, call: Call) -> web.Response:
     params = call.params
     limit = parse_int("pageSize", params.get("pageSize"), DEFAULT_SHADOW_PAGE, 1, MAX_SHADOW_PAGE)
-    after = _token_position(params.get("nextToken"))
+    after = token_position("shadows", params.get("nextToken"))
     service = _service(ctx)
     try:
         page = await service.list_named(call.account, call.label, after, limit)
@@ -135,27 +134,10 @@ async def list_named_shadows_for_thing(ctx: HubContext, call: Call) -> web.Respo
     # such thing" is not something the hub can know.
     body: JSONObject = {"results": list(page.names)}
     if page.more and page.names:
-        body["nextToken"] = _token(page.names[-1])
+        body["nextToken"] = next_token("shadows", page.names[-1])
     body["timestamp"] = service.now()
     return _document(call, body)
 
 
 # An opaque nextToken: the last name returned. Resuming after a name (not at an offset) stays
 # correct when shadows come and go between pages.
-_TOKEN_KIND = "1:shadows:"
-
-
-def _token(last: str) -> str:
-    return base64.urlsafe_b64encode(f"{_TOKEN_KIND}{last}".encode()).decode("ascii")
-
-
-def _token_position(token: str | None) -> str | None:
-    if token is None:
-        return None
-    try:
-        text = base64.urlsafe_b64decode(token.encode("ascii")).decode()
-    except (binascii.Error, ValueError):
-        text = ""
-    if not text.startswith(_TOKEN_KIND) or len(text) == len(_TOKEN_KIND):
-        raise AwsError.invalid("The nextToken is not valid.")
-    return text[len(_TOKEN_KIND) :]
