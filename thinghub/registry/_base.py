@@ -146,6 +146,25 @@ class RegistryBase:
             raise NotFoundError(e.NOT_EXISTED_PRODUCT, "The specified product does not exist.")
         return _product(row)
 
+    def _product_key(
+        self,
+        conn: sqlite3.Connection,
+        account_id: str,
+        instance_id: str | None,
+        product_key: str | None,
+    ) -> str:
+        """``_product`` without reading the product: checks it exists in the account and
+        instance (a device lookup must not count the product's devices every time)."""
+        key = check_product_key(product_key)
+        self._check_instance(conn, account_id, instance_id)
+        row = conn.execute(
+            "SELECT 1 FROM products WHERE product_key = ? AND account_id = ? AND instance_id IS ?",
+            (key, account_id, instance_id),
+        ).fetchone()
+        if row is None:
+            raise NotFoundError(e.NOT_EXISTED_PRODUCT, "The specified product does not exist.")
+        return key
+
     def _device(
         self,
         conn: sqlite3.Connection,
@@ -167,11 +186,11 @@ class RegistryBase:
                 raise InvalidParameterError(
                     e.INVALID_PARAMETER, "IotId, or ProductKey and DeviceName, is required."
                 )
-            product = self._product(conn, account_id, instance_id, product_key)
+            key = self._product_key(conn, account_id, instance_id, product_key)
             row = _device_row(
                 conn,
                 "d.product_key = ? AND d.device_name = ?",
-                (product.product_key, check_device_name(device_name)),
+                (key, check_device_name(device_name)),
             )
         if row is None:
             raise NotFoundError(e.NOT_EXISTED_DEVICE, "The specified device does not exist.")
