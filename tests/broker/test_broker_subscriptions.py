@@ -484,3 +484,19 @@ def test_deny_subscribe(version: ProtocolVersion) -> None:
     assert ack.reason_codes == (no, no, 0)
     hub.connect("pub", version).publish("secret/x", b"x")
     sub.assert_nothing_pending()
+
+
+@both_versions
+def test_deny_subscribe_also_hides_its_topics_from_broader_filters(
+    version: ProtocolVersion,
+) -> None:
+    hub = InMemoryHub(deny_subscribe=("secret/#",))
+    pub = hub.connect("pub", version)
+    pub.publish("secret/kept", b"r", retain=True)
+    sub = hub.connect("sub", version)
+    assert sub.subscribe("#", "+/kept").reason_codes == (0, 0)  # broader: allowed...
+    pub.publish("secret/x", b"hidden")
+    pub.publish("public/x", b"shown")
+    # ...but neither the retained nor the new message under secret/# reaches it.
+    assert [(p.topic, p.payload) for p in sub.publishes()] == [("public/x", b"shown")]
+    assert hub.stats.dropped_not_authorized == 1

@@ -93,7 +93,8 @@ class DenyList:
     """Refuses publishing to topics, and subscribing to filters, matched by configured filters.
 
     A subscription filter is refused when it is itself matched by a deny filter, read as a topic
-    (so ``deny/#`` refuses ``deny/a``, ``deny/+`` and ``deny/#``).
+    (so ``deny/#`` refuses ``deny/a``, ``deny/+`` and ``deny/#``). A broader filter (``#``) is
+    allowed, but the broker does not deliver denied topics through it (``hides``).
     """
 
     def __init__(self, deny_publish: tuple[str, ...], deny_subscribe: tuple[str, ...]) -> None:
@@ -113,6 +114,11 @@ class DenyList:
         if self._subscribe.match(topic_filter):
             return _DENIED
         return _ALLOW
+
+    def hides(self, topic: str) -> bool:
+        """True if ``topic`` is under a deny-subscribe filter: nobody may receive it, also
+        through a broader filter such as ``#`` that was allowed."""
+        return bool(self._subscribe.match(topic))
 
 
 _DENIED = Decision(False, ReasonCode.NOT_AUTHORIZED, "denied by the hub's configuration")

@@ -83,6 +83,9 @@ class Broker:
         if authorizer is None and (settings.deny_publish or settings.deny_subscribe):
             authorizer = DenyList(settings.deny_publish, settings.deny_subscribe)
         self.authorizer = authorizer
+        # deny_subscribe also keeps its topics from subscriptions that are broader than any
+        # deny filter (``#``): checked once per message, only when configured.
+        self._hidden = DenyList((), settings.deny_subscribe) if settings.deny_subscribe else None
         # Sessions by Session.key (account and client id).
         self.sessions: dict[str, Session] = {}
         self.clients: set[Client] = set()
@@ -303,6 +306,9 @@ class Broker:
                 watch.callback(message)
         matches = space.subscriptions.match(message.topic)
         if not matches:
+            return 0
+        if self._hidden is not None and self._hidden.hides(message.topic):
+            self.stats.dropped_not_authorized += 1
             return 0
         if len(matches) == 1:
             value = matches[0][1]
@@ -626,7 +632,10 @@ class Broker:
             return []
         now = self.clock.time()
         found: list[Message] = []
+        hidden = self._hidden
         for topic, message in space.retained.match(topic_filter):
+            if hidden is not None and hidden.hides(topic):
+                continue
             if message.expired(now):
                 # Expired retained messages go too (§3.3.2.3.3).
                 space.retained.delete(topic)
