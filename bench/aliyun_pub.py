@@ -66,6 +66,7 @@ from bench.http_publish import (
     _pct,
     _percentile,
     _read_response,
+    generator_note,
     limits_note,
     measure_healthz,
     probe_payload,
@@ -79,8 +80,8 @@ PAYLOAD_SIZE = 64
 PROBE_EVERY = 50
 BATCH_DEVICES = 100
 # Pre-signed requests per measured second: well above what the hub serves (a do-nothing
-# POST of this shape peaks near 11,000/s here, Pub at a third of that), so the pool runs out
-# only if the hub is much faster than expected; then the run ends early and says so.
+# POST of this shape peaks near 11,000/s here, Pub at about half of that), so the pool runs
+# out only if the hub is much faster than expected; then the run ends early and says so.
 POOL_PER_SECOND = {"Pub": 9_000, "BatchPub": 1_500}
 MAX_POOL = 200_000  # about 1 KB each
 # What the SDK sends beside its signed query (reference §4.1 "Captured Pub request").
@@ -452,6 +453,9 @@ async def _measure(
         result[action] = await _action_phase(
             target, action, pk, devices, seconds, connections, warmup, hub
         )
+        note = generator_note(action, result[action])
+        if note:
+            result["notes"].append(note)
     return result
 
 

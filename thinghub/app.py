@@ -18,6 +18,7 @@ from .broker.broker import Broker
 from .config import Settings
 from .http.app import build_http_app
 from .http.context import HubContext
+from .http.fastpath import FastSite
 from .http.ratelimit import (
     ALIYUN_DEFAULT_RATES,
     AWS_DEFAULT_OTHER_RATE,
@@ -168,7 +169,8 @@ class Hub:
         )
         runner = web.AppRunner(build_http_app(context), access_log=None, handle_signals=False)
         await runner.setup()
-        site = web.TCPSite(runner, settings.http.host, settings.http.port, reuse_address=True)
+        # A TCPSite whose connections serve the hot API calls on the fast path (http/fastpath.py).
+        site = FastSite(runner, settings.http.host, settings.http.port, reuse_address=True)
         await site.start()
         self._http_runner = runner
         http_server = getattr(site, "_server", None)

@@ -1,5 +1,9 @@
 """The one aiohttp application on the HTTP port: ``/healthz``, ``/metrics`` and MQTT over
-WebSocket at ``/mqtt``. The cloud dialects mount here too."""
+WebSocket at ``/mqtt``. The cloud dialects mount here too.
+
+Serve it with :class:`~.fastpath.FastSite` to have the dialects' hot calls (AWS ``Publish``,
+the Alibaba RPC endpoint) answered without aiohttp's per-request layers (``fastpath.py``);
+any other site serves it all through aiohttp, with the same answers."""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from ..transport.websocket import websocket_handler
 from .aliyun.api import add_routes as add_aliyun_routes
 from .aws.api import add_routes as add_aws_routes
 from .context import HubContext
+from .fastpath import FAST_CONNECTIONS, FAST_ROUTES, FastConnections, FastRoutes
 
 
 def build_http_app(context: HubContext) -> web.Application:
@@ -17,6 +22,13 @@ def build_http_app(context: HubContext) -> web.Application:
     # as the older Alibaba SDK sends BatchPub and PubBroadcast, in the query string.
     limit = max(512 * 1024, broker.settings.max_packet_size * 2)
     app = web.Application(client_max_size=limit, handler_args={"max_line_size": limit})
+    app[FAST_ROUTES] = FastRoutes()
+    app[FAST_CONNECTIONS] = connections = FastConnections()
+
+    async def close_fast_connections(app: web.Application) -> None:
+        await connections.shutdown()
+
+    app.on_shutdown.append(close_fast_connections)
 
     async def healthz(request: web.Request) -> web.Response:
         return web.json_response({"status": "ok"})

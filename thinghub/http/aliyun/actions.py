@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -85,9 +86,25 @@ Handler = Callable[[Call], Awaitable[Fields]]
 # ===== messaging (§2.1) ========================================================================
 
 
+# Pub's and BatchPub's MQTT 5 parameters (§2.1), besides UserProp.N.Key/.Value.
+_MQTT5_PARAMS = frozenset(
+    {
+        "ResponseTopic",
+        "CorrelationData",
+        "MessageExpiryInterval",
+        "PayloadFormatIndicator",
+        "ContentType",
+        "TopicAlias",
+    }
+)
+
+
 def _mqtt5_properties(params: Params) -> tuple[Properties, int | None]:
     """The MQTT 5 parameters of Pub/BatchPub (§2.1 "Newer ([SDK])") as message properties,
     and the Message Expiry Interval (kept on the Message: the broker counts it down)."""
+    if not params.mentions(_MQTT5_PARAMS, "UserProp."):
+        # None sent (most calls): what the reads below would find, without reading them.
+        return NO_PROPERTIES, None
     response_topic = params.optional("ResponseTopic")
     if response_topic is not None and validate_topic_name(response_topic) is not None:
         raise ApiError(e.INVALID_PARAMETER, "ResponseTopic is not a valid topic name.")
@@ -129,6 +146,11 @@ def _check_utf8(payload: bytes, properties: Properties) -> None:
 
 def _qos(params: Params) -> int:
     """QoS 0 or 1 (§2.1; §3 "QoS 2 is not supported")."""
+    raw = params.optional("Qos")
+    if raw is None or raw == "0":  # what integer() below makes of them, read directly
+        return 0
+    if raw == "1":
+        return 1
     qos = params.integer("Qos", default=0)
     assert qos is not None
     if qos not in (0, 1):
@@ -144,6 +166,8 @@ def _payload(params: Params, max_bytes: int = MAX_MESSAGE_BYTES) -> bytes:
 
 def _check_topic_form(topic: str) -> None:
     """A topic the API may name: valid MQTT, within §3's 128 bytes and 7 slashes."""
+    if len(topic) <= _CACHED_TOPIC and _topic_form_ok(topic):
+        return
     if validate_topic_name(topic) is not None:
         raise ApiError(e.INVALID_TOPIC_NAME, f"{topic!r} is not a valid topic name.")
     if len(topic.encode()) > MAX_TOPIC_BYTES or topic.count("/") > MAX_TOPIC_SLASHES:
@@ -151,6 +175,21 @@ def _check_topic_form(topic: str) -> None:
             e.INVALID_TOPIC_NAME,
             f"A topic has at most {MAX_TOPIC_BYTES} bytes and {MAX_TOPIC_SLASHES} slashes.",
         )
+
+
+# Devices are sent to on the same topics over and over: the verdict of the checks above is
+# memoised (a pure function of the topic; bounded in entries and, through the length, in size).
+# A refused topic is then checked again above, to raise the right error.
+_CACHED_TOPIC = 512
+
+
+@functools.lru_cache(maxsize=4096)
+def _topic_form_ok(topic: str) -> bool:
+    return (
+        validate_topic_name(topic) is None
+        and len(topic.encode()) <= MAX_TOPIC_BYTES
+        and topic.count("/") <= MAX_TOPIC_SLASHES
+    )
 
 
 def _is_broadcast_topic(topic: str, product_key: str) -> bool:
@@ -177,13 +216,30 @@ def _product_device(call: Call, product: Product, device_name: str) -> Device:
     return device
 
 
+# may_subscribe() is a pure function of its arguments, and the registry hands out the same
+# (immutable) tuple of a product's categories until they change: its verdicts are
+# remembered with the tuple they were given, and used again only for that very tuple (held
+# here, so its identity cannot pass to another). Bounded: cleared when full.
+_SUBSCRIBE_VERDICTS: dict[tuple[str, str, str], tuple[tuple[TopicCategory, ...], bool]] = {}
+_MAX_VERDICTS = 4096
+
+
 def _check_device_topic(
     product_key: str, device_name: str, topic: str, categories: Iterable[TopicCategory]
 ) -> None:
     """The topic must be covered by a SUB or ALL category of the product, expanded for this
     device (§2.1 Pub: "The topic needs Subscribe or Pub+Sub permission")."""
-    verdict = topic_acl.may_subscribe(product_key, device_name, topic, categories)
-    if not verdict.allowed:
+    key = (product_key, device_name, topic)
+    known = _SUBSCRIBE_VERDICTS.get(key)
+    if known is not None and known[0] is categories:
+        allowed = known[1]
+    else:
+        allowed = topic_acl.may_subscribe(product_key, device_name, topic, categories).allowed
+        if type(categories) is tuple:
+            if len(_SUBSCRIBE_VERDICTS) >= _MAX_VERDICTS:
+                _SUBSCRIBE_VERDICTS.clear()
+            _SUBSCRIBE_VERDICTS[key] = (categories, allowed)
+    if not allowed:
         raise ApiError(
             e.TOPIC_NOT_ALLOWED,
             f"No topic category of product {product_key} gives devices the Subscribe "

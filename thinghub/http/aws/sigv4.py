@@ -52,6 +52,7 @@ from email.utils import parsedate_to_datetime
 from typing import Generic
 from urllib.parse import quote, unquote
 
+from ..headers import HeaderMap, header_map
 from ..keys import AccessKey, K
 
 __all__ = [
@@ -163,20 +164,13 @@ def split_target(raw_target: str) -> tuple[str, list[tuple[str, str]]]:
     return path, pairs
 
 
-def _header_map(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> dict[str, list[str]]:
-    items = headers.items() if isinstance(headers, Mapping) else headers
-    out: dict[str, list[str]] = {}
-    for name, value in items:
-        out.setdefault(name.lower(), []).append(value)
-    return out
-
-
 @dataclass(frozen=True, slots=True)
 class SigV4Request:
     """The parsed ``Authorization`` header and date of a request; nothing verified yet."""
 
     wire: WireRequest
-    headers: dict[str, list[str]]
+    #: lower-case header name -> its values (a view of the server's headers, no copy)
+    headers: HeaderMap
     access_key_id: str
     scope_date: str
     region: str
@@ -190,7 +184,7 @@ class SigV4Request:
 
 def parse(wire: WireRequest) -> SigV4Request:
     """Parse the Authorization header; raises :class:`SigV4Error` if it is absent or malformed."""
-    headers = _header_map(wire.headers)
+    headers = header_map(wire.headers)
     authorization = (headers.get("authorization") or [""])[0].strip()
     if not authorization:
         raise SigV4Error("MissingAuthenticationTokenException", MISSING_TOKEN_MESSAGE)
@@ -238,7 +232,7 @@ def parse(wire: WireRequest) -> SigV4Request:
     )
 
 
-def _amz_date(headers: dict[str, list[str]]) -> str:
+def _amz_date(headers: HeaderMap) -> str:
     if "x-amz-date" in headers:
         value = headers["x-amz-date"][0].strip()
         if _AMZ_DATE.fullmatch(value) is None:
@@ -343,8 +337,9 @@ def string_to_sign(amz_date: str, scope: str, canonical: str) -> str:
 
 
 def signature(secret: str, scope_date: str, region: str, service: str, to_sign: str) -> str:
-    key = _signing_key(secret, scope_date, region, service)
-    return hmac.digest(key, to_sign.encode(), "sha256").hex()
+    mac = _signing_hmac(secret, scope_date, region, service).copy()
+    mac.update(to_sign.encode())
+    return mac.hexdigest()
 
 
 @functools.lru_cache(maxsize=1024)
@@ -355,6 +350,13 @@ def _signing_key(secret: str, scope_date: str, region: str, service: str) -> byt
     for part in (scope_date, region, service, TERMINATOR):
         key = hmac.new(key, part.encode(), hashlib.sha256).digest()
     return key
+
+
+@functools.lru_cache(maxsize=1024)
+def _signing_hmac(secret: str, scope_date: str, region: str, service: str) -> hmac.HMAC:
+    """HMAC-SHA256 keyed with the derived key, before any data: a copy of it skips the key
+    set-up that a new HMAC repeats every time (memoised like the key itself)."""
+    return hmac.new(_signing_key(secret, scope_date, region, service), digestmod=hashlib.sha256)
 
 
 # --------------------------------------------------------------------------- verification
@@ -477,18 +479,17 @@ def _check_clock(amz_date: str, now: float, max_skew_s: float) -> float:
         timestamp = _parse_amz_date(amz_date)
     except ValueError:
         raise _bad_date(amz_date) from None
-    minutes = f"{max_skew_s / 60:g} min."
     if timestamp < now - max_skew_s:
         raise SigV4Error(
             "InvalidSignatureException",
             f"Signature expired: {amz_date} is now earlier than "
-            f"{_format(now - max_skew_s)} ({_format(now)} - {minutes})",
+            f"{_format(now - max_skew_s)} ({_format(now)} - {max_skew_s / 60:g} min.)",
         )
     if timestamp > now + max_skew_s:
         raise SigV4Error(
             "InvalidSignatureException",
             f"Signature not yet current: {amz_date} is still later than "
-            f"{_format(now + max_skew_s)} ({_format(now)} + {minutes})",
+            f"{_format(now + max_skew_s)} ({_format(now)} + {max_skew_s / 60:g} min.)",
         )
     return timestamp
 
