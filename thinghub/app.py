@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+import threading
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -94,7 +95,8 @@ class Hub:
         assert self._store is not None
         # Devices are offline until they sign in again, whatever the last run recorded.
         registry.mark_all_offline()
-        ids = MessageIdGenerator(self._store)
+        # The lease's fsync runs on its own short-lived thread, not on the event loop.
+        ids = MessageIdGenerator(self._store, renew=_in_thread)
         deny = (
             DenyList(mqtt.deny_publish, mqtt.deny_subscribe)
             if mqtt.deny_publish or mqtt.deny_subscribe
@@ -212,6 +214,10 @@ class Hub:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+
+def _in_thread(work: Callable[[], None]) -> None:
+    threading.Thread(target=work, name="thinghub-id-lease", daemon=True).start()
 
 
 def _bound(server: asyncio.Server) -> tuple[str, int]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import threading
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -179,3 +180,47 @@ def test_request_id_is_uppercase_uuid4() -> None:
             r"[0-9A-F]{8}-[0-9A-F]{4}-4[0-9A-F]{3}-[89AB][0-9A-F]{3}-[0-9A-F]{12}", request_id
         )
         assert uuid.UUID(request_id).version == 4
+
+
+def test_with_renew_the_lease_is_extended_off_the_callers_thread_before_it_runs_out() -> None:
+    clock = Clock()
+    lease = MemoryLeaseStore()
+    queued: list[Callable[[], None]] = []  # renew's work, run when the test says
+    gen = MessageIdGenerator(lease, clock=clock, lease_ms=10_000, renew=queued.append)
+    gen()
+    assert lease.saves == 1 and lease.lease_ms == T0 + 10_000  # the first lease: at once
+    clock.now = T0 + 4_999
+    gen()
+    assert queued == []  # less than half used
+    clock.now = T0 + 5_000
+    gen()
+    gen()
+    assert len(queued) == 1 and lease.saves == 1  # one renewal asked for, not yet written
+    queued.pop()()
+    assert lease.saves == 2 and lease.lease_ms == T0 + 20_000
+    clock.now = T0 + 12_000  # past the first lease: no write on the caller's thread now
+    assert decode_message_id(gen()).unix_ms < lease.lease_ms
+    assert lease.saves == 2
+
+
+def test_a_late_background_save_never_lowers_the_stored_lease(tmp_path: Path) -> None:
+    clock = Clock()
+    store = RegistryStore.open(tmp_path)
+    queued: list[Callable[[], None]] = []
+    try:
+        gen = MessageIdGenerator(store, clock=clock, lease_ms=10_000, renew=queued.append)
+        gen()
+        clock.now = T0 + 6_000
+        gen()  # renewal to T0 + 20,000 asked for, left waiting
+        clock.now = T0 + 30_000
+        issued = gen()  # the lease ran out: written at once, to T0 + 40,000
+        queued.pop()()  # the old renewal lands late
+        assert store.load_id_lease() == T0 + 40_000
+        assert decode_message_id(issued).unix_ms < store.load_id_lease()
+    finally:
+        store.close()
+    store = RegistryStore.open(tmp_path)
+    try:
+        assert min(MessageIdGenerator(store, clock=clock)() for _ in range(3)) > issued
+    finally:
+        store.close()

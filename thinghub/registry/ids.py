@@ -21,6 +21,12 @@ issued. At start-up the new generator begins after the persisted lease, so every
 is above every id the previous process could have issued, even if that process was killed,
 or the clock was set back between the runs. One small write per ``lease_ms`` of issuing.
 
+That write is an fsync. Given ``renew`` (a way to run a function on another thread), the
+generator extends its lease when half of it is used, off the caller's thread, so the event
+loop does not wait for the disk; it writes on the caller's thread only when the lease has
+actually run out. Saves only ever raise the stored lease (``save_id_lease`` keeps the
+larger value), so a late background save cannot lower it below one written since.
+
 RequestId
 ---------
 An uppercase UUID4 string, the form the Alibaba API shows (§5).
@@ -28,11 +34,15 @@ An uppercase UUID4 string, the form the Alibaba API shows (§5).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from functools import partial
 from typing import NamedTuple, Protocol
+
+log = logging.getLogger("thinghub.registry")
 
 __all__ = [
     "EPOCH_MS",
@@ -65,7 +75,9 @@ class LeaseStore(Protocol):
 
     def load_id_lease(self) -> int: ...
 
-    def save_id_lease(self, lease_ms: int) -> None: ...
+    def save_id_lease(self, lease_ms: int) -> None:
+        """Durably raise the stored lease to ``lease_ms`` (a smaller value changes nothing).
+        May be called from any thread."""
 
 
 class MemoryLeaseStore:
@@ -79,7 +91,7 @@ class MemoryLeaseStore:
         return self.lease_ms
 
     def save_id_lease(self, lease_ms: int) -> None:
-        self.lease_ms = lease_ms
+        self.lease_ms = max(self.lease_ms, lease_ms)
         self.saves += 1
 
 
@@ -108,6 +120,7 @@ class MessageIdGenerator:
         node: int = 0,
         clock: Callable[[], int] = wall_clock_ms,
         lease_ms: int = 10_000,
+        renew: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         if not 0 <= node <= MAX_NODE:
             raise ValueError(f"node must be 0..{MAX_NODE}, not {node}")
@@ -118,6 +131,8 @@ class MessageIdGenerator:
         self._clock = clock
         self._lease_step = lease_ms
         self._lock = threading.Lock()
+        self._renew = renew
+        self._renewing = False
         # Every id of an earlier run used a millisecond below its persisted lease, so this
         # run starts at the lease itself (start-up bump).
         self._last_ms = lease_store.load_id_lease() - 1
@@ -142,6 +157,14 @@ class MessageIdGenerator:
                 lease = self._last_ms + self._lease_step
                 self._store.save_id_lease(lease)
                 self._lease = lease
+            elif (
+                self._renew is not None
+                and not self._renewing
+                and self._lease - self._last_ms <= self._lease_step // 2
+            ):
+                # Half used: extend it in the background, before it runs out.
+                self._renewing = True
+                self._renew(partial(self._extend, self._lease + self._lease_step))
             offset = self._last_ms - EPOCH_MS
             if not 0 <= offset <= MAX_TIME:
                 raise OverflowError(f"clock {self._last_ms} ms is outside the MessageId range")
@@ -152,6 +175,20 @@ class MessageIdGenerator:
             )
 
     __call__ = next_id
+
+    def _extend(self, lease: int) -> None:
+        """Persist ``lease``, then use it (``renew``'s thread)."""
+        try:
+            self._store.save_id_lease(lease)
+        except Exception:
+            # Not fatal: the lease is written on the caller's thread when it runs out.
+            log.exception("cannot extend the MessageId lease in the background")
+            with self._lock:
+                self._renewing = False
+            return
+        with self._lock:
+            self._lease = max(self._lease, lease)
+            self._renewing = False
 
 
 def new_request_id() -> str:

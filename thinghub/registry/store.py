@@ -256,4 +256,10 @@ class RegistryStore:
         return 0 if value is None else value
 
     def save_id_lease(self, lease_ms: int) -> None:
-        self.set_meta(_ID_LEASE_KEY, lease_ms)
+        # Only ever raised (ids.LeaseStore): a late background save must not lower it.
+        with self.write() as conn:
+            conn.execute(
+                "INSERT INTO meta (key, value) VALUES (?, ?) "
+                "ON CONFLICT (key) DO UPDATE SET value = max(value, excluded.value)",
+                (_ID_LEASE_KEY, lease_ms),
+            )
