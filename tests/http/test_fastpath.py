@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import logging
 import os
 import queue
 import socket
@@ -416,6 +417,22 @@ def test_what_aiohttp_refuses_is_refused(hub: Running, conn: Callable[[], Conn])
         c = conn()
         c.send(request)
         assert c.reply().status == 400, request[:60]
+
+
+def test_malformed_requests_are_not_logged_as_errors(
+    hub: Running, conn: Callable[[], Conn], caplog: pytest.LogCaptureFixture
+) -> None:
+    """Garbage from a client gets its 400 and one DEBUG line, not an ERROR with a traceback
+    (aiohttp's default), which anyone could use to flood the hub's log."""
+    caplog.set_level(logging.DEBUG, logger="aiohttp.server")
+    for request in [b"NOT-HTTP\r\n\r\n", b"POST /topics/x HTTP/1.1\r\nBad Header\r\n\r\n"]:
+        c = conn()
+        c.send(request)
+        assert c.reply().status == 400
+    records = [r for r in caplog.records if r.name == "aiohttp.server"]
+    assert records, "nothing logged"
+    assert all(r.levelno == logging.DEBUG and r.exc_info is None for r in records), records
+    assert all("bad HTTP request refused (400)" in r.getMessage() for r in records)
 
 
 def test_other_routes_on_a_fast_connection(hub: Running, conn: Callable[[], Conn]) -> None:

@@ -7,7 +7,10 @@ any other site serves it all through aiohttp, with the same answers."""
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 
 from ..transport.websocket import websocket_handler
 from .aliyun.api import add_routes as add_aliyun_routes
@@ -16,8 +19,28 @@ from .context import HubContext
 from .fastpath import FAST_CONNECTIONS, FAST_ROUTES, FastConnections, FastRoutes
 
 
+class QuietBadRequests(logging.Filter):
+    """aiohttp logs every malformed request (bad request line, header, URL...) at ERROR with
+    a traceback, before it answers 400. A client's bad bytes are not a fault of the hub, and
+    anyone could fill its log with them: such records become one DEBUG line."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        error = record.exc_info[1] if record.exc_info else None
+        if isinstance(error, HttpProcessingError):
+            record.levelno, record.levelname = logging.DEBUG, "DEBUG"
+            record.msg, record.args = "bad HTTP request refused (400): %s", (error.message,)
+            record.exc_info = record.exc_text = None
+        return True
+
+
+_QUIET = QuietBadRequests()
+
+
 def build_http_app(context: HubContext) -> web.Application:
     broker = context.broker
+    server_log = logging.getLogger("aiohttp.server")
+    if _QUIET not in server_log.filters:
+        server_log.addFilter(_QUIET)
     # Large enough for a Base64 MessageContent of the biggest MQTT packet, in a form body or,
     # as the older Alibaba SDK sends BatchPub and PubBroadcast, in the query string.
     limit = max(512 * 1024, broker.settings.max_packet_size * 2)
