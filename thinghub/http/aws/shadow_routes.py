@@ -17,6 +17,7 @@ access key's account: another account's shadow is "not found", like a missing on
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import TYPE_CHECKING
 
 from aiohttp import web
@@ -92,31 +93,28 @@ def _document(call: Call, body: JSONObject) -> web.Response:
     return web.Response(status=200, body=dumps(body), headers=headers)
 
 
-async def get_thing_shadow(ctx: HubContext, call: Call) -> web.Response:
-    name = _shadow_name(call)
+async def _answer(call: Call, answer: Awaitable[JSONObject]) -> web.Response:
+    """The service's answer as the operation's payload, or its refusal as AwsError."""
     try:
-        body = await _service(ctx).get(call.account, call.label, name)
+        body = await answer
     except ShadowError as error:
         raise _aws_error(error) from None
     return _document(call, body)
+
+
+async def get_thing_shadow(ctx: HubContext, call: Call) -> web.Response:
+    name = _shadow_name(call)
+    return await _answer(call, _service(ctx).get(call.account, call.label, name))
 
 
 async def update_thing_shadow(ctx: HubContext, call: Call) -> web.Response:
     name = _shadow_name(call)
-    try:
-        body = await _service(ctx).update(call.account, call.label, name, call.body)
-    except ShadowError as error:
-        raise _aws_error(error) from None
-    return _document(call, body)
+    return await _answer(call, _service(ctx).update(call.account, call.label, name, call.body))
 
 
 async def delete_thing_shadow(ctx: HubContext, call: Call) -> web.Response:
     name = _shadow_name(call)
-    try:
-        body = await _service(ctx).delete(call.account, call.label, name)
-    except ShadowError as error:
-        raise _aws_error(error) from None
-    return _document(call, body)
+    return await _answer(call, _service(ctx).delete(call.account, call.label, name))
 
 
 async def list_named_shadows_for_thing(ctx: HubContext, call: Call) -> web.Response:
