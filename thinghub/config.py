@@ -62,6 +62,25 @@ class MQTTSettings:
     max_topic_levels: int = 128
     max_client_id_length: int = 256
     max_retained_messages: int = 1_000_000
+    # Retained messages in bytes (topic + payload + properties + a fixed per-message overhead),
+    # per account and hub-wide: past either, a new or larger retained message is refused
+    # (v5 PUBACK 0x97, HTTP 429/503 by dialect) and counted.
+    max_retained_bytes: int = 64 * MIB
+    max_retained_bytes_total: int = 512 * MIB
+    # Topic filters under which nothing may be retained: the Alibaba system and RRpc topics
+    # carry requests and answers, never state (a retained PUBLISH there gets v5 PUBACK 0x87).
+    unretainable_topics: tuple[str, ...] = ("/sys/#", "/ext/rrpc/#", "$aws/#")
+    # Bytes of topic filters one session may hold, and all sessions together (SUBACK 0x97).
+    max_subscription_bytes: int = 256 * KIB
+    max_subscription_bytes_total: int = 256 * MIB
+    # Connections that have not finished CONNECT yet, hub-wide: past it new connections are
+    # closed at once (a flood of silent sockets cannot starve the hub of descriptors).
+    max_pending_connects: int = 5000
+    # Connections from one source address (0: no limit); past it new ones are closed at once.
+    max_connections_per_address: int = 10_000
+    # File descriptors kept free for established clients, the HTTP port and the stores: new
+    # MQTT connections are closed at once while fewer than this many are left.
+    reserved_file_descriptors: int = 256
     # Server Keep Alive: when set, it overrides the client's value (v5 CONNACK property).
     server_keep_alive: int | None = None
     # Session Expiry Interval is capped here (seconds); 7 days as the clouds keep offline messages.
@@ -82,6 +101,10 @@ class MQTTSettings:
 class HTTPSettings:
     host: str = "0.0.0.0"
     port: int = 8080
+    # Seconds a client may take to send a request's head, and then its body, before the
+    # connection is closed (a client trickling bytes cannot hold a connection for ever).
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)

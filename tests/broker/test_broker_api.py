@@ -7,6 +7,7 @@ from functools import partial
 
 from harness import V5, InMemoryHub, both_versions
 
+from thinghub.broker.admission import API_CALLER
 from thinghub.message import Message
 from thinghub.mqtt.packets import Will
 from thinghub.mqtt.properties import Properties
@@ -36,7 +37,9 @@ def test_send_direct_ignores_subscriptions_and_reports_the_ack(version: Protocol
     acked: list[int] = []
     for qos in (0, 1, 2):
         message = Message(topic=f"cmd/{qos}", payload=b"go", qos=qos)
-        sent = hub.broker.send_direct(ACCOUNT, "dev", message, partial(acked.append, qos))
+        sent = hub.broker.send_direct(
+            ACCOUNT, "dev", message, API_CALLER, partial(acked.append, qos)
+        )
         assert sent
     got = dev.publishes()
     assert [(p.topic, p.qos) for p in got] == [("cmd/0", 0), ("cmd/1", 1), ("cmd/2", 2)]
@@ -49,9 +52,11 @@ def test_send_direct_ignores_subscriptions_and_reports_the_ack(version: Protocol
 
 def test_send_direct_to_an_absent_client() -> None:
     hub = InMemoryHub()
-    assert not hub.broker.send_direct(ACCOUNT, "nobody", Message(topic="t", payload=b""))
+    assert not hub.broker.send_direct(
+        ACCOUNT, "nobody", Message(topic="t", payload=b""), API_CALLER
+    )
     hub.connect("gone", V5, clean_start=False, session_expiry=60).drop()
-    assert not hub.broker.send_direct(ACCOUNT, "gone", Message(topic="t", payload=b""))
+    assert not hub.broker.send_direct(ACCOUNT, "gone", Message(topic="t", payload=b""), API_CALLER)
 
 
 @both_versions

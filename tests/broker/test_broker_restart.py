@@ -8,6 +8,7 @@ from collections.abc import Callable
 
 from harness import V5, V311, InMemoryHub, TestClient, both_versions
 
+from thinghub.broker.admission import API_CALLER
 from thinghub.broker.session import Session
 from thinghub.message import Message
 from thinghub.mqtt.packets import (
@@ -293,7 +294,7 @@ def test_a_direct_message_on_disk_still_reports_its_acknowledgement() -> None:
         pub.publish("t", str(i).encode(), 1)  # 1 in flight, 2 in memory, 1 on disk
     acked: list[str] = []
     direct = Message(topic="direct", payload=b"d", qos=1)
-    assert hub.broker.send_direct("", "sub", direct, lambda: acked.append("d"))
+    assert hub.broker.send_direct("", "sub", direct, API_CALLER, lambda: acked.append("d"))
     assert session(hub, "sub").spilled == 2
     assert drain(sub, 5, hub, page=2) == [b"0", b"1", b"2", b"3", b"d"]
     assert acked == ["d"]

@@ -123,7 +123,8 @@ def test_max_retained_messages(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.WARNING, logger="thinghub.broker"):
         pub.publish("r/1", b"1", retain=True)
         pub.publish("r/2", b"2", retain=True)
-        pub.publish("r/3", b"3", retain=True)  # the store is full: not kept
+        # The store is full: refused (and not delivered either) with Quota exceeded.
+        assert pub.publish("r/3", b"3", 1, retain=True).reason_code == 0x97
         pub.publish("r/4", b"4", retain=True)
         pub.publish("r/1", b"1b", retain=True)  # replacing one is fine
     assert hub.stats.dropped_retained_full == 2

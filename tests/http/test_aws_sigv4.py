@@ -15,13 +15,14 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote, unquote, urlsplit
 
 import boto3
 import pytest
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSPreparedRequest, AWSRequest, AWSResponse
 from botocore.credentials import Credentials
+from botocore.utils import normalize_url_path
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -292,11 +293,105 @@ def test_canonical_request_matches_botocore(iot_data: tuple[Any, list[WireReques
     )
 
 
-def test_canonical_uri_double_encodes_and_normalises() -> None:
+def test_canonical_uri_double_encodes() -> None:
     assert sigv4.canonical_uri("/topics/a%2Fb") == "/topics/a%252Fb"
-    assert sigv4.canonical_uri("") == "/"
-    assert sigv4.canonical_uri("/a//b/./c/../d/") == "/a/b/d/"
+    assert sigv4.canonical_uri("/") == "/"
     assert sigv4.canonical_uri("/topics/") == "/topics/"
+    assert sigv4.canonical_uri("/topics/a%2F..%2Fb") == "/topics/a%252F..%252Fb"
+
+
+# Paths that botocore's normalize_url_path would change (or that RFC 3986 §6.2.2 makes
+# equivalent to one it would change): never signed as sent, so never routed.
+NON_CANONICAL_PATHS = [
+    "",
+    "topics/x",
+    "/topics/cmd/reboot/../../status",
+    "/topics/./status",
+    "/topics/evil/../status",
+    "/topics/status/.",
+    "/topics/status/..",
+    "/topics/..",
+    "/topics/.",
+    "/topics//status",
+    "/topics/status//",
+    "//topics/status",
+    "/topics/%2e%2e/status",
+    "/topics/%2E%2E/status",
+    "/topics/.%2e/status",
+    "/topics/%2e./status",
+    "/topics/%2E/status",
+    "/things/../shadow",
+    "/a//b/./c/../d/",
+]
+
+
+@pytest.mark.parametrize("path", NON_CANONICAL_PATHS)
+def test_non_canonical_paths_are_refused(path: str) -> None:
+    assert not sigv4.is_canonical_path(path)
+    with pytest.raises(SigV4Error) as info:
+        sigv4.check_path(path)
+    assert (info.value.status, info.value.error_type) == (400, "InvalidRequestException")
+    with pytest.raises(SigV4Error):
+        sigv4.canonical_uri(path)
+
+
+@pytest.mark.parametrize(
+    "path",
+    ["/", "/topics/", "/topics/a/b/c", "/topics/a%2F..%2Fb", "/topics/...", "/topics/.a./b",
+     "/topics/a%2F%2Fb", "/topics/%252e%252e", "/topics/%2e%2e%2e", "/topics/a/"],
+)  # fmt: skip
+def test_canonical_paths_are_their_own_normal_form(path: str) -> None:
+    assert sigv4.is_canonical_path(path)
+    assert sigv4.canonical_uri(path) == quote(normalize_url_path(path), safe="/~")
+
+
+@given(
+    st.lists(st.sampled_from(["", ".", "..", "a", "%2e", "%2E%2e", "b%2F..", "..."]), max_size=6)
+)
+def test_canonical_means_botocore_leaves_it_alone(segments: list[str]) -> None:
+    path = "/" + "/".join(segments)
+    if sigv4.is_canonical_path(path):
+        assert normalize_url_path(path) == path
+        assert all(unquote(s) not in (".", "..") for s in segments)
+
+
+# Topics with "." and ".." levels are legal MQTT topic names (MQTT 5 §4.7: levels are
+# literal); botocore writes their "/" as %2F, so the label stays one segment and verifies.
+DOT_LEVEL_TOPICS = ["a/../b", "../a", "a/..", "./a", "a/./b", "...", ". .", "a//b", "/a", "a/"]
+
+
+@pytest.mark.parametrize("topic", DOT_LEVEL_TOPICS)
+def test_dot_level_topics_verify(iot_data: tuple[Any, list[WireRequest]], topic: str) -> None:
+    wire = _one(iot_data, "publish", topic=topic, qos=1, payload=b"x")
+    assert "/" not in wire.raw_path[len("/topics/") :]
+    _ok(wire)
+
+
+@pytest.mark.parametrize("label", [".", ".."])
+@pytest.mark.parametrize(
+    ("operation", "name"),
+    [("publish", "topic"), ("get_retained_message", "topic"), ("get_connection", "clientId"),
+     ("get_thing_shadow", "thingName")],
+)  # fmt: skip
+def test_sdk_cannot_sign_a_dot_label(
+    iot_data: tuple[Any, list[WireRequest]], operation: str, name: str, label: str
+) -> None:
+    # botocore signs /topics/.. as "/": the signature does not cover the label, so it is
+    # refused as a non-canonical path, not verified.
+    wire = _one(iot_data, operation, **{name: label})
+    with pytest.raises(SigV4Error) as info:
+        _ok(wire)
+    assert (info.value.status, info.value.error_type) == (400, "InvalidRequestException")
+
+
+def test_signature_for_the_resolved_path_does_not_cover_the_literal_one(
+    signed: WireRequest,
+) -> None:
+    # signed for /topics/a%2Fb%20c; sent to a path that botocore would resolve to it
+    for path in ("/topics/x/../a%2Fb%20c", "/topics/./a%2Fb%20c", "/topics//a%2Fb%20c"):
+        with pytest.raises(SigV4Error) as info:
+            _ok(dataclasses.replace(signed, raw_path=path))
+        assert info.value.status == 400
 
 
 # --------------------------------------------------------------------------- failures

@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from thinghub.broker.admission import API_CALLER
 from thinghub.broker.broker import Broker
 from thinghub.config import MQTTSettings
 from thinghub.message import Message
@@ -80,7 +81,8 @@ def test_intercepted_publishes_are_consumed_and_others_routed() -> None:
     broker.watch("acct", "$svc/#", lambda m: routed.append(m.topic))
 
     def publish(topic: str, retain: bool = False) -> int:
-        return broker.publish(Message(topic=topic, payload=b"p", account="acct", retain=retain))
+        message = Message(topic=topic, payload=b"p", account="acct", retain=retain)
+        return broker.publish(message, API_CALLER)
 
     assert publish("$svc/x/request", retain=True) == 1  # consumed: one receiver, the service
     assert publish("$svc/x/answer") == 0  # offered, left: routed (no subscriber here)

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from thinghub.broker.admission import API_CALLER
 from thinghub.broker.broker import Broker
 from thinghub.config import MQTTSettings
 from thinghub.message import Message
@@ -47,8 +48,9 @@ class GatedStore(ShadowStore):
     def transaction(self) -> Iterator[None]:
         with super().transaction():
             yield
-            if self.fail_commit:  # as a full disk fails a COMMIT: the batch is rolled back
-                raise sqlite3.OperationalError("database or disk is full")
+            if self.fail_commit:  # as an I/O error fails a COMMIT: the batch is rolled back
+                # (a full disk is StorageFull, 503: tests/security/test_sec_full_disk.py)
+                raise sqlite3.OperationalError("disk I/O error")
 
 
 @pytest.fixture
@@ -122,7 +124,9 @@ def test_in_flight_requests_per_thing_are_bounded(store: GatedStore) -> None:
         other = asyncio.ensure_future(service.update("acct", "u", None, b'{"state":{}}'))
         topic = "$aws/things/t/shadow/update"
         payload = b'{"state":{},"clientToken":"dev"}'
-        assert service.broker.publish(Message(topic=topic, payload=payload, account="acct"))
+        assert service.broker.publish(
+            Message(topic=topic, payload=payload, account="acct"), API_CALLER
+        )
         message = await next_message(inbox)
         assert message.topic == "$aws/things/t/shadow/update/rejected"
         rejected = json.loads(message.payload)
@@ -146,7 +150,8 @@ def test_a_failed_batch_answers_500_and_publishes_nothing_accepted(store: GatedS
             await service.update("acct", "t", None, b'{"state":{"desired":{"a":1}}}')
         assert (info.value.code, info.value.message) == (500, "Internal service failure")
         service.broker.publish(
-            Message(topic="$aws/things/t/shadow/update", payload=b'{"state":{}}', account="acct")
+            Message(topic="$aws/things/t/shadow/update", payload=b'{"state":{}}', account="acct"),
+            API_CALLER,
         )
         message = await next_message(inbox)
         assert message.topic == "$aws/things/t/shadow/update/rejected"

@@ -110,6 +110,10 @@ class DenyList:
             return _DENIED
         return _ALLOW
 
+    def denies_publish(self, topic: str) -> bool:
+        """True if nobody may publish to ``topic``."""
+        return bool(self._publish.match(topic))
+
     def may_subscribe(self, client: ClientInfo, topic_filter: str) -> Decision:
         if self._subscribe.match(topic_filter):
             return _DENIED

@@ -1,7 +1,9 @@
 """The broker facade: sessions, routing, retained messages, wills.
 
-Every way into the hub ends in ``Broker.publish(message)``: an MQTT client's PUBLISH (via
-``Client``), and later the HTTP dialects. ``publish`` stores a retained message, looks up the
+Every way into the hub ends in ``Broker.publish(message, publisher)``: an MQTT client's
+PUBLISH and its Will (via ``Client``), the HTTP dialects, the hub's services. ``publish`` first
+asks the admission gate (admission.py) whether that publisher may send that message now, then
+stores a retained message, looks up the
 matching subscriptions in the trie, merges overlapping ones per session (one copy at the
 highest granted QoS, all subscription identifiers, §3.3.4), picks one member of each shared
 group (§4.8.2), and hands each copy to ``deliver``, which either writes it to the connected
@@ -20,6 +22,7 @@ from functools import partial
 from typing import Any, Protocol
 
 from ..config import MQTTSettings
+from ..errors import ThingHubError
 from ..message import Message
 from ..mqtt.packets import Subscription
 from ..mqtt.types import ReasonCode
@@ -32,6 +35,7 @@ from ..store.base import (
 )
 from ..store.memory import MemoryStore
 from ..topics import parse_shared
+from .admission import Admission, Publisher, PublishRefused, Refusal
 from .auth import (
     AllowAnonymous,
     Authenticator,
@@ -41,8 +45,8 @@ from .auth import (
     RequireCredentials,
 )
 from .client import Client, Link
-from .session import Outgoing, Session, SharedGroup, SubscriptionEntry, TimerHandle
-from .space import TopicSpace, TrieKey, TrieValue, Watch
+from .session import Outgoing, Session, SharedGroup, SubscriptionEntry, TimerHandle, Will
+from .space import RetainedBudget, TopicSpace, TrieKey, TrieValue, Watch
 from .stats import Stats
 
 log = logging.getLogger("thinghub.broker")
@@ -82,7 +86,10 @@ class Broker:
         self.authenticator = authenticator
         if authorizer is None and (settings.deny_publish or settings.deny_subscribe):
             authorizer = DenyList(settings.deny_publish, settings.deny_subscribe)
-        self.authorizer = authorizer
+        self.admission = Admission(settings, authorizer, self.store)
+        self.retained_budget = RetainedBudget()
+        # Bytes of topic filters held by all sessions (mqtt.max_subscription_bytes_total).
+        self.subscription_bytes = 0
         # deny_subscribe also keeps its topics from subscriptions that are broader than any
         # deny filter (``#``): checked once per message, only when configured.
         self._hidden = DenyList((), settings.deny_subscribe) if settings.deny_subscribe else None
@@ -95,10 +102,19 @@ class Broker:
         self._interceptors: dict[str, Callable[[Message], bool]] = {}
         self._intercepted_prefixes: tuple[str, ...] = ()
 
+    @property
+    def authorizer(self) -> Authorizer | None:
+        """Who may publish and subscribe where; the admission gate asks it for publishes."""
+        return self.admission.authorizer
+
+    @authorizer.setter
+    def authorizer(self, authorizer: Authorizer | None) -> None:
+        self.admission.authorizer = authorizer
+
     def space(self, account: str) -> TopicSpace:
         space = self.spaces.get(account)
         if space is None:
-            space = self.spaces[account] = TopicSpace(account)
+            space = self.spaces[account] = TopicSpace(account, self.retained_budget)
         return space
 
     # ------------------------------------------------------------------ connections
@@ -165,7 +181,7 @@ class Broker:
             session.ack_waiters.clear()
             session.queued_bytes = sum(out.size for out in session.queue)
 
-    def close_session(self, session: Session, will: Message | None, will_delay: int) -> None:
+    def close_session(self, session: Session, will: Will | None, will_delay: int) -> None:
         """The session's connection is gone: start its expiry clock and schedule its will."""
         session.client = None
         expiry = session.expiry_interval
@@ -177,7 +193,7 @@ class Broker:
         if will is not None:
             delay = min(will_delay, expiry)
             if delay <= 0:
-                self.publish(will)
+                self.publish_will(will)
             else:
                 session.pending_will = will
                 session.will_timer = self.clock.call_later(delay, self._will_due, session)
@@ -190,7 +206,15 @@ class Broker:
         session.will_timer = None
         will, session.pending_will = session.pending_will, None
         if will is not None:
-            self.publish(will)
+            self.publish_will(will)
+
+    def publish_will(self, will: Will) -> None:
+        """Publish a Will as its client would have (§3.1.2.5): through the same gate, so a
+        client's rights when it connected are its Will's rights when it fires."""
+        try:
+            self.publish(will.message, will.publisher)
+        except PublishRefused as refusal:
+            log.info("will of %s not published: %s", will.publisher.client_id, refusal.reason)
 
     def _session_expired(self, session: Session) -> None:
         session.expiry_timer = None
@@ -213,6 +237,8 @@ class Broker:
         session.ack_waiters.clear()
         session.inflight.clear()
         session.resend.clear()
+        self.subscription_bytes -= session.subscription_bytes
+        session.subscription_bytes = 0
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
         if session.persistent:
@@ -220,7 +246,7 @@ class Broker:
             self.store_writes += 1
             self.store.delete_session(session.key)
         if will is not None:
-            self.publish(will)
+            self.publish_will(will)
 
     # ------------------------------------------------------------------ subscriptions
 
@@ -242,6 +268,10 @@ class Broker:
         old = session.subscriptions.get(sub.topic_filter)
         if old is not None:
             self._remove_from_trie(old)
+        else:
+            size = len(sub.topic_filter)
+            session.subscription_bytes += size
+            self.subscription_bytes += size
         session.subscriptions[sub.topic_filter] = entry
         space = self.space(session.account)
         if group is None:
@@ -262,6 +292,8 @@ class Broker:
         entry = session.subscriptions.pop(full_filter, None)
         if entry is None:
             return False
+        session.subscription_bytes -= len(full_filter)
+        self.subscription_bytes -= len(full_filter)
         self._remove_from_trie(entry)
         if session.persistent:
             self.store_writes += 1
@@ -284,9 +316,24 @@ class Broker:
 
     # ------------------------------------------------------------------ publishing
 
-    def publish(self, message: Message) -> int:
+    def publish(self, message: Message, publisher: Publisher) -> int:
         """Route one message to every matching subscription; returns how many sessions it was
-        handed to. Retained messages are stored (or deleted, for an empty payload) first."""
+        handed to. Retained messages are stored (or deleted, for an empty payload) first.
+        Raises PublishRefused, having changed nothing, when the admission gate refuses it."""
+        space = self.spaces.get(message.account)
+        self._admit(message, publisher, space)
+        try:
+            return self._route(message, space)
+        except ThingHubError as error:
+            # A MessageId could not be issued for a persistent copy (its lease cannot be
+            # written: the disk is full). Nothing was stored; copies already handed to online
+            # clean sessions stay delivered, which QoS 1 allows and a retry repeats.
+            self.stats.refused_store_unavailable += 1
+            raise PublishRefused(
+                Refusal.UNAVAILABLE, ReasonCode.QUOTA_EXCEEDED, str(error)
+            ) from error
+
+    def _route(self, message: Message, space: TopicSpace | None) -> int:
         self.stats.messages_received += 1
         prefixes = self._intercepted_prefixes
         if prefixes and message.topic.startswith(prefixes) and self._intercepted(message):
@@ -294,7 +341,6 @@ class Broker:
         if message.expiry_interval is not None and message.expires_at is None:
             message.received_at = now = self.clock.time()
             message.expires_at = now + message.expiry_interval
-        space = self.spaces.get(message.account)
         if message.retain:
             if space is None:
                 space = self.space(message.account)
@@ -326,6 +372,27 @@ class Broker:
             )
             return 1
         return self._publish_many(message, matches)
+
+    def _admit(self, message: Message, publisher: Publisher, space: TopicSpace | None) -> None:
+        try:
+            self.admission.admit(message, publisher, space, self.retained_budget)
+        except PublishRefused as refusal:
+            stats = self.stats
+            if refusal.kind is Refusal.NOT_AUTHORIZED:
+                stats.dropped_not_authorized += 1
+            elif refusal.kind is Refusal.QUOTA:
+                stats.dropped_retained_full += 1
+                if space is not None and not space.retained_full_logged:
+                    space.retained_full_logged = True
+                    log.warning(
+                        "retained messages of account %r are at their limit (%s); new or "
+                        "larger retained messages are refused",
+                        space.account,
+                        refusal.reason,
+                    )
+            else:
+                stats.refused_store_unavailable += 1
+            raise
 
     def _publish_many(self, message: Message, matches: Sequence[tuple[TrieKey, TrieValue]]) -> int:
         # Overlapping subscriptions of one session are merged: one copy, highest QoS, every
@@ -597,31 +664,16 @@ class Broker:
     # ------------------------------------------------------------------ retained
 
     def _store_retained(self, space: TopicSpace, message: Message) -> None:
-        retained = space.retained
+        # The admission gate has checked the account's and the hub's retained limits.
         if not message.payload:
             # A retained message with an empty payload deletes the one stored [MQTT-3.3.1-6].
-            if retained.delete(message.topic):
+            if space.forget_retained(message.topic):
                 self.store_writes += 1
                 self.store.delete_retained(message.account, message.topic)
             return
-        if (
-            len(retained) >= self.settings.max_retained_messages
-            and retained.get(message.topic) is None
-        ):
-            # The limit is per account, so one account cannot fill the hub for the others.
-            self.stats.dropped_retained_full += 1
-            if not space.retained_full_logged:
-                space.retained_full_logged = True
-                log.warning(
-                    "retained messages of account %r are at their limit (%d); new retained "
-                    "topics are not kept",
-                    space.account,
-                    len(retained),
-                )
-            return
-        retained.set(message.topic, message)
         if not message.id:
             message.id = self._new_message_id()
+        space.retain(message)
         self.store_writes += 1
         self.store.save_retained(message)
 
@@ -638,7 +690,7 @@ class Broker:
                 continue
             if message.expired(now):
                 # Expired retained messages go too (§3.3.2.3.3).
-                space.retained.delete(topic)
+                space.forget_retained(topic)
                 self.store.delete_retained(account, topic)
                 continue
             # Its body may have left the store with its last delivery; the next persistent
@@ -725,14 +777,16 @@ class Broker:
         account: str,
         client_id: str,
         message: Message,
+        publisher: Publisher,
         on_acked: Callable[[], None] | None = None,
     ) -> bool:
         """Deliver a message to one connected client whatever its subscriptions, at the
         message's QoS; ``on_acked`` runs when a QoS 1/2 copy is acknowledged. Returns False
-        if the client is not connected."""
+        if the client is not connected. Raises PublishRefused as ``publish`` does."""
         session = self.session_of(account, client_id)
         if session is None or session.client is None:
             return False
+        self._admit(message, publisher, self.spaces.get(account))
         self.stats.messages_received += 1
         if message.qos == 0:
             self.deliver(session, message, 0, False)
@@ -750,7 +804,7 @@ class Broker:
         messages, and retained messages from the store, at start-up."""
         state: StoredState = self.store.load()
         for retained in state.retained:
-            self.space(retained.account).retained.set(retained.topic, retained)
+            self.space(retained.account).retain(retained)
         for stored in state.sessions.values():
             session = Session(stored.client_id, stored.expiry_interval, stored.account)
             session.persistent = stored.expiry_interval > 0

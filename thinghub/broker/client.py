@@ -41,8 +41,9 @@ from ..mqtt.packets import (
 from ..mqtt.properties import NO_PROPERTIES, Properties
 from ..mqtt.types import ConnackReturnCode, ProtocolVersion, ReasonCode
 from ..topics import validate_topic_filter, validate_topic_name
+from .admission import PublishRefused, Refusal
 from .auth import ClientInfo
-from .session import Outgoing, Session, TimerHandle
+from .session import Outgoing, Session, TimerHandle, Will
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -132,7 +133,7 @@ class Client:
         self._aliases_out: dict[str, int] = {}
         # Acknowledgements waiting for the store's commit (see _acknowledge).
         self._acks_waiting = 0
-        self.will: Message | None = None
+        self.will: Will | None = None
         self.will_delay = 0
         self.keep_alive = 0
         self.last_received = broker.clock.time()
@@ -304,8 +305,22 @@ class Client:
 
     def _tell_disconnected(self) -> None:
         if self.connected and self.info is not None:
-            for observer in self.broker.observers:
-                observer.disconnected(self.info)
+            self._notify_observers(self.info, connected=False)
+
+    def _notify_observers(self, info: ClientInfo, *, connected: bool) -> None:
+        """Tell the connection observers; one that fails (say, its database is locked or the
+        disk is full) costs its own bookkeeping only: the connection and its cleanup go on."""
+        stats = self.broker.stats
+        for observer in self.broker.observers:
+            try:
+                if connected:
+                    observer.connected(info)
+                else:
+                    observer.disconnected(info)
+            except Exception:
+                stats.observer_errors += 1
+                if stats.observer_errors == 1:
+                    log.exception("connection observer %r failed (logged once)", observer)
 
     def taken_over(self, *, publish_will: bool) -> None:
         """Another connection claimed this client id [MQTT-3.1.4-3]."""
@@ -321,7 +336,7 @@ class Client:
         if session is not None and session.client is self:
             session.client = None
             if will is not None and (publish_will or self.will_delay == 0):
-                self.broker.publish(will)
+                self.broker.publish_will(will)
                 # Otherwise the new connection resumes the session within the will delay, and
                 # the will is not sent [MQTT-3.1.3-9].
 
@@ -429,8 +444,7 @@ class Client:
                 refuse(ReasonCode.TOPIC_NAME_INVALID, f"will topic: {error}")
                 return
 
-        self.client_id = client_id
-        self.info = ClientInfo(
+        info = ClientInfo(
             client_id,
             packet.username,
             self.link.peer,
@@ -438,6 +452,29 @@ class Client:
             self.account,
             decision.subject,
         )
+        if will is not None:
+            will_message = Message(
+                topic=will.topic,
+                payload=will.payload,
+                qos=min(will.qos, settings.max_qos),
+                retain=will.retain,
+                properties=_message_properties(will.properties),
+                origin=client_id,
+                expiry_interval=will.properties.message_expiry_interval,
+                account=self.account,
+            )
+            try:
+                # The Will is published as this client when it fires: it needs the client's
+                # right to publish there now (as AWS IoT checks iot:Publish on the Will topic).
+                broker.admission.authorize(will_message, info)
+            except PublishRefused as refusal:
+                broker.stats.dropped_not_authorized += 1
+                refuse(ReasonCode.NOT_AUTHORIZED, f"will: {refusal.reason}")
+                return
+            self.will = Will(will_message, info)
+            self.will_delay = will.properties.will_delay_interval or _NO_WILL_DELAY
+        self.client_id = client_id
+        self.info = info
         # Session Expiry Interval (§3.1.2.11.2): v5 property, 0 when absent; a 3.1.1 persistent
         # session lasts "forever", which the hub caps like any v5 request.
         if is_v5:
@@ -459,18 +496,6 @@ class Client:
             if props.maximum_packet_size is not None:
                 self.max_packet_size = props.maximum_packet_size
             self.alias_maximum_out = min(props.topic_alias_maximum or 0, 65535)
-        if will is not None:
-            self.will = Message(
-                topic=will.topic,
-                payload=will.payload,
-                qos=min(will.qos, settings.max_qos),
-                retain=will.retain,
-                properties=_message_properties(will.properties),
-                origin=client_id,
-                expiry_interval=will.properties.message_expiry_interval,
-                account=self.account,
-            )
-            self.will_delay = will.properties.will_delay_interval or _NO_WILL_DELAY
 
         session, present = broker.open_session(self, packet.clean_start, expiry)
         self.session = session
@@ -493,8 +518,7 @@ class Client:
         self._send(ConnAck(session_present=present, reason_code=0, properties=ack_props))
         self.connected = True
         self.connected_at_ms = int(time.time() * 1000)
-        for observer in broker.observers:
-            observer.connected(self.info)
+        self._notify_observers(info, connected=True)
         if keep_alive:
             self._keep_alive_timer = broker.clock.call_later(
                 keep_alive * 1.5, self._check_keep_alive
@@ -565,23 +589,10 @@ class Client:
             return
 
         reason = ReasonCode.SUCCESS
+        writes = broker.store_writes
         if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
             reason = ReasonCode.PAYLOAD_FORMAT_INVALID  # §3.3.2.3.2 (MAY)
-        elif broker.authorizer is not None and self.info is not None:
-            decision = broker.authorizer.may_publish(self.info, topic)
-            if not decision.allowed:
-                broker.stats.dropped_not_authorized += 1
-                reason = decision.reason_code
-        if qos and reason == ReasonCode.SUCCESS and not broker.store.accepting:
-            # The store cannot take more (full, or its writer behind): refuse rather than
-            # accept and lose (issue 5). 3.1.1 has no negative acknowledgement, so its client
-            # is disconnected and will send the message again when it reconnects.
-            if not self.is_v5:
-                log.warning("store not accepting: disconnecting %s", self.client_id)
-                self._close()
-                return
-            reason = ReasonCode.QUOTA_EXCEEDED
-        if reason == ReasonCode.SUCCESS:
+        else:
             message = Message(
                 topic=topic,
                 payload=packet.payload,
@@ -592,12 +603,21 @@ class Client:
                 expiry_interval=props.message_expiry_interval,
                 account=self.account,
             )
-            writes = broker.store_writes
-            matched = broker.publish(message)
-            if matched == 0 and self.is_v5:
-                reason = ReasonCode.NO_MATCHING_SUBSCRIBERS
-        else:
-            writes = broker.store_writes
+            assert self.info is not None
+            try:
+                matched = broker.publish(message, self.info)
+            except PublishRefused as refusal:
+                if refusal.kind is Refusal.UNAVAILABLE and not self.is_v5:
+                    # The store cannot take more (full, or its writer behind): refuse rather
+                    # than accept and lose. 3.1.1 has no negative acknowledgement, so its
+                    # client is disconnected and sends the message again when it reconnects.
+                    log.warning("store not accepting: disconnecting %s", self.client_id)
+                    self._close()
+                    return
+                reason = refusal.reason_code
+            else:
+                if matched == 0 and self.is_v5:
+                    reason = ReasonCode.NO_MATCHING_SUBSCRIBERS
         if qos == 0:
             return
         # 3.1.1 has no negative acknowledgement: a refused message is acknowledged and dropped.
@@ -756,11 +776,17 @@ class Client:
             return ReasonCode.TOPIC_FILTER_INVALID
         if no_local and topic_filter.startswith("$share/"):
             raise ProtocolError("No Local on a shared subscription")  # [MQTT-3.8.3-4]
-        if (
-            topic_filter not in session.subscriptions
-            and len(session.subscriptions) >= self.max_subscriptions
-        ):
-            return ReasonCode.QUOTA_EXCEEDED
+        if topic_filter not in session.subscriptions:
+            if len(session.subscriptions) >= self.max_subscriptions:
+                return ReasonCode.QUOTA_EXCEEDED
+            # Filters are held in memory for as long as the session lasts: bounded in bytes
+            # per session and hub-wide, so long filters cannot fill the hub.
+            size = len(topic_filter)
+            if (
+                session.subscription_bytes + size > settings.max_subscription_bytes
+                or self.broker.subscription_bytes + size > settings.max_subscription_bytes_total
+            ):
+                return ReasonCode.QUOTA_EXCEEDED
         authorizer = self.broker.authorizer
         if authorizer is not None and self.info is not None:
             decision = authorizer.may_subscribe(self.info, topic_filter)

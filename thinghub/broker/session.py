@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..message import Message
+from .auth import ClientInfo
 
 if TYPE_CHECKING:
     from .client import Client
@@ -65,6 +66,14 @@ class SharedGroup:
         return entry
 
 
+@dataclass(frozen=True, slots=True)
+class Will:
+    """A client's Will Message (§3.1.2.5) and the client it is published as."""
+
+    message: Message
+    publisher: ClientInfo
+
+
 @dataclass(slots=True, eq=False)
 class Outgoing:
     """A message on its way to one session at a given QoS."""
@@ -108,6 +117,7 @@ class Session:
         "reading",
         "resend",
         "spilled",
+        "subscription_bytes",
         "subscriptions",
         "will_timer",
     )
@@ -124,6 +134,8 @@ class Session:
         self.client: Client | None = None
         # Keyed by the filter as sent (with any $share prefix) [MQTT-3.8.4-3].
         self.subscriptions: dict[str, SubscriptionEntry] = {}
+        # Bytes of those filters (mqtt.max_subscription_bytes).
+        self.subscription_bytes = 0
         # Insertion-ordered: redelivery after reconnect keeps the original order (§4.6).
         self.inflight: dict[int, Outgoing] = {}
         self.queue: deque[Outgoing] = deque()
@@ -144,7 +156,7 @@ class Session:
         self.expiry_timer: TimerHandle | None = None
         self.will_timer: TimerHandle | None = None
         # The will of the last connection, waiting for its Will Delay Interval (§3.1.3.2.2).
-        self.pending_will: Message | None = None
+        self.pending_will: Will | None = None
         # True while queue overflow drops are happening (logged once per episode).
         self.dropping = False
 

@@ -20,6 +20,10 @@ class Stats:
     dropped_offline_qos0: int = 0
     dropped_retained_full: int = 0
     dropped_not_authorized: int = 0
+    # QoS 1/2 messages refused because the store was not accepting new work.
+    refused_store_unavailable: int = 0
+    # Connection observers (device presence) that raised; the connection went on.
+    observer_errors: int = 0
 
     def as_dict(self) -> dict[str, int]:
         return asdict(self)

@@ -5,13 +5,26 @@ from __future__ import annotations
 
 import asyncio
 
+from ..broker.admission import API_CALLER, PublishRefused, Refusal
 from ..broker.broker import Broker
 from ..message import Message
+from ..registry.errors import StorageFull, StoreUnavailable
 
+__all__ = [
+    "COMMIT_TIMEOUT_S",
+    "StorageFull",
+    "StoreUnavailable",
+    "committed",
+    "publish",
+    "publish_now",
+]
 
-class StoreUnavailable(Exception):
-    """The store cannot take the message now (full, or its writer is behind or failing):
-    the dialects answer with their "service unavailable" error, and nothing was published."""
+# ``StoreUnavailable`` (the store cannot take the work now: full, or its writer is behind or
+# failing; nothing was published or changed) lives with the registry's errors so that the
+# layers below HTTP raise it too: the registry's writes, the MessageId lease
+# (registry/ids.py) and the shadow store raise ``StorageFull`` on a full disk. Each dialect
+# maps it to its "service unavailable" in ONE place, its request handler (``aws/api.py``,
+# ``aliyun/api.py``): 503, never 500.
 
 
 # How long an HTTP publisher waits for the store's commit before it is told to try again.
@@ -22,16 +35,26 @@ async def publish(broker: Broker, message: Message) -> int:
     """Publish ``message`` and return once whatever it changed in the store is committed.
     Returns how many sessions it was handed to. Assigns ``message.id`` if it has none.
     Raises StoreUnavailable, before publishing anything, when the store refuses new QoS 1/2
-    work, and if the commit does not come within COMMIT_TIMEOUT_S."""
-    if message.qos and not broker.store.accepting:
-        raise StoreUnavailable("the message store is not accepting new messages")
+    work or no MessageId can be issued (``StorageFull``: its lease cannot be written), and if
+    the commit does not come within COMMIT_TIMEOUT_S; PublishRefused when the
+    admission gate refuses the message otherwise (broker/admission.py)."""
     if not message.id:
         message.id = broker.new_message_id()
     writes = broker.store_writes
-    matched = broker.publish(message)
+    matched = publish_now(broker, message)
     if broker.store_writes != writes:
         await committed(broker)
     return matched
+
+
+def publish_now(broker: Broker, message: Message) -> int:
+    """``Broker.publish`` as an API caller, with the store's refusal as StoreUnavailable."""
+    try:
+        return broker.publish(message, API_CALLER)
+    except PublishRefused as refusal:
+        if refusal.kind is Refusal.UNAVAILABLE:
+            raise StoreUnavailable(refusal.reason) from None
+        raise
 
 
 async def committed(broker: Broker) -> None:

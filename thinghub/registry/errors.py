@@ -20,6 +20,13 @@ Where the codes come from:
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from ..errors import ThingHubError
+
 __all__ = [
     "ConflictError",
     "InvalidParameterError",
@@ -27,6 +34,10 @@ __all__ = [
     "QuotaExceededError",
     "RegistryError",
     "SchemaVersionError",
+    "StorageFull",
+    "StoreUnavailable",
+    "full_disk_refuses",
+    "is_disk_full",
 ]
 
 
@@ -60,6 +71,57 @@ class QuotaExceededError(RegistryError):
 class SchemaVersionError(Exception):
     """The registry database was written by a newer ThingHub (its ``PRAGMA user_version`` is
     above the newest migration this build knows); opening it could corrupt it."""
+
+
+class StoreUnavailable(ThingHubError):
+    """The hub cannot take this work now (a store that is full, or whose writer is behind or
+    failing); nothing was changed. Not a ``RegistryError``: it is no business error of the
+    request but a passing state of the hub, so every HTTP dialect answers it with its "service
+    unavailable" (AWS 503 ``ServiceUnavailableException``, the Alibaba gateway's 503
+    ``ServiceUnavailable``), which the SDKs retry (README "Durability")."""
+
+
+class StorageFull(StoreUnavailable):
+    """A write was refused because the data directory's disk is full (SQLite ``SQLITE_FULL``,
+    ``ENOSPC``). The transaction was rolled back; the hub works again by itself once there is
+    room (no restart: the next write simply succeeds)."""
+
+
+def is_disk_full(error: BaseException) -> bool:
+    """Whether ``error`` (or what caused it) says the disk is full: SQLite's ``SQLITE_FULL``
+    (it maps a write's ``ENOSPC`` to it), or an ``OSError`` ``ENOSPC``/``EDQUOT``."""
+    seen: BaseException | None = error
+    for _ in range(8):  # a chain of causes, never a cycle
+        if seen is None:
+            return False
+        if isinstance(seen, StorageFull):
+            return True
+        if isinstance(seen, sqlite3.Error):
+            code = getattr(seen, "sqlite_errorcode", None)
+            # Extended result codes keep the primary code in their low byte.
+            if (code is not None and code & 0xFF == sqlite3.SQLITE_FULL) or (
+                "database or disk is full" in str(seen)
+            ):
+                return True
+        elif isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+@contextmanager
+def full_disk_refuses(what: str) -> Iterator[None]:
+    """Turn a full-disk failure inside the block into ``StorageFull`` ("``what``: the disk is
+    full"); anything else passes unchanged. Wrap the one place where a store commits, so the
+    callers (the HTTP dialects above all) see one typed error, not SQLite's."""
+    try:
+        yield
+    except StorageFull:
+        raise
+    except Exception as error:
+        if is_disk_full(error):
+            raise StorageFull(f"{what}: the disk is full") from error
+        raise
 
 
 # --- Codes (reference §2.5 unless noted) -------------------------------------------------

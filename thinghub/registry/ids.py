@@ -27,6 +27,12 @@ loop does not wait for the disk; it writes on the caller's thread only when the 
 actually run out. Saves only ever raise the stored lease (``save_id_lease`` keeps the
 larger value), so a late background save cannot lower it below one written since.
 
+A full disk: no id may be issued past a lease that is not on disk, so once the lease runs out
+``next_id`` raises ``StorageFull`` (the HTTP dialects answer 503, as for a full message store:
+README "Durability") and has issued nothing; every later call tries the write again, so ids
+flow again as soon as there is room, without a restart. A background extension that fails is
+retried at most every ``RENEW_RETRY_MS`` (not once per id), and logged once per episode.
+
 RequestId
 ---------
 An uppercase UUID4 string, the form the Alibaba API shows (§5).
@@ -42,11 +48,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple, Protocol
 
+from .errors import StorageFull, is_disk_full
+
 log = logging.getLogger("thinghub.registry")
 
 __all__ = [
     "EPOCH_MS",
     "MAX_NODE",
+    "RENEW_RETRY_MS",
     "LeaseStore",
     "MemoryLeaseStore",
     "MessageIdGenerator",
@@ -63,6 +72,9 @@ SEQUENCE_BITS = 12
 MAX_NODE = (1 << NODE_BITS) - 1
 MAX_SEQUENCE = (1 << SEQUENCE_BITS) - 1
 MAX_TIME = (1 << TIME_BITS) - 1
+# After a failed background extension, the next one is tried no sooner than this (of the
+# generator's milliseconds): a full disk must not cost a thread and a failing fsync per id.
+RENEW_RETRY_MS = 1000
 
 
 def wall_clock_ms() -> int:
@@ -133,6 +145,9 @@ class MessageIdGenerator:
         self._lock = threading.Lock()
         self._renew = renew
         self._renewing = False
+        # No background extension before this millisecond (set when one failed).
+        self._renew_after = 0
+        self._failing = False  # the last write of the lease failed (logged once)
         # Every id of an earlier run used a millisecond below its persisted lease, so this
         # run starts at the lease itself (start-up bump).
         self._last_ms = lease_store.load_id_lease() - 1
@@ -155,12 +170,23 @@ class MessageIdGenerator:
                 # Persist before issuing: no id at or past the old lease leaves this process
                 # until the store knows the new one.
                 lease = self._last_ms + self._lease_step
-                self._store.save_id_lease(lease)
+                try:
+                    self._store.save_id_lease(lease)
+                except Exception as error:
+                    self._note_failure(error)
+                    if is_disk_full(error):
+                        raise StorageFull(
+                            "no MessageId can be issued now (its lease cannot be written): "
+                            "the disk is full"
+                        ) from error
+                    raise
+                self._note_success()
                 self._lease = lease
             elif (
                 self._renew is not None
                 and not self._renewing
                 and self._lease - self._last_ms <= self._lease_step // 2
+                and self._last_ms >= self._renew_after
             ):
                 # Half used: extend it in the background, before it runs out.
                 self._renewing = True
@@ -180,15 +206,33 @@ class MessageIdGenerator:
         """Persist ``lease``, then use it (``renew``'s thread)."""
         try:
             self._store.save_id_lease(lease)
-        except Exception:
+        except Exception as error:
             # Not fatal: the lease is written on the caller's thread when it runs out.
-            log.exception("cannot extend the MessageId lease in the background")
             with self._lock:
+                self._note_failure(error)
                 self._renewing = False
+                self._renew_after = self._last_ms + RENEW_RETRY_MS
             return
         with self._lock:
+            self._note_success()
             self._lease = max(self._lease, lease)
             self._renewing = False
+
+    def _note_failure(self, error: Exception) -> None:
+        """Log the first failure of an episode (under the lock): one line for a full disk,
+        the traceback for anything else."""
+        if self._failing:
+            return
+        self._failing = True
+        if is_disk_full(error):
+            log.warning("cannot write the MessageId lease: the disk is full; retrying")
+        else:
+            log.error("cannot write the MessageId lease; retrying", exc_info=error)
+
+    def _note_success(self) -> None:
+        if self._failing:
+            self._failing = False
+            log.warning("the MessageId lease is written again")
 
 
 def new_request_id() -> str:

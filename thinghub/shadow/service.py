@@ -22,7 +22,10 @@ Theory of operation
   updates the document using the REST API ... no MQTT error messages are emitted") and then
   answers the HTTP caller. So anything a subscriber sees is durable, in version order. A
   batch that fails to commit answers every request in it with 500 "Internal service
-  failure", and nothing of it is published as accepted.
+  failure", and nothing of it is published as accepted; when it failed because the disk is
+  full (``StorageFull``), the HTTP callers get that error instead, which the AWS dialect
+  answers 503 ``ServiceUnavailableException`` like every full store (README "Durability"),
+  and the service works again by itself once there is room.
 * **Bounds.** At most ``max_inflight_per_thing`` requests per thing wait at once (AWS IoT
   quota "Maximum number of in-flight, unacknowledged messages per thing": 10, beyond which
   "all new shadow requests are rejected with a 429 error code"), and ``max_pending`` in all.
@@ -40,8 +43,10 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from ..broker.admission import HUB_SERVICE, PublishRefused
 from ..broker.broker import Broker
 from ..message import Message
+from ..registry.errors import StorageFull, StoreUnavailable, is_disk_full
 from .document import (
     INTERNAL_ERROR,
     NOT_FOUND,
@@ -95,6 +100,9 @@ class _Outcome:
     body: JSONObject | None = None
     page: ListPage | None = None
     error: ShadowError | None = None
+    #: the store refused the batch (a full disk): raised to an HTTP caller instead of
+    #: ``error``, whose 500 only an MQTT requester's ``/rejected`` carries
+    unavailable: StoreUnavailable | None = None
     #: (topic, document) to publish once the batch is committed, in this order
     publishes: list[tuple[str, JSONObject]] = field(default_factory=list)
 
@@ -199,6 +207,8 @@ class ShadowService:
         job.future = loop.create_future()
         self._submit(job)
         outcome = await job.future
+        if outcome.unavailable is not None:
+            raise outcome.unavailable
         if outcome.error is not None:
             raise outcome.error
         return outcome
@@ -276,11 +286,17 @@ class ShadowService:
                     self._purged_at = now
                 for job in batch:
                     job.outcome = self._run(job, now)
-        except Exception:
-            log.exception("shadow store: a batch of %d requests failed to commit", len(batch))
+        except Exception as error:
+            full = is_disk_full(error)
+            if full:
+                log.warning("shadow store: %d requests refused: %s", len(batch), error)
+            else:
+                log.exception("shadow store: a batch of %d requests failed to commit", len(batch))
             failure = ShadowError(INTERNAL_ERROR, "Internal service failure")
             for job in batch:
                 job.outcome = self._failed(job, failure, now)
+                if full:
+                    job.outcome.unavailable = StorageFull(str(error))
 
     def _run(self, job: _Job, now: int) -> _Outcome:
         try:
@@ -294,7 +310,10 @@ class ShadowService:
                 return self._list(job)
         except ShadowError as error:
             return self._failed(job, error, now)
-        except Exception:
+        except Exception as error:
+            if is_disk_full(error):
+                # SQLite may have rolled back the whole transaction: the batch fails as one.
+                raise
             log.exception("shadow %s of %s failed", job.operation, job.key)
             return self._failed(job, ShadowError(INTERNAL_ERROR, "Internal service failure"), now)
 
@@ -379,7 +398,16 @@ class ShadowService:
         message = Message(
             topic=topic, payload=dumps(document), qos=1, account=account, origin=ORIGIN
         )
-        self.broker.publish(message)
+        try:
+            self.broker.publish(message, HUB_SERVICE)
+        except PublishRefused as refusal:
+            # Only the store's refusal can stop a hub service (counted by the broker): the
+            # answer is lost, as any QoS 1 message is that the hub cannot take.
+            log.warning("shadow answer on %s not published: %s", topic, refusal.reason)
+        except StoreUnavailable as error:
+            # No MessageId on a full disk (registry/ids.py): the same loss, and the answers
+            # after it (and the HTTP caller waiting in ``_finish``) must still go out.
+            log.warning("shadow answer on %s not published: %s", topic, error)
 
 
 def _key(account: str, thing: str, shadow: str | None) -> ShadowKey:

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
 
+from ..registry.errors import full_disk_refuses
 from ..registry.store import FILE_NAME
 from .document import Shadow, dumps
 from .names import CLASSIC
@@ -95,15 +96,20 @@ class ShadowStore:
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
-        """One write transaction, committed (fsync) on success, rolled back on any error."""
-        with self._lock:
+        """One write transaction, committed (fsync) on success, rolled back on any error. A
+        full disk raises ``StorageFull`` (registry/errors.py), whether a statement or the
+        commit found it; the file keeps its last commit and the next transaction may succeed
+        (nothing is left open: a failed COMMIT is rolled back here too)."""
+        with self._lock, full_disk_refuses("the shadow cannot be changed now"):
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 yield
+                self._conn.execute("COMMIT")
             except BaseException:
-                self._conn.execute("ROLLBACK")
+                # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR).
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK")
                 raise
-            self._conn.execute("COMMIT")
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -113,8 +119,11 @@ class ShadowStore:
             try:
                 yield
             except BaseException:
-                self._conn.execute("ROLLBACK TO shadow_request")
-                self._conn.execute("RELEASE shadow_request")
+                # Unless SQLite rolled the whole transaction back (a full disk): then the
+                # savepoint is gone with it, and ``transaction`` reports the failure.
+                if self._conn.in_transaction:
+                    self._conn.execute("ROLLBACK TO shadow_request")
+                    self._conn.execute("RELEASE shadow_request")
                 raise
             self._conn.execute("RELEASE shadow_request")
 

@@ -509,16 +509,28 @@ class SQLiteStore:
                 continue
             live, callbacks = _coalesce(ops)
             callbacks = held + callbacks
+            # ``ready``: the callbacks with each read's page bound, filled inside the group's
+            # transaction just before its COMMIT (see ``_commit``).
+            ready: list[Callable[[], None]] = []
             try:
-                self._commit(conn, live)
+                self._commit(conn, live, callbacks, ready)
             except sqlite3.Error as error:
                 _rollback(conn)
                 # The file keeps its last commit. The calls are retried, so disk catches up
                 # with memory once there is room; their callbacks are held until then (the
                 # publishers are acknowledged only once their messages are on disk, and the
-                # broker's waits on commits, e.g. QoS 2 deliveries, resume then).
+                # broker's waits on commits, e.g. QoS 2 deliveries, resume then). Reads that
+                # were served before the COMMIT failed go out now: a client can drain its
+                # queue while the disk is full (the pages saw the group's uncommitted state,
+                # which the retries keep re-applying, so a page never repeats a delivery).
                 retry, retry_calls, retry_bytes = live, calls, nbytes
-                held = callbacks
+                if len(ready) == len(callbacks):
+                    reads = [r for r, c in zip(ready, callbacks, strict=True) if _is_read(c)]
+                    if reads:
+                        self._dispatch(reads)
+                    held = [c for c in callbacks if not _is_read(c)]
+                else:
+                    held = callbacks
                 if not self._failing:
                     log.error(
                         "cannot write %s (%s): refusing new QoS 1/2 messages; %d "
@@ -542,9 +554,6 @@ class SQLiteStore:
                 continue
             retry, retry_calls, retry_bytes, delay = [], 0, 0, 0.1
             held = []
-            offset = self._clock() - self._wall()
-            retention = self.limits.retention_s
-            ready = [_read_page(conn, c, offset, retention) for c in callbacks]
             if self._failing:
                 self._failing = False
                 log.warning("writing %s works again: accepting QoS 1/2 messages", self.path)
@@ -583,9 +592,21 @@ class SQLiteStore:
             else:
                 log.warning("%s is below its size limit again", self.path)
 
-    def _commit(self, conn: sqlite3.Connection, ops: Sequence[Op]) -> None:
+    def _commit(
+        self,
+        conn: sqlite3.Connection,
+        ops: Sequence[Op],
+        callbacks: Sequence[AfterCommit],
+        ready: list[Callable[[], None]],
+    ) -> None:
+        """Write and commit ``ops``; fill ``ready`` with ``callbacks``, each read's page bound,
+        read inside the transaction before its COMMIT (so it sees what it would see after)."""
+        offset = self._clock() - self._wall()
+        retention = self.limits.retention_s
         if not ops and not self._limits_changed:
-            return  # everything coalesced away: no transaction, no fsync
+            # Everything coalesced away: no transaction, no fsync.
+            ready.extend(_read_page(conn, c, offset, retention) for c in callbacks)
+            return
         if self._limits_changed:
             self._limits_changed = False
             self._apply_size_limit(conn)
@@ -593,6 +614,7 @@ class SQLiteStore:
         now_ms = int(self._wall() * 1000)
         conn.execute("BEGIN IMMEDIATE")
         _write(conn, ops, now_ms, offset_ms)
+        ready.extend(_read_page(conn, c, offset, retention) for c in callbacks)
         conn.execute("COMMIT")
 
     # ------------------------------------------------------------------ start-up and shutdown
@@ -865,6 +887,10 @@ def _read_page(
         log.error("cannot read the queue of session %r: %s", session_key, error)
         page = []
     return partial(callback, page)
+
+
+def _is_read(item: AfterCommit) -> bool:
+    return isinstance(item, tuple)
 
 
 def _ids(text: str | None) -> tuple[int, ...]:

@@ -23,6 +23,7 @@ from typing import Any
 
 from ...auth import topic_acl
 from ...auth.aliyun_device import device_client_id
+from ...broker.admission import API_CALLER
 from ...broker.broker import Broker
 from ...message import Message
 from ...mqtt.properties import NO_PROPERTIES, Properties
@@ -42,7 +43,7 @@ from ...registry.validation import (
 )
 from ...topics import validate_topic_name
 from ..context import HubContext
-from ..publishing import committed, publish
+from ..publishing import committed, publish, publish_now
 from . import errors as e
 from .errors import ApiError
 from .params import Params
@@ -387,11 +388,14 @@ async def _publish_all(broker: Broker, messages: list[Message]) -> None:
     """``publishing.publish`` for each message, in order, sharing one commit: every message is
     routed at once, then (if any of them changed the store) one wait covers them all. A task
     per message (``gather``) cost more than routing it."""
+    for message in messages:
+        # All or nothing: a message the gate would refuse refuses the batch before any leaves.
+        broker.admission.authorize(message, API_CALLER)
     writes = broker.store_writes
     for message in messages:
         if not message.id:
             message.id = broker.new_message_id()
-        broker.publish(message)
+        publish_now(broker, message)
     if broker.store_writes != writes:
         await committed(broker)
 
@@ -433,7 +437,9 @@ async def pub_broadcast(call: Call) -> Fields:
                 origin=call.origin,
                 id=message_id,
             )
-            broker.send_direct(call.account_id, device_client_id(pk, device.device_name), copy)
+            broker.send_direct(
+                call.account_id, device_client_id(pk, device.device_name), copy, API_CALLER
+            )
         if page >= devices.page_count:
             break
         page += 1

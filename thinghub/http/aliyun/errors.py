@@ -69,6 +69,8 @@ DEVICE_COUNT_EXCEEDED = "iot.device.DeviceCountExceeded"
 # permission"). The topic is not one the API may publish to, so the topic code, with a message
 # saying exactly why.
 TOPIC_NOT_ALLOWED = INVALID_TOPIC_NAME
+# choice: a retained message past the account's or the hub's retained-message limits (ours).
+QUOTA_EXCEEDED = "thinghub.RetainedQuotaExceeded"
 # choice: MessageContent over 256 KB (64 KB for PubBroadcast) after decoding (§2.1 gives the
 # limits, no code).
 MESSAGE_TOO_LARGE = INVALID_PARAMETER

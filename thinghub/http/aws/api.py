@@ -5,7 +5,9 @@ Match, then handle (STYLE.md §3.11). Every request goes through the same steps:
 1. **match** the raw request target (not aiohttp's decoded path: ``%2F`` inside a topic and a
    literal ``/`` must not be confused, reference ``aws-iot-data-api.md`` §2) to an operation
    and its still-encoded URI label; a verb the resource does not have is 405
-   ``MethodNotAllowedException``;
+   ``MethodNotAllowedException``. Only a canonical path is matched (``sigv4.check_path``: no
+   ``.``/``..`` or empty segments, 400 ``InvalidRequestException``), so the path routed is
+   exactly the path whose signature is checked in step 3;
 2. **read** the body, at most 128 KB (413 ``RequestEntityTooLargeException`` beyond);
 3. **authenticate**: SigV4 (``sigv4``) with the registry's access key; the key's account is
    the topic space the call acts in. Failures are 403 ``ForbiddenException`` (§4);
@@ -42,6 +44,7 @@ from urllib.parse import unquote
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from ...broker.admission import PublishRefused, Refusal
 from ..context import HubContext
 from ..fastpath import FAST_ROUTES
 from ..publishing import StoreUnavailable
@@ -51,6 +54,8 @@ from .errors import (
     METHOD_NOT_ALLOWED,
     REQUEST_ENTITY_TOO_LARGE,
     SERVICE_UNAVAILABLE,
+    THROTTLING,
+    UNAUTHORIZED,
     AwsError,
     ErrorShape,
     error_response,
@@ -61,6 +66,16 @@ from .validation import MAX_PAYLOAD_BYTES, Params
 __all__ = ["Match", "RequestIds", "add_routes", "match"]
 
 log = logging.getLogger("thinghub.http.aws")
+
+# The admission gate's refusals (broker/admission.py) as iot-data errors: publishing where
+# the hub's configuration denies it is UnauthorizedException (401, as AWS answers a Publish
+# its policy does not allow); a retained-message quota is throttling, as AWS's own
+# retained-message quotas are; a store that cannot take the message is the modelled 503.
+_REFUSAL_SHAPES = {
+    Refusal.NOT_AUTHORIZED: UNAUTHORIZED,
+    Refusal.QUOTA: THROTTLING,
+    Refusal.UNAVAILABLE: SERVICE_UNAVAILABLE,
+}
 
 # The aiohttp routes that lead here; ``match`` does the real matching on the raw target.
 _MOUNTS = (
@@ -231,6 +246,10 @@ def add_routes(app: web.Application, ctx: HubContext) -> None:
         request_id = request_ids.next()
         try:
             raw_path, query = sigv4.split_target(target)
+            # SigV4 signs the path with dot and empty segments removed; routing the literal
+            # path would act on another resource than the one signed (sigv4.py, "Canonical
+            # paths only"). Both the aiohttp route and the fast path come through here.
+            sigv4.check_path(raw_path)
             found = match(method, raw_path)
             if not isinstance(body, bytes):
                 body = await _read_body(body, MAX_PAYLOAD_BYTES)
@@ -260,6 +279,8 @@ def add_routes(app: web.Application, ctx: HubContext) -> None:
         except StoreUnavailable as error:
             # Modelled 503 (a fault: boto3 retries it, as it should: nothing was published).
             return error_response(SERVICE_UNAVAILABLE, str(error), request_id)
+        except PublishRefused as refusal:
+            return error_response(_REFUSAL_SHAPES[refusal.kind], refusal.reason, request_id)
         except Exception:
             log.exception("iot-data request %s failed", request_id)
             return error_response(INTERNAL_FAILURE, "Internal failure.", request_id)

@@ -20,7 +20,7 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from ...broker.broker import Broker
+from ...broker.admission import API_CALLER
 from ...message import Message
 from ...registry.ids import decode_message_id
 from ..context import HubContext
@@ -91,8 +91,6 @@ async def publish(ctx: HubContext, call: Call) -> web.Response:
     check_payload_size(len(call.body))
     fields = message_fields(params, call.headers, call.body)
     broker = ctx.broker
-    if retain and call.body:
-        _check_retained_room(broker, call.account, topic)
     message = Message(
         topic=topic,
         payload=call.body,
@@ -106,17 +104,6 @@ async def publish(ctx: HubContext, call: Call) -> web.Response:
     await publish_message(broker, message)
     # What AWS answers a successful HTTPS publish with (reference §3, "Success").
     return ok_response(call.request_id)
-
-
-def _check_retained_room(broker: Broker, account: str, topic: str) -> None:
-    """At the per-account maximum, a retained publish with a payload to a *new* topic is
-    throttled (reference §5, "Retained count"); replacing or deleting one is always fine."""
-    space = broker.spaces.get(account)
-    limit = broker.settings.max_retained_messages
-    if space is not None and len(space.retained) >= limit and space.retained.get(topic) is None:
-        raise AwsError.throttled(
-            f"The account has reached its maximum of {limit} retained messages."
-        )
 
 
 # --------------------------------------------------------------------------- retained
@@ -293,7 +280,7 @@ async def send_direct_message(ctx: HubContext, call: Call) -> web.Response:
     message.id = broker.new_message_id()
     not_connected = f"No connected client has the client ID {client_id}."
     if not confirmation:
-        if not broker.send_direct(call.account, client_id, message):
+        if not broker.send_direct(call.account, client_id, message, API_CALLER):
             raise AwsError.not_found(not_connected)
         return call.ok({"message": "OK", "traceId": call.request_id})
     acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -306,7 +293,7 @@ async def send_direct_message(ctx: HubContext, call: Call) -> web.Response:
         # A QoS 1 copy to a persistent session is stored: refused like any publish while the
         # store cannot take more (issue 5), before anything is sent.
         raise StoreUnavailable("the message store is not accepting new messages")
-    if not broker.send_direct(call.account, client_id, message, on_acked):
+    if not broker.send_direct(call.account, client_id, message, API_CALLER, on_acked):
         raise AwsError.not_found(not_connected)
     try:
         await asyncio.wait_for(acked, timeout)

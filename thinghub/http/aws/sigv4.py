@@ -6,7 +6,7 @@ botocore signs ``iot-data`` with the plain (non-S3) ``SigV4Auth`` (reference
 ``aws-iot-data-api.md`` §4; botocore ``auth.py``).  The canonical request is::
 
     METHOD
-    quote(remove_dot_segments(raw_path), safe="/~")     <- the path *as sent*, encoded again
+    quote(raw_path, safe="/~")                          <- the path *as sent*, encoded again
     sorted k=v of the query, each re-encoded with quote(safe="-_.~")
     name:value\\n for each SignedHeader (values trimmed, inner whitespace collapsed)
     (blank line)
@@ -17,6 +17,26 @@ The path is double-encoded because botocore serialises the topic label with ``%2
 and then ``SigV4Auth._normalize_url_path`` quotes the already-encoded path once more
 (``/topics/a%2Fb`` is signed as ``/topics/a%252Fb``).  So the path must be taken raw from the
 request line: decoding it first would confuse ``%2F`` with ``/``.
+
+Canonical paths only.  Before quoting, botocore's ``normalize_url_path`` removes ``.`` and
+``..`` segments and empty ones (``//``), RFC 3986 §5.2.4 plus AWS's own rule on consecutive
+slashes.  A server that did the same for the signature but routed the literal path would let
+a request signed for ``/topics/status`` be sent to ``/topics/cmd/reboot/../../status`` and
+publish to the topic ``cmd/reboot/../../status``.  So the hub accepts only a path that is its
+own normal form (:func:`check_path`): then the canonical URI is computed from exactly the path
+that is routed, and no normalisation is needed.  Percent-encoded dot segments (``%2e%2e``) are
+refused too: RFC 3986 §6.2.2.2 makes them equivalent to ``..`` (aiohttp's yarl decodes them in
+``URL.path``), so a layer in front of the hub could resolve them.  botocore never sends any of
+these for a label: it writes ``/`` inside a topic as ``%2F`` and leaves ``.`` as is, so a
+topic with ``.`` or ``..`` *levels* (``a/../b`` is ``/topics/a%2F..%2Fb``) is one segment and
+works.  Only a label that is exactly ``.`` or ``..`` (topic, client id, thing name) becomes a
+dot segment; botocore then signs a path without it (``/topics/..`` is signed as ``/``), which
+no server can bind to that label: the AWS SDKs cannot express it, and it is refused.
+
+The refusal is 400 ``InvalidRequestException`` (the model's shape for "the request is not
+valid"), answered before authentication as an unknown route is: the path is not one of the
+API's, whatever the signature; a 403 would send the caller after their credentials, and a
+deterministic 400 is not retried by boto3 (``errors.py``).
 
 ``StringToSign = "AWS4-HMAC-SHA256\\n" + amzdate + "\\n" + date/region/service/aws4_request + "\\n"
 + hex(SHA-256(canonical request))``; the key is HMAC-chained from ``"AWS4" + secret`` over
@@ -32,6 +52,7 @@ SigV4 messages.  :class:`SigV4Error` carries status, ``x-amzn-ErrorType`` and me
 
 Use::
 
+    check_path(raw_path)                  # before routing on raw_path; may raise (400)
     parsed = parse(WireRequest(method, raw_path, query_pairs, headers, body))  # may raise
     key = registry.key(parsed.access_key_id)                                  # sync or async
     ok = verify(parsed, key)                                                  # -> Verified
@@ -68,6 +89,8 @@ __all__ = [
     "canonical_query",
     "canonical_request",
     "canonical_uri",
+    "check_path",
+    "is_canonical_path",
     "parse",
     "signature",
     "split_target",
@@ -98,7 +121,8 @@ MISSING_TOKEN_MESSAGE = "Missing Authentication Token"
 
 
 class SigV4Error(Exception):
-    """An authentication failure, with what the iot-data error response needs.
+    """An authentication failure (or a non-canonical path, which is never verified), with what
+    the iot-data error response needs.
 
     Render as ``status`` with headers ``x-amzn-ErrorType: error_type`` and a JSON body
     ``{"message": message, "traceId": ...}``.
@@ -129,6 +153,14 @@ def _incomplete(message: str) -> SigV4Error:
 
 def _invalid(message: str) -> SigV4Error:
     return SigV4Error("InvalidSignatureException", message)
+
+
+NON_CANONICAL_PATH_MESSAGE = (
+    "The request path is not canonical: it has a '.' or '..' segment (also percent-encoded) "
+    "or an empty segment ('//'). Signature Version 4 signs such a path with those segments "
+    "removed, so it is refused rather than routed as sent. Send '/' inside a topic as %2F; "
+    "a topic, client ID or thing name that is exactly '.' or '..' cannot be used over HTTP."
+)
 
 
 # --------------------------------------------------------------------------- request model
@@ -258,31 +290,49 @@ def _bad_date(value: str) -> SigV4Error:
 # --------------------------------------------------------------------------- the algorithm
 
 
+# A segment that is "." or "..", written with or without percent-encoding (lower-cased).
+_DOT_SEGMENTS = frozenset({".", "..", "%2e", "%2e%2e", ".%2e", "%2e."})
+
+
+def is_canonical_path(raw_path: str) -> bool:
+    """Whether a raw (still percent-encoded) path is its own normal form under botocore's
+    ``normalize_url_path``, and has no percent-encoded dot segment either: it starts with
+    ``/``, has no empty segment (a trailing ``/`` is kept by botocore, so it is allowed) and no
+    ``.``/``..`` segment (see the module docstring)."""
+    if not raw_path.startswith("/") or "//" in raw_path:
+        return False
+    if "." not in raw_path and "%" not in raw_path:  # the usual topic: nothing to look at
+        return True
+    return not any(segment.lower() in _DOT_SEGMENTS for segment in raw_path.split("/"))
+
+
+def check_path(raw_path: str) -> None:
+    """Raise 400 ``InvalidRequestException`` unless :func:`is_canonical_path`."""
+    if not is_canonical_path(raw_path):
+        raise SigV4Error(
+            "InvalidRequestException",
+            NON_CANONICAL_PATH_MESSAGE,
+            status=400,
+            error_type="InvalidRequestException",
+        )
+
+
 def canonical_uri(raw_path: str) -> str:
-    """botocore's ``quote(remove_dot_segments(path), safe="/~")`` of the path as sent."""
+    """botocore's ``quote(normalize_url_path(path), safe="/~")`` of the path as sent, for a
+    canonical path, where the normalisation changes nothing; any other path raises (see
+    :func:`check_path`): the URI that is signed is always the one that is routed."""
     if len(raw_path) <= _CACHED_PATH:
         return _canonical_uri_cached(raw_path)
     return _canonical_uri(raw_path)
 
 
 def _canonical_uri(raw_path: str) -> str:
-    if not raw_path:
-        return "/"
-    kept: list[str] = []
-    for segment in raw_path.split("/"):
-        if segment == "..":
-            if kept:
-                kept.pop()
-        elif segment and segment != ".":
-            kept.append(segment)
-    path = ("/" if raw_path.startswith("/") else "") + "/".join(kept)
-    if raw_path.endswith("/") and kept:
-        path += "/"
-    return quote(path, safe="/~")
+    check_path(raw_path)
+    return quote(raw_path, safe="/~")
 
 
 # Devices publish to the same topics over and over: memoised (a pure function; bounded in
-# entries and, through the length, in size).
+# entries and, through the length, in size; refusals are not cached).
 _CACHED_PATH = 512
 _canonical_uri_cached = functools.lru_cache(maxsize=4096)(_canonical_uri)
 
@@ -393,8 +443,10 @@ def verify(
 ) -> Verified[K]:
     """Check a parsed request against ``key`` (None when the access key id is unknown).
 
-    Order: credential scope, signed headers, the key, the clock, the body hash, the signature.
+    Order: the path (400 unless canonical), credential scope, signed headers, the key, the
+    clock, the body hash, the signature.
     """
+    check_path(parsed.wire.raw_path)
     current = time.time() if now is None else now
     if parsed.terminator != TERMINATOR:
         raise _invalid(

@@ -1,0 +1,188 @@
+"""A real ``thinghub serve`` for the attack tests: its own data directory, a known root access
+key, products and devices registered through the command line, devices signing in with the
+Alibaba scheme over raw MQTT, and the hub's RSS and counters for the memory bounds."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from click.testing import CliRunner
+
+from thinghub.auth.aliyun_device import build_credentials
+from thinghub.cli import main as cli_main
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
+import rawmqtt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+KEY_ID, SECRET = "LTAIsecurityTests000000", "security-tests-secret-0123456789ab"
+READY = re.compile(r"ready mqtt=([\d.]+):(\d+) http=[\d.]+:(\d+)")
+TIMEOUT = 20.0
+
+
+class SecHub:
+    def __init__(self, data_dir: Path, **settings: Any) -> None:
+        env = {
+            **os.environ,
+            "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
+            "THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID,
+            "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET,
+        }
+        for key, value in settings.items():
+            if isinstance(value, bool):
+                value = "true" if value else "false"
+            env[f"THINGHUB_{key.upper()}"] = str(value)
+        self.data_dir = data_dir
+        self.output: collections.deque[str] = collections.deque(maxlen=400)
+        self.proc = subprocess.Popen(
+            [str(ROOT / ".venv/bin/thinghub"), "serve", "--mqtt-port", "0", "--http-port", "0",
+             "--host", "127.0.0.1", "--data-dir", str(data_dir)],
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+        )  # fmt: skip
+        ready = threading.Event()
+        found: list[re.Match[str]] = []
+
+        def drain() -> None:
+            assert self.proc.stdout is not None
+            for line in self.proc.stdout:
+                self.output.append(line.rstrip())
+                m = READY.search(line)
+                if m and not found:
+                    found.append(m)
+                    ready.set()
+            ready.set()
+
+        self._drain = threading.Thread(target=drain, daemon=True)
+        self._drain.start()
+        if not ready.wait(TIMEOUT) or not found:
+            self.stop()
+            raise AssertionError("thinghub did not start:\n" + self.log())
+        self.host = found[0].group(1)
+        self.mqtt_port = int(found[0].group(2))
+        self.http_port = int(found[0].group(3))
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    def log(self) -> str:
+        return "\n".join(self.output)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._drain.join(5)
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+
+    def assert_alive(self) -> None:
+        assert self.proc.poll() is None, f"the hub exited:\n{self.log()}"
+
+    # --- the registry, through the command line ---------------------------------------
+
+    def cli(self, *args: str) -> Any:
+        result = CliRunner().invoke(cli_main, [*args, "--data-dir", str(self.data_dir), "--json"])
+        assert result.exit_code == 0, result.output
+        return json.loads(result.output)
+
+    def product(self, name: str) -> str:
+        created = self.cli("product", "create", name)
+        record = created[0] if isinstance(created, list) else created
+        return str(record["product_key"])
+
+    def device(self, product_key: str, name: str) -> Device:
+        created = self.cli("device", "register", product_key, name)
+        record = created[0] if isinstance(created, list) else created
+        return Device(self, product_key, name, str(record["device_secret"]))
+
+    # --- clients ----------------------------------------------------------------------
+
+    def raw(self, version: int = 5) -> rawmqtt.RawClient:
+        return rawmqtt.RawClient(self.host, self.mqtt_port, version=version, timeout=TIMEOUT)
+
+    def iot_data(self) -> Any:
+        return boto3.client(
+            "iot-data",
+            endpoint_url=f"http://{self.host}:{self.http_port}",
+            region_name="us-east-1",
+            aws_access_key_id=KEY_ID,
+            aws_secret_access_key=SECRET,
+            config=Config(retries={"max_attempts": 1}),
+        )
+
+    def metrics(self) -> dict[str, Any]:
+        url = f"http://{self.host}:{self.http_port}/metrics"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
+            body = answer.read()
+        try:
+            return dict(json.loads(body))
+        except ValueError:  # Prometheus text: "name value" lines
+            found: dict[str, Any] = {}
+            for line in body.decode().splitlines():
+                if line and not line.startswith("#"):
+                    name, _, value = line.rpartition(" ")
+                    found[name] = float(value)
+            return found
+
+    def rss_bytes(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+
+class Device:
+    def __init__(self, hub: SecHub, product_key: str, name: str, secret: str) -> None:
+        self.hub = hub
+        self.product_key = product_key
+        self.name = name
+        self.secret = secret
+
+    @property
+    def client_id(self) -> str:
+        return f"{self.product_key}.{self.name}"
+
+    def topic(self, suffix: str) -> str:
+        return f"/{self.product_key}/{self.name}/{suffix}"
+
+    def connect_packet(self, version: int = 5, **kwargs: Any) -> bytes:
+        client_id, username, password = build_credentials(
+            self.product_key, self.name, self.secret
+        )
+        return rawmqtt.connect(
+            client_id, version, username=username, password=password.encode(), **kwargs
+        )
+
+    def sign_in(
+        self, version: int = 5, *, expect: int | None = 0, **kwargs: Any
+    ) -> tuple[rawmqtt.RawClient, rawmqtt.Packet]:
+        client = self.hub.raw(version)
+        client.send(self.connect_packet(version, **kwargs))
+        connack = client.expect(rawmqtt.CONNACK)
+        if expect is not None:
+            assert connack.reason == expect, connack
+        return client, connack
+
+
+def wait_for(condition: Any, timeout: float = TIMEOUT, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.02)
