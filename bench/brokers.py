@@ -323,6 +323,9 @@ class ThingHub(Broker):
         # The generator's clients are anonymous, as they are for mosquitto.
         env = dict(os.environ)
         env["THINGHUB_MQTT_ALLOW_ANONYMOUS"] = "true"
+        # Every generator client comes from 127.0.0.1: the per-address bound would cap the
+        # idle-connections scenario at its default (10,000), which mosquitto does not have.
+        env["THINGHUB_MQTT_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
         return env
 
     def command(self, workdir: Path) -> list[str]:

@@ -12,11 +12,19 @@ import logging
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
 
+from ..transport.admission import AdmissionGate
 from ..transport.websocket import websocket_handler
 from .aliyun.api import add_routes as add_aliyun_routes
 from .aws.api import add_routes as add_aws_routes
 from .context import HubContext
-from .fastpath import FAST_CONNECTIONS, FAST_ROUTES, FastConnections, FastRoutes
+from .fastpath import (
+    FAST_CONNECTIONS,
+    FAST_ROUTES,
+    KEEPALIVE_TIMEOUT,
+    FastConnections,
+    FastRoutes,
+    watch_requests,
+)
 
 
 class QuietBadRequests(logging.Filter):
@@ -36,7 +44,9 @@ class QuietBadRequests(logging.Filter):
 _QUIET = QuietBadRequests()
 
 
-def build_http_app(context: HubContext) -> web.Application:
+def build_http_app(context: HubContext, gate: AdmissionGate | None = None) -> web.Application:
+    """The application; ``gate``: the MQTT admission gate (transport/admission.py), which
+    MQTT over WebSocket passes too, and whose counters ``/metrics`` shows."""
     broker = context.broker
     server_log = logging.getLogger("aiohttp.server")
     if _QUIET not in server_log.filters:
@@ -44,7 +54,13 @@ def build_http_app(context: HubContext) -> web.Application:
     # Large enough for a Base64 MessageContent of the biggest MQTT packet, in a form body or,
     # as the older Alibaba SDK sends BatchPub and PubBroadcast, in the query string.
     limit = max(512 * 1024, broker.settings.max_packet_size * 2)
-    app = web.Application(client_max_size=limit, handler_args={"max_line_size": limit})
+    # watch_requests: the read timeouts of connections the fast path handed over; an idle
+    # keep-alive connection is closed after the fast path's timeout, not aiohttp's hour.
+    app = web.Application(
+        client_max_size=limit,
+        handler_args={"max_line_size": limit, "keepalive_timeout": KEEPALIVE_TIMEOUT},
+        middlewares=[watch_requests],
+    )
     app[FAST_ROUTES] = FastRoutes()
     app[FAST_CONNECTIONS] = connections = FastConnections()
 
@@ -63,12 +79,13 @@ def build_http_app(context: HubContext) -> web.Application:
             "subscriptions": sum(len(s.subscriptions) for s in broker.spaces.values()),
             "retained": sum(len(s.retained) for s in broker.spaces.values()),
             **broker.stats.as_dict(),
+            **(gate.as_dict() if gate is not None else {}),
         }
         return web.json_response(body)
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/metrics", metrics)
-    app.router.add_get("/mqtt", websocket_handler(broker))
+    app.router.add_get("/mqtt", websocket_handler(broker, gate))
     add_aliyun_routes(app, context)
     add_aws_routes(app, context)
     return app

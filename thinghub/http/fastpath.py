@@ -34,9 +34,22 @@ status line, its headers, then ``Content-Length``, ``Date`` and ``Server`` unles
 Requests on one connection are answered in order, one at a time: pipelined requests wait in
 the buffer, and reading pauses while more than :data:`MAX_BUFFER` bytes wait. While the
 client does not read (writing paused), no further request is handled. An idle connection is
-closed after :data:`KEEPALIVE_TIMEOUT` seconds (aiohttp's default). :meth:`FastConnections.
-shutdown` (the application's ``on_shutdown``) closes idle connections and lets busy ones
-finish their answer first.
+closed after :data:`KEEPALIVE_TIMEOUT` seconds (aiohttp's old default; the hub gives aiohttp the
+same). :meth:`FastConnections.shutdown` (the application's ``on_shutdown``) closes idle
+connections and lets busy ones finish their answer first.
+
+Read timeouts
+-------------
+A client may take ``http.header_timeout`` seconds to send a request's head (counted from the
+connection's start for its first request, from the request's first byte for later ones), then
+``http.body_timeout`` seconds for its body; past either it is answered ``408 Request Timeout``
+and the connection is closed (a connection that never sent a byte is just closed). Without
+this a client trickling a byte now and then would hold its connection, and its descriptor,
+for ever. aiohttp has neither timeout, so a handed-over connection keeps a thin
+:class:`WatchedConnection` between its transport and aiohttp's protocol: it forwards every
+event and keeps the same two clocks, told by the :func:`watch_requests` middleware when
+aiohttp starts and finishes a request. The timeouts only bound how long a request may take to
+*arrive*; how long an answer takes is the handler's business (RRpc, MQTT over WebSocket).
 """
 
 from __future__ import annotations
@@ -45,12 +58,16 @@ import asyncio
 import logging
 import re
 from collections.abc import Awaitable, Callable
-from typing import cast
+from typing import TYPE_CHECKING, Any, cast
 
 from aiohttp import web
 from aiohttp.helpers import rfc822_formatted_time
 from aiohttp.http import SERVER_SOFTWARE
+from aiohttp.typedefs import Handler
 from multidict import CIMultiDict, CIMultiDictProxy
+
+if TYPE_CHECKING:
+    from ..transport.admission import AdmissionGate
 
 __all__ = [
     "FAST_CONNECTIONS",
@@ -65,8 +82,11 @@ __all__ = [
     "FastHandler",
     "FastRoutes",
     "FastSite",
+    "ReadTimeouts",
+    "WatchedConnection",
     "parse_head",
     "render_response",
+    "watch_requests",
 ]
 
 log = logging.getLogger("thinghub.http")
@@ -212,6 +232,45 @@ _INTERNAL_ERROR = (
     b"HTTP/1.1 500 Internal Server Error\r\nContent-Type: text/plain; charset=utf-8\r\n"
     b"Content-Length: 25\r\nConnection: close\r\n\r\n500 Internal Server Error"
 )
+# A request that did not arrive in time (RFC 9110 §15.5.9), in the same form.
+_REQUEST_TIMEOUT = (
+    b"HTTP/1.1 408 Request Timeout\r\nContent-Type: text/plain; charset=utf-8\r\n"
+    b"Content-Length: 19\r\nConnection: close\r\n\r\n408 Request Timeout"
+)
+# Timers may fire this much before their time (libuv counts milliseconds).
+_TIMER_SLACK = 0.002
+
+
+class ReadTimeouts:
+    """The read timeouts of one HTTP server (seconds; None: none), and where their expiries
+    are counted (the admission gate's counters, shown at ``/metrics``)."""
+
+    __slots__ = ("body", "gate", "header")
+
+    def __init__(
+        self,
+        header: float | None = None,
+        body: float | None = None,
+        gate: AdmissionGate | None = None,
+    ) -> None:
+        self.header = header
+        self.body = body
+        self.gate = gate
+
+    def expired(self, transport: asyncio.BaseTransport, *, body: bool, answer: bool) -> None:
+        """Count one expiry; answer 408 (``answer``) and close."""
+        gate = self.gate
+        if gate is not None:
+            if body:
+                gate.http_body_timeouts += 1
+            else:
+                gate.http_header_timeouts += 1
+        if answer:
+            cast(asyncio.Transport, transport).write(_REQUEST_TIMEOUT)
+        transport.close()
+
+
+_NO_TIMEOUTS = ReadTimeouts()
 
 
 class FastConnections:
@@ -244,18 +303,24 @@ class FastConnection(asyncio.Protocol):
     """One connection of the HTTP port, on the fast path until it is handed over."""
 
     __slots__ = (
+        "_body_since",
         "_buffer",
         "_busy",
         "_closing",
         "_connections",
+        "_counted",
+        "_deadline",
+        "_deadline_timer",
         "_eof",
         "_fallback",
+        "_head_since",
         "_idle_timer",
         "_last_active",
         "_loop",
         "_read_paused",
         "_routes",
         "_task",
+        "_timeouts",
         "_transport",
         "_waiter",
         "_write_paused",
@@ -267,11 +332,22 @@ class FastConnection(asyncio.Protocol):
         routes: FastRoutes,
         connections: FastConnections,
         loop: asyncio.AbstractEventLoop,
+        timeouts: ReadTimeouts = _NO_TIMEOUTS,
     ) -> None:
         self._fallback = fallback
         self._routes = routes
         self._connections = connections
         self._loop = loop
+        self._timeouts = timeouts
+        # When the head of the request being received began to arrive (the connection's
+        # start for the first one; None between requests), and when its body began.
+        self._head_since: float | None = None
+        self._body_since: float | None = None
+        # The read deadline being waited for, and the timer that wakes the task at it.
+        self._deadline: float | None = None
+        self._deadline_timer: asyncio.TimerHandle | None = None
+        # Counted as open by the admission gate (its file descriptor budget).
+        self._counted = False
         self._transport: asyncio.Transport | None = None
         self._buffer = bytearray()
         self._waiter: asyncio.Future[None] | None = None
@@ -289,8 +365,16 @@ class FastConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports do not subclass asyncio.Transport; they implement its interface.
         self._transport = cast(asyncio.Transport, transport)
+        gate = self._timeouts.gate
+        if gate is not None:
+            if not gate.http_opened():
+                # Too few file descriptors left (transport/admission.py): close at once.
+                self._closing = True
+                transport.close()
+                return
+            self._counted = True
         self._connections.add(self)
-        self._last_active = self._loop.time()
+        self._last_active = self._head_since = self._loop.time()
         self._idle_timer = self._loop.call_at(
             self._last_active + KEEPALIVE_TIMEOUT, self._check_idle
         )
@@ -298,7 +382,9 @@ class FastConnection(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         self._buffer += data
-        self._last_active = self._loop.time()
+        self._last_active = now = self._loop.time()
+        if self._head_since is None:
+            self._head_since = now  # the first byte of a new request
         if len(self._buffer) > MAX_BUFFER and not self._read_paused and self._transport:
             self._read_paused = True
             self._transport.pause_reading()
@@ -315,6 +401,12 @@ class FastConnection(asyncio.Protocol):
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        self._clear_deadline()
+        if self._counted:
+            self._counted = False
+            gate = self._timeouts.gate
+            if gate is not None:
+                gate.http_closed()
         self._wake()
 
     def pause_writing(self) -> None:
@@ -345,11 +437,40 @@ class FastConnection(asyncio.Protocol):
             log.exception("HTTP connection failed")
             self._close()
 
+    def _clear_deadline(self) -> None:
+        self._deadline = None
+        if self._deadline_timer is not None:
+            self._deadline_timer.cancel()
+            self._deadline_timer = None
+
+    def _deadline_due(self) -> None:
+        self._deadline_timer = None
+        self._deadline = None
+        self._wake()
+
+    def _past(self, deadline: float) -> bool:
+        """Whether ``deadline`` has passed; if not, the task is woken when it does."""
+        if self._loop.time() >= deadline - _TIMER_SLACK:
+            return True
+        if self._deadline != deadline:
+            self._clear_deadline()
+            self._deadline = deadline
+            self._deadline_timer = self._loop.call_at(deadline, self._deadline_due)
+        return False
+
+    def _timed_out(self, *, body: bool) -> None:
+        """The request did not arrive in time: 408 (unless not a byte of it came) and close."""
+        self._closing = True
+        self._connections.discard(self)
+        if self._transport is not None and not self._transport.is_closing():
+            self._timeouts.expired(self._transport, body=body, answer=bool(self._buffer))
+
     async def _serve_requests(self) -> None:
         transport = self._transport
         assert transport is not None
         buffer = self._buffer
         routes = self._routes
+        timeouts = self._timeouts
         while True:
             if self._closing:
                 self._close()
@@ -365,6 +486,15 @@ class FastConnection(asyncio.Protocol):
                 if self._eof:
                     self._close()
                     return
+                header_timeout = timeouts.header
+                since = self._head_since
+                if (
+                    header_timeout is not None
+                    and since is not None
+                    and self._past(since + header_timeout)
+                ):
+                    self._timed_out(body=False)
+                    return
                 await self._wait()
                 continue
             parsed = parse_head(bytes(buffer[:end])) if end <= MAX_HEAD else None
@@ -378,10 +508,21 @@ class FastConnection(asyncio.Protocol):
                 if self._eof:
                     self._close()  # the client will not send the rest of the body
                     return
+                if self._body_since is None:
+                    self._body_since = self._loop.time()
+                body_timeout = timeouts.body
+                if body_timeout is not None and self._past(self._body_since + body_timeout):
+                    self._timed_out(body=True)
+                    return
                 await self._wait()
                 continue
             body = bytes(buffer[start : start + length])
             del buffer[: start + length]
+            # The next request's clocks: its head began now if bytes of it are here already.
+            self._body_since = None
+            self._head_since = self._loop.time() if buffer else None
+            if self._deadline is not None:
+                self._clear_deadline()
             if self._read_paused and len(buffer) <= MAX_BUFFER:
                 self._read_paused = False
                 transport.resume_reading()
@@ -405,15 +546,21 @@ class FastConnection(asyncio.Protocol):
                 transport.write(data)
 
     def _hand_over(self) -> None:
-        """Give the transport, and every byte not consumed, to aiohttp's protocol."""
+        """Give the transport, and every byte not consumed, to aiohttp's protocol (behind a
+        :class:`WatchedConnection`, which keeps the read timeouts and the gate's count)."""
         transport = self._transport
         assert transport is not None
         self._connections.discard(self)
         if self._idle_timer is not None:
             self._idle_timer.cancel()
             self._idle_timer = None
+        self._clear_deadline()
         protocol = self._fallback()
-        transport.set_protocol(protocol)
+        watched = WatchedConnection(
+            protocol, transport, self._loop, self._timeouts, self._counted, self._head_since
+        )
+        self._counted = False  # the watcher's now
+        transport.set_protocol(watched)
         protocol.connection_made(transport)
         if self._read_paused:
             self._read_paused = False
@@ -458,6 +605,157 @@ class FastConnection(asyncio.Protocol):
         return self._task
 
 
+class WatchedConnection(asyncio.Protocol):
+    """Between a handed-over connection's transport and aiohttp's protocol: forwards every
+    event to aiohttp, and keeps the read timeouts aiohttp does not have (module docstring).
+
+    The head clock runs while aiohttp waits for a request and bytes of one have arrived; it
+    stops when the :func:`watch_requests` middleware reports the request started. The body
+    clock runs from then until aiohttp has the whole body (the payload's end of file), also
+    after an answer that did not wait for it (aiohttp then reads and drops the rest)."""
+
+    __slots__ = (
+        "_body_timer",
+        "_counted",
+        "_head_timer",
+        "_in_request",
+        "_loop",
+        "_mark",
+        "_protocol",
+        "_received",
+        "_request_no",
+        "_timeouts",
+        "_transport",
+    )
+
+    def __init__(
+        self,
+        protocol: asyncio.Protocol,
+        transport: asyncio.Transport,
+        loop: asyncio.AbstractEventLoop,
+        timeouts: ReadTimeouts,
+        counted: bool,
+        head_since: float | None,
+    ) -> None:
+        self._protocol = protocol
+        self._transport = transport
+        self._loop = loop
+        self._timeouts = timeouts
+        self._counted = counted
+        self._in_request = False
+        self._request_no = 0
+        self._received = 0  # bytes received since the hand-over
+        self._mark = 0  # ... when the current request's body was complete
+        self._head_timer: asyncio.TimerHandle | None = None
+        self._body_timer: asyncio.TimerHandle | None = None
+        if head_since is not None and timeouts.header is not None:
+            self._head_timer = loop.call_at(head_since + timeouts.header, self._head_due)
+
+    # asyncio.Protocol, forwarded ----------------------------------------------------------
+
+    def data_received(self, data: bytes) -> None:
+        self._received += len(data)
+        if not self._in_request and self._head_timer is None and self._body_timer is None:
+            header = self._timeouts.header
+            if header is not None:
+                self._head_timer = self._loop.call_later(header, self._head_due)
+        self._protocol.data_received(data)
+
+    def eof_received(self) -> bool | None:
+        return self._protocol.eof_received()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_timers()
+        if self._counted:
+            self._counted = False
+            gate = self._timeouts.gate
+            if gate is not None:
+                gate.http_closed()
+        self._protocol.connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        self._protocol.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._protocol.resume_writing()
+
+    # the middleware's reports -------------------------------------------------------------
+
+    def request_started(self, request: web.BaseRequest) -> int:
+        self._in_request = True
+        self._request_no += 1
+        number = self._request_no
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        self._mark = self._received
+        content = request.content
+        body = self._timeouts.body
+        if body is not None and request.body_exists and not content.is_eof():
+            self._body_timer = self._loop.call_later(body, self._body_due, request, number)
+            content.on_eof(lambda: self._body_done(number))
+        return number
+
+    def request_finished(self, number: int) -> None:
+        if number != self._request_no:
+            return
+        self._in_request = False
+        if self._body_timer is not None:
+            return  # the body is still arriving: its clock goes on (_body_done, _body_due)
+        header = self._timeouts.header
+        # Bytes after this request's body: (part of) the next head is already here.
+        if header is not None and self._received > self._mark and self._head_timer is None:
+            self._head_timer = self._loop.call_later(header, self._head_due)
+
+    # timers -------------------------------------------------------------------------------
+
+    def _body_done(self, number: int) -> None:
+        if number == self._request_no:
+            self._mark = self._received
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+
+    def _head_due(self) -> None:
+        self._head_timer = None
+        transport = self._transport
+        if self._in_request or transport.is_closing():
+            return
+        # 408 unless an answer may still be on its way out (it would be cut in two).
+        answer = transport.get_write_buffer_size() == 0
+        self._timeouts.expired(transport, body=False, answer=answer)
+
+    def _body_due(self, request: web.BaseRequest, number: int) -> None:
+        self._body_timer = None
+        transport = self._transport
+        if number != self._request_no or request.content.is_eof() or transport.is_closing():
+            return
+        # 408 unless the handler has begun to answer already (then just close).
+        answer = request.writer.output_size == 0 and transport.get_write_buffer_size() == 0
+        self._timeouts.expired(transport, body=True, answer=answer)
+
+    def _cancel_timers(self) -> None:
+        for timer in (self._head_timer, self._body_timer):
+            if timer is not None:
+                timer.cancel()
+        self._head_timer = self._body_timer = None
+
+
+@web.middleware
+async def watch_requests(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Tells a handed-over connection's :class:`WatchedConnection` when aiohttp starts and
+    finishes a request (its head has arrived; its answer is being written)."""
+    transport = request.transport
+    watched = transport.get_protocol() if transport is not None else None
+    if not isinstance(watched, WatchedConnection):
+        return await handler(request)
+    number = watched.request_started(request)
+    try:
+        return await handler(request)
+    finally:
+        watched.request_finished(number)
+
+
 #: Set on the hub's application by ``build_http_app``: the routes the fast path serves (the
 #: dialects' ``add_routes`` add theirs) and its open connections (closed at shutdown).
 FAST_ROUTES = web.AppKey("fast_routes", FastRoutes)
@@ -467,7 +765,12 @@ FAST_CONNECTIONS = web.AppKey("fast_connections", FastConnections)
 class FastSite(web.TCPSite):
     """``web.TCPSite`` whose connections start on the fast path, when the application has
     fast routes (``FAST_ROUTES`` and ``FAST_CONNECTIONS``) and the site is plain TCP; else
-    exactly a TCPSite."""
+    exactly a TCPSite. ``timeouts``: the read timeouts of its connections (none by default)
+    and the admission gate that may refuse new ones (transport/admission.py)."""
+
+    def __init__(self, *args: Any, timeouts: ReadTimeouts = _NO_TIMEOUTS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._timeouts = timeouts
 
     async def start(self) -> None:
         runner = self._runner
@@ -482,8 +785,10 @@ class FastSite(web.TCPSite):
         server = runner.server
         assert server is not None
 
+        timeouts = self._timeouts
+
         def connection() -> FastConnection:
-            return FastConnection(server, routes, connections, loop)
+            return FastConnection(server, routes, connections, loop, timeouts)
 
         # As TCPSite.start does, with the protocol factory above.
         self._server = await loop.create_server(

@@ -1,15 +1,25 @@
 """MQTT over TCP and TLS: an asyncio Protocol per connection (no streams: one callback per read,
 many packets per read), with writes coalesced per event-loop iteration so that a burst of
-deliveries to one client becomes one ``send()`` system call."""
+deliveries to one client becomes one ``send()`` system call.
+
+Every connection first passes the admission gate (``admission.py``): refused ones are closed
+at once, before the broker sees them. A TLS connection passes it before its handshake (the
+listener is plain TCP and each admitted connection is upgraded with ``loop.start_tls``), so
+that silent sockets on the TLS port are bounded like any others and a handshake that does not
+finish within the CONNECT timeout ends the connection."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import ssl
+from asyncio import sslproto
+from collections.abc import Callable
+from typing import Any
 
 from ..broker.broker import Broker
 from ..broker.client import Client
+from .admission import AdmissionGate, Ticket
 
 log = logging.getLogger("thinghub.transport")
 
@@ -18,18 +28,27 @@ class MQTTStreamProtocol(asyncio.Protocol):
     """One client connection; implements the broker's ``Link``."""
 
     __slots__ = (
+        "_awaiting_connect",
         "_broker",
         "_client",
         "_close_after_flush",
+        "_gate",
         "_loop",
         "_pending",
         "_pending_bytes",
+        "_ticket",
         "_transport",
         "local",
         "peer",
     )
 
-    def __init__(self, broker: Broker, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        broker: Broker,
+        loop: asyncio.AbstractEventLoop,
+        gate: AdmissionGate | None = None,
+        ticket: Ticket | None = None,
+    ) -> None:
         self._broker = broker
         self._loop = loop
         self._transport: asyncio.Transport | None = None
@@ -37,9 +56,19 @@ class MQTTStreamProtocol(asyncio.Protocol):
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._close_after_flush = False
+        # Admission (admission.py): asked in connection_made unless a ticket came with the
+        # connection (TLS, admitted before its handshake).
+        self._gate = gate
+        self._ticket = ticket
+        self._awaiting_connect = ticket is not None
         self.peer = "?"
         # The hub's own address of this connection ("ip:port"), for the HTTP APIs.
         self.local = "?"
+
+    @property
+    def connected(self) -> bool:
+        """Whether ``connection_made`` has run (a TLS connection: its handshake is done)."""
+        return self._transport is not None
 
     # asyncio.Protocol ---------------------------------------------------------
 
@@ -52,12 +81,26 @@ class MQTTStreamProtocol(asyncio.Protocol):
         sockname = transport.get_extra_info("sockname")
         if isinstance(sockname, tuple) and len(sockname) >= 2:
             self.local = f"{sockname[0]}:{sockname[1]}"
+        gate = self._gate
+        if gate is not None and self._ticket is None:
+            host = peername[0] if isinstance(peername, tuple) and peername else "?"
+            self._ticket = gate.admit(str(host))
+            if self._ticket is None:
+                transport.close()  # refused: the broker never sees it
+                return
+            self._awaiting_connect = True
         self._client = self._broker.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
         client = self._client
         if client is not None:
             client.data_received(data)
+            # CONNECT answered (accepted or refused) or the connection ending: it no longer
+            # counts as waiting for CONNECT (the broker handles CONNECT synchronously).
+            if self._awaiting_connect and (client.connected or client.closed):
+                self._awaiting_connect = False
+                if self._ticket is not None:
+                    self._ticket.connect_done()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
@@ -66,6 +109,9 @@ class MQTTStreamProtocol(asyncio.Protocol):
         client, self._client = self._client, None
         self._pending.clear()
         self._pending_bytes = 0
+        ticket, self._ticket = self._ticket, None
+        if ticket is not None:
+            ticket.release()
         if client is not None:
             client.connection_lost()
 
@@ -108,21 +154,96 @@ class MQTTStreamProtocol(asyncio.Protocol):
         return self._pending_bytes + transport.get_write_buffer_size()
 
 
+class TLSAdmission(asyncio.Protocol):
+    """A new connection on the TLS port, admitted (or refused) before its handshake, then
+    wrapped in the event loop's own TLS layer around an :class:`MQTTStreamProtocol` that
+    holds its ticket: exactly what ``loop.create_server(ssl=...)`` does for each connection
+    (uvloop's ``UVStreamServer._on_listen``, asyncio's ``_accept_connection2``), with the gate
+    in front. Done within ``connection_made``, so that no byte of the handshake can arrive
+    before the TLS layer is there (``loop.start_tls`` would start only on the next loop
+    iteration). The handshake must end within ``mqtt.connect_timeout``."""
+
+    __slots__ = ("_broker", "_context", "_gate", "_loop")
+
+    def __init__(
+        self,
+        broker: Broker,
+        loop: asyncio.AbstractEventLoop,
+        context: ssl.SSLContext,
+        gate: AdmissionGate | None,
+    ) -> None:
+        self._broker = broker
+        self._loop = loop
+        self._context = context
+        self._gate = gate
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ticket = None
+        if self._gate is not None:
+            peername = transport.get_extra_info("peername")
+            host = peername[0] if isinstance(peername, tuple) and peername else "?"
+            ticket = self._gate.admit(str(host))
+            if ticket is None:
+                transport.close()
+                return
+        loop = self._loop
+        protocol = MQTTStreamProtocol(self._broker, loop, ticket=ticket)
+        waiter: asyncio.Future[None] = loop.create_future()
+        tls = _ssl_protocol_class(loop)(
+            loop,
+            protocol,
+            self._context,
+            waiter,
+            server_side=True,
+            ssl_handshake_timeout=self._broker.settings.connect_timeout,
+        )
+        transport.set_protocol(tls)
+        tls.connection_made(transport)
+
+        def handshake_done(done: asyncio.Future[None]) -> None:
+            # A failed handshake (or a connection lost during it) never reaches the MQTT
+            # protocol, whose connection_lost would release the ticket.
+            failed = done.cancelled() or done.exception() is not None
+            if failed or not protocol.connected:
+                transport.close()
+                if ticket is not None:
+                    ticket.release()
+
+        waiter.add_done_callback(handshake_done)
+
+
+def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
+    """The TLS protocol of ``loop``'s own ``create_server(ssl=...)``."""
+    if type(loop).__module__.startswith("uvloop"):
+        import uvloop.loop
+
+        return uvloop.loop.SSLProtocol  # type: ignore[attr-defined]
+    return sslproto.SSLProtocol
+
+
 async def start_tcp_listener(
     broker: Broker,
     host: str,
     port: int,
     ssl_context: ssl.SSLContext | None = None,
+    gate: AdmissionGate | None = None,
 ) -> asyncio.Server:
+    """Serve MQTT on ``host:port`` (TLS with ``ssl_context``), admitting connections through
+    ``gate`` when given."""
     loop = asyncio.get_running_loop()
-    return await loop.create_server(
-        lambda: MQTTStreamProtocol(broker, loop),
-        host=host,
-        port=port,
-        ssl=ssl_context,
-        reuse_address=True,
-        backlog=4096,
-    )
+    factory: Callable[[], asyncio.Protocol]
+    if ssl_context is None:
+
+        def factory() -> asyncio.Protocol:
+            return MQTTStreamProtocol(broker, loop, gate)
+
+    else:
+        context = ssl_context
+
+        def factory() -> asyncio.Protocol:
+            return TLSAdmission(broker, loop, context, gate)
+
+    return await loop.create_server(factory, host=host, port=port, reuse_address=True, backlog=4096)
 
 
 def make_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:

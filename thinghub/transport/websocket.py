@@ -1,7 +1,10 @@
 """MQTT over WebSocket (MQTT 5.0 §6): binary frames carry the byte stream, subprotocol "mqtt",
 served at ``/mqtt`` on the HTTP port. A frame may hold part of a packet or several packets
 [MQTT-6.0.0-2]; the sans-IO decoder copes with both. Text frames close the connection
-[MQTT-6.0.0-1]. Writes are coalesced and sent by one writer task per connection."""
+[MQTT-6.0.0-1]. Writes are coalesced and sent by one writer task per connection.
+
+An upgrade passes the admission gate (``admission.py``) first, as a TCP connection does: a
+refused one is answered 503 and its connection closed."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from aiohttp import WSMsgType, web
 
 from ..broker.broker import Broker
+from .admission import AdmissionGate
 
 log = logging.getLogger("thinghub.transport")
 
@@ -63,13 +67,25 @@ class WebSocketLink:
 
 
 def websocket_handler(
-    broker: Broker,
+    broker: Broker, gate: AdmissionGate | None = None
 ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
     max_frame = broker.settings.max_packet_size + 8
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(protocols=("mqtt",), max_msg_size=max_frame, autoping=True)
-        await ws.prepare(request)
+        ticket = None
+        if gate is not None:
+            ticket = gate.admit(request.remote or "?")
+            if ticket is None:
+                refused = web.Response(status=503, text="too many connections")
+                refused.force_close()
+                return refused
+        try:
+            ws = web.WebSocketResponse(protocols=("mqtt",), max_msg_size=max_frame, autoping=True)
+            await ws.prepare(request)
+        except BaseException:
+            if ticket is not None:
+                ticket.release()
+            raise
         peer = f"ws:{request.remote}"
         link = WebSocketLink(ws, peer)
         client = broker.connection_made(link)
@@ -78,6 +94,12 @@ def websocket_handler(
             async for frame in ws:
                 if frame.type == WSMsgType.BINARY:
                     client.data_received(frame.data)
+                    if (
+                        ticket is not None
+                        and ticket.pending
+                        and (client.connected or client.closed)
+                    ):
+                        ticket.connect_done()  # CONNECT answered (see tcp.py)
                     if client.closed:
                         break
                 elif frame.type == WSMsgType.TEXT:
@@ -89,6 +111,8 @@ def websocket_handler(
             # The client is gone first (its will must not wait for a closing handshake with
             # a peer that may have vanished), then the writer flushes and closes.
             client.connection_lost()
+            if ticket is not None:
+                ticket.release()
             link.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer, timeout=5)
