@@ -276,6 +276,8 @@ def device_show(
 def device_delete(
     product_key: str, device_name: str, account: str, data_dir: Path, as_json: bool
 ) -> None:
+    """Delete the device; a running hub closes its connection and ends its session within
+    about a second (auth/device_watch.py)."""
     with _registry(data_dir) as registry:
         registry.delete_device(account, product_key=product_key, device_name=device_name)
         _done(f"deleted device {product_key}/{device_name}", as_json)
@@ -289,7 +291,8 @@ def device_delete(
 def device_disable(
     product_key: str, device_name: str, account: str, data_dir: Path, as_json: bool
 ) -> None:
-    """Refuse the device's sign-ins (a running hub disconnects it at its next sign-in)."""
+    """Refuse the device's sign-ins; a running hub closes its connection within about a
+    second and keeps its session (auth/device_watch.py)."""
     with _registry(data_dir) as registry:
         registry.disable_device(account, product_key=product_key, device_name=device_name)
         _done(f"disabled device {product_key}/{device_name}", as_json)

@@ -6,22 +6,48 @@ A signed-in device's session is keyed by its ProductKey and DeviceName (one conn
 device: a new sign-in takes over), in its product's account. Anonymous clients, when
 ``mqtt.allow_anonymous`` is on, live in the root account, where the root access key's HTTP
 calls publish too.
+
+A session belongs to the device record that opened it, its IotId (``owners``): a device
+deleted and registered again under the same name is another device, and never resumes, nor
+takes over, the old one's session (its queued messages, its subscriptions). Anonymous clients
+may not use the client ids of the anonymous account's devices (``${productKey}.*``), nor take
+over a session a device owns. ``device_watch.DeviceWatch`` keeps ``owners`` and the reserved
+ProductKeys current and ends the connections of deleted and disabled devices.
+
+Presence (ONLINE/OFFLINE in the registry) is bookkeeping: a write that fails (a full disk) is
+counted in ``presence_write_failures`` and logged once per episode, and the connection goes
+on; refusing devices because their status cannot be recorded would lock them out of the
+messages queued for them.
 """
 
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from ..broker.auth import ClientInfo, Decision, DenyList
+from ..broker.broker import session_key
+from ..broker.session import Session
 from ..mqtt.packets import Connect
 from ..mqtt.types import ReasonCode
-from ..registry.errors import RegistryError
+from ..registry.errors import RegistryError, StoreUnavailable
+from ..registry.models import Device
 from ..registry.registry import Registry
 from . import topic_acl
 from .aliyun_device import DeviceIdentity, SignInRefused, verify_sign_in
 
+if TYPE_CHECKING:
+    from ..broker.broker import Broker
+
 log = logging.getLogger("thinghub.auth")
+
+# The owner of an anonymous client's session in ``RegistryHooks.owners``.
+ANONYMOUS = ""
+# How a presence write fails when the registry cannot be written (a full disk is StorageFull;
+# an I/O error or a lock held too long is SQLite's).
+_PRESENCE_FAILURES = (StoreUnavailable, sqlite3.Error, OSError)
 
 
 def uses_device_sign_in(connect: Connect) -> bool:
@@ -47,9 +73,29 @@ class RegistryHooks:
         self._allow_anonymous = allow_anonymous
         self._anonymous_account = anonymous_account
         self._deny = deny
-        # Online epochs of connected devices, so a taken-over connection's end does not mark
-        # the new connection's device offline.
-        self._epochs: dict[tuple[str, str], int] = {}
+        self._broker: Broker | None = None
+        # Online epochs of connected devices by IotId, so a taken-over connection's end does
+        # not mark the new connection's device offline.
+        self._epochs: dict[str, int] = {}
+        # Who opened each session, by Session.key: a device's IotId, or ANONYMOUS. Sessions
+        # restored from disk are bound by DeviceWatch at start-up; ended sessions' entries are
+        # pruned by it too.
+        self.owners: dict[str, str] = {}
+        # ProductKeys of the anonymous account: client ids ``${productKey}.<anything>`` are its
+        # devices' (aliyun_device.device_client_id), refused to anonymous clients. Read off the
+        # event loop by DeviceWatch.
+        self.reserved_product_keys: frozenset[str] = frozenset()
+        # Presence writes that failed (exposed on /metrics); a failure episode is logged once.
+        self.presence_write_failures = 0
+        self._presence_failing = False
+
+    def attach(self, broker: Broker) -> None:
+        """The broker whose sessions these hooks guard (it is built after them)."""
+        self._broker = broker
+
+    @property
+    def anonymous_account(self) -> str:
+        return self._anonymous_account
 
     # Authenticator ----------------------------------------------------------------
 
@@ -62,6 +108,7 @@ class RegistryHooks:
                 log.info("device sign-in refused from %s: %s", peer, result.detail or result.reason)
                 return Decision.deny(result.reason_code, result.reason)
             identity = result.identity
+            self._claim(identity, result.device)
             return Decision(
                 True,
                 account=identity.account_id,
@@ -70,11 +117,72 @@ class RegistryHooks:
                 max_subscriptions=self._max_subscriptions,
             )
         if self._allow_anonymous:
+            if self._reserved_for_a_device(connect.client_id):
+                # 0x85 rather than 0x87: what is refused is the identifier, and the client can
+                # connect with another; 3.1.1 gets return code 2, "identifier rejected".
+                log.info("anonymous CONNECT from %s with a device's client id refused", peer)
+                return Decision.deny(
+                    ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
+                    "this client id belongs to a device: sign in as the device, or use another",
+                )
             return Decision(True, account=self._anonymous_account)
         return Decision.deny(
             ReasonCode.NOT_AUTHORIZED,
             "anonymous access is disabled: sign in as a device (deviceName&productKey)",
         )
+
+    def _reserved_for_a_device(self, client_id: str) -> bool:
+        """An anonymous client may not take a device's session (and its queued messages): the
+        ids ``${productKey}.*`` of the anonymous account's products are the devices', whether
+        or not the device exists yet, and no session a device owns may be taken over. Both
+        checks are in memory: this runs on the event loop for every CONNECT."""
+        if not client_id:
+            return False  # the broker assigns one
+        product_key, dot, _name = client_id.partition(".")
+        if dot and product_key in self.reserved_product_keys:
+            return True
+        broker = self._broker
+        if broker is None:
+            return False
+        session = broker.session_of(self._anonymous_account, client_id)
+        return session is not None and self.owners.get(session.key, ANONYMOUS) != ANONYMOUS
+
+    def _claim(self, identity: DeviceIdentity, device: Device) -> None:
+        """Before a device's CONNECT opens its session: a session under its client id that
+        another device record (deleted since, same name) or an anonymous client opened is
+        ended first, so the device starts clean and never sees their messages."""
+        broker = self._broker
+        if broker is None:
+            return
+        session = broker.session_of(identity.account_id, identity.session_client_id)
+        if session is None:
+            return
+        owner = self.owners.get(session.key)
+        # An unbound session (DeviceWatch binds those restored at start) is the device's own
+        # only if the device has signed in before.
+        foreign = device.activated_at is None if owner is None else owner != identity.iot_id
+        if foreign:
+            log.info(
+                "device %s (IotId %s) signs in: the session under its client id was another's; "
+                "it is ended, the device starts clean",
+                identity.session_client_id,
+                identity.iot_id,
+            )
+            self.end_session(session)
+
+    def end_session(self, session: Session) -> None:
+        """End a device's session and close its connection, if any (v5 DISCONNECT 0x98,
+        administrative action), without its will: the device lost its right to it."""
+        broker = self._broker
+        if broker is None:
+            return
+        session.pending_will = None
+        if session.client is not None:
+            broker.disconnect_client(
+                session.account, session.client_id, clean_session=True, prevent_will=True
+            )
+        else:
+            broker.end_session(session)
 
     # Authorizer -------------------------------------------------------------------
 
@@ -110,23 +218,58 @@ class RegistryHooks:
 
     def connected(self, client: ClientInfo) -> None:
         identity = client.subject
+        key = session_key(client.account, client.client_id)
         if not isinstance(identity, DeviceIdentity):
+            self.owners[key] = ANONYMOUS
             return
+        self.owners[key] = identity.iot_id
         host = client.peer.rsplit(":", 1)[0]
         try:
             device = self._registry.set_device_online(
                 identity.product_key, identity.device_name, ip_address=host
             )
-        except RegistryError as error:  # deleted or disabled between sign-in and now
+        except RegistryError as error:
+            # Deleted or disabled by another process between sign-in and now: DeviceWatch
+            # closes the connection at its next look.
             log.info("device %s went away while signing in: %s", client.client_id, error)
             return
-        self._epochs[identity.device_key] = device.online_epoch
+        except _PRESENCE_FAILURES as error:
+            self._presence_failed(error)
+            return
+        self._presence_written()
+        self._epochs[identity.iot_id] = device.online_epoch
 
     def disconnected(self, client: ClientInfo) -> None:
         identity = client.subject
         if not isinstance(identity, DeviceIdentity):
             return
-        epoch = self._epochs.pop(identity.device_key, None)
-        self._registry.set_device_offline(
-            identity.product_key, identity.device_name, online_epoch=epoch
-        )
+        epoch = self._epochs.pop(identity.iot_id, None)
+        try:
+            changed = self._registry.set_device_offline(
+                identity.product_key,
+                identity.device_name,
+                online_epoch=epoch,
+                iot_id=identity.iot_id,
+            )
+        except _PRESENCE_FAILURES as error:
+            self._presence_failed(error)
+            return
+        if changed:  # a write that changed nothing wrote nothing: no sign of recovery
+            self._presence_written()
+
+    def _presence_failed(self, error: Exception) -> None:
+        self.presence_write_failures += 1
+        if not self._presence_failing:
+            self._presence_failing = True
+            log.warning(
+                "device ONLINE/OFFLINE status cannot be written to the registry (%s); devices "
+                "still connect, their status lags until writes work again",
+                error,
+            )
+
+    def _presence_written(self) -> None:
+        if self._presence_failing:
+            self._presence_failing = False
+            log.warning(
+                "device status writes work again (%d failed so far)", self.presence_write_failures
+            )

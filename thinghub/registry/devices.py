@@ -4,7 +4,7 @@ side: sign-in lookup and presence."""
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import errors as e
@@ -36,9 +36,32 @@ from .validation import (
     check_positive_id,
 )
 
+# Told, after the write committed, that a device lost its right to sign in: ``(device,
+# deleted)``, deleted True for DeleteDevice, False for DisableThing. The broker side
+# (auth/device_watch.py) ends its connections at once; a write by another process (the
+# command line) is found by polling instead.
+RevokeListener = Callable[[Device, bool], None]
+
 
 class DevicesMixin(RegistryBase):
     """Device operations, and presence for the broker."""
+
+    # A tuple, replaced on each add: listeners are few and added at start-up.
+    _revoke_listeners: tuple[RevokeListener, ...] = ()
+
+    def on_device_revoked(self, listener: RevokeListener) -> None:
+        """Call ``listener(device, deleted)`` after each delete or disable through this
+        Registry, on the calling thread, once the change is committed."""
+        self._revoke_listeners = (*self._revoke_listeners, listener)
+
+    def _revoked(self, device: Device, *, deleted: bool) -> None:
+        for listener in self._revoke_listeners:
+            listener(device, deleted)
+
+    def forget_cached_devices(self) -> None:
+        """Drop the sign-in lookup cache (``lookup_device``), e.g. when another process wrote
+        the registry file, so the next sign-in reads the device afresh."""
+        self._device_cache.clear()
 
     def register_device(
         self,
@@ -217,10 +240,12 @@ class DevicesMixin(RegistryBase):
         device_name: str | None = None,
         instance_id: str | None = None,
     ) -> Device:
-        """DeleteDevice. Returns the deleted device, so the caller can end its connection."""
+        """DeleteDevice. Returns the deleted device; the revoke listeners have ended its
+        connections and session by then."""
         with self._device_write() as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             conn.execute("DELETE FROM devices WHERE iot_id = ?", (device.iot_id,))
+        self._revoked(device, deleted=True)
         return device
 
     def disable_device(
@@ -232,8 +257,9 @@ class DevicesMixin(RegistryBase):
         device_name: str | None = None,
         instance_id: str | None = None,
     ) -> Device:
-        """DisableThing: status DISABLE, sign-in refused until enabled. The caller ends the
-        device's connection. Disabling a disabled device is not an error."""
+        """DisableThing: status DISABLE, sign-in refused until enabled; the revoke listeners
+        have closed its connections by the time this returns. Disabling a disabled device is
+        not an error."""
         with self._device_write() as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             if device.status is not DeviceStatus.DISABLE:
@@ -242,7 +268,9 @@ class DevicesMixin(RegistryBase):
                     "WHERE iot_id = ?",
                     (self._clock(), device.iot_id),
                 )
-            return _device(_device_row(conn, "d.iot_id = ?", (device.iot_id,)))
+            disabled = _device(_device_row(conn, "d.iot_id = ?", (device.iot_id,)))
+        self._revoked(disabled, deleted=False)
+        return disabled
 
     def enable_device(
         self,
@@ -343,16 +371,26 @@ class DevicesMixin(RegistryBase):
             return _device(_device_row(conn, "d.iot_id = ?", (row["iot_id"],)))
 
     def set_device_offline(
-        self, product_key: str, device_name: str, *, online_epoch: int | None = None
+        self,
+        product_key: str,
+        device_name: str,
+        *,
+        online_epoch: int | None = None,
+        iot_id: str | None = None,
     ) -> bool:
         """A device's connection ended: OFFLINE. With ``online_epoch``, only if no newer
-        sign-in happened since (a take-over). Returns whether the status changed."""
+        sign-in happened since (a take-over). With ``iot_id``, only that device record: the
+        late end of a deleted device's connection must not mark a device registered since
+        under the same name offline. Returns whether the status changed."""
         now = self._clock()
         sql = (
             "UPDATE devices SET online = 0, status_changed_at = ? "
             "WHERE product_key = ? AND device_name = ? AND online = 1"
         )
         args: list[Any] = [now, product_key, device_name]
+        if iot_id is not None:
+            sql += " AND iot_id = ?"
+            args.append(iot_id)
         if online_epoch is not None:
             sql += " AND online_epoch = ?"
             args.append(online_epoch)

@@ -27,7 +27,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-from .errors import SchemaVersionError
+from .errors import SchemaVersionError, full_disk_refuses
 
 __all__ = ["FILE_NAME", "MIGRATIONS", "RegistryStore"]
 
@@ -194,7 +194,8 @@ class RegistryStore:
     @contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction (``BEGIN IMMEDIATE``), committed on success, rolled back on any
-        exception. Nested use joins the outer transaction."""
+        exception. Nested use joins the outer transaction. A full disk raises ``StorageFull``,
+        with the transaction rolled back."""
         with self._lock:
             if self._depth:
                 self._depth += 1
@@ -206,12 +207,16 @@ class RegistryStore:
             self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
             try:
-                yield self._conn
-            except BaseException:
-                self._conn.execute("ROLLBACK")
-                raise
-            else:
-                self._conn.execute("COMMIT")
+                # A full disk is StorageFull (503 in the HTTP dialects), not SQLite's error.
+                with full_disk_refuses("the registry cannot be changed now"):
+                    try:
+                        yield self._conn
+                        self._conn.execute("COMMIT")
+                    except BaseException:
+                        # SQLite may have rolled back already (SQLITE_FULL, SQLITE_IOERR).
+                        if self._conn.in_transaction:
+                            self._conn.execute("ROLLBACK")
+                        raise
             finally:
                 self._depth = 0
 

@@ -1,0 +1,132 @@
+"""A full disk must not lock devices out: a device's sign-in writes its presence (ONLINE, its
+IP, the time) to the registry, and that write failing must neither refuse nor drop the
+connection (auth/broker_hooks.py, ``RegistryHooks.connected``).
+
+The attack: fill the disk the data directory lives on (anything that can write to that disk
+can). Before the fix a device signing in got CONNACK 0 and at once DISCONNECT 0x83
+(implementation specific error): the failed presence write escaped the CONNECT handler, and
+the device could never reach the messages queued for it until the disk had room again.
+
+A real full disk: an 8 MiB tmpfs as the data directory (the tests run as root; skipped where
+``mount`` is not permitted), a real ``thinghub serve`` on it, a filler file written until
+``ENOSPC``; the device signs in with the Alibaba scheme through paho-mqtt.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+import sys
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+import pytest
+from paho.mqtt.enums import CallbackAPIVersion
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from sec_paho_device import PahoDevice
+from sechub import TIMEOUT, SecHub
+
+pytestmark = pytest.mark.thinghub_only
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """An 8 MiB tmpfs: a disk that really fills up."""
+    mount_point = tmp_path / "disk"
+    mount_point.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
+        capture_output=True,
+        text=True,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=True)
+
+
+@pytest.fixture
+def hub(small_disk: Path) -> Iterator[SecHub]:
+    h = SecHub(small_disk / "data")
+    try:
+        yield h
+    finally:
+        h.stop()
+
+
+def fill(path: Path) -> None:
+    """Take every free byte of the file system ``path`` is on."""
+    chunk = 1 << 20
+    with open(path, "ab", buffering=0) as file:
+        while chunk:
+            try:
+                file.write(b"\0" * chunk)
+            except OSError as error:
+                assert error.errno == errno.ENOSPC, error
+                chunk //= 2
+    assert os.statvfs(path).f_bavail == 0
+
+
+def publish_qos1(hub: SecHub, topic: str, payloads: list[bytes]) -> None:
+    """An application publishing to the device (an anonymous client, in the root account
+    where the device lives); each PUBACK must say Success, so the messages are stored."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    acked: dict[int, int] = {}
+    done = threading.Condition()
+
+    def on_publish(_c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
+        with done:
+            acked[mid] = reason.value
+            done.notify_all()
+
+    client.on_publish = on_publish
+    client.connect(hub.host, hub.mqtt_port)
+    client.loop_start()
+    try:
+        for payload in payloads:
+            mid = client.publish(topic, payload, qos=1).mid
+            with done:
+                assert done.wait_for(lambda: mid in acked, TIMEOUT), "no PUBACK"  # noqa: B023
+            assert acked[mid] == 0, f"PUBACK {acked[mid]:#x}"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+
+
+def test_device_signs_in_and_drains_its_queue_on_a_full_disk(hub: SecHub) -> None:
+    product_key = hub.product(f"p_{uuid.uuid4().hex[:8]}")
+    device = hub.device(product_key, f"d{uuid.uuid4().hex[:8]}")
+    first = PahoDevice(hub, device, persistent=True)
+    first.connect()
+    first.subscribe(device.topic("user/get"))
+    first.stop()
+    publish_qos1(hub, device.topic("user/get"), [f"queued {n}".encode() for n in range(3)])
+
+    fill(hub.data_dir / "filler")
+
+    # Twice: each sign-in's presence write fails, and the failure is logged once, not per
+    # sign-in.
+    for attempt in range(2):
+        back = PahoDevice(hub, device, persistent=True)
+        assert back.connect() == (0, True)
+        if attempt == 0:
+            got = [back.next_message() for _ in range(3)]
+            assert got == [(device.topic("user/get"), f"queued {n}".encode()) for n in range(3)]
+        # Still connected: a round trip after everything queued has arrived (the PUBACK may
+        # say 0x97, quota exceeded: the store takes no new QoS 1 work on a full disk).
+        assert back.publish(device.topic("user/update"), b"alive") in (0x00, 0x10, 0x97)
+        assert not back.closed.is_set(), f"dropped with reason {back.disconnect_reason}"
+        back.stop()
+
+    warnings = [line for line in hub.output if "status cannot be written" in line]
+    assert len(warnings) == 1, hub.log()
+    assert "0x83" not in hub.log() and "Traceback" not in hub.log(), hub.log()
+    (hub.data_dir / "filler").unlink()
