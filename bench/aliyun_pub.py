@@ -2,7 +2,7 @@
 
     .venv/bin/python -m bench.aliyun_pub [--seconds 5] [--connections 8] [--action Pub ...]
 
-What is measured (issue 3 targets on this machine: Pub >= 5,000 requests/s, BatchPub to 100
+What is measured (targets on this machine: Pub >= 5,000 requests/s, BatchPub to 100
 devices >= 50,000 deliveries/s):
 
 * ``healthz``: ``GET /healthz``, the hub's do-nothing endpoint, over the same connections

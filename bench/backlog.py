@@ -16,7 +16,7 @@ hub restarts to ready in at most 10 s, and its memory does not grow with the que
    the backlog is really there and how fast a page-by-page drain runs.
 
 Figures are printed with the machine they came from. mosquitto is not compared here: it keeps
-queued messages in memory and saves them only every 30 minutes by default (issue 5, "Why").
+queued messages in memory and saves them only every 30 minutes by default ("Why").
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
     .venv/bin/python -m bench.http_publish [--seconds 5] [--connections 8] [--json FILE]
     .venv/bin/python -m bench.http_publish --target 127.0.0.1:8080:1883   # a running hub
 
-What is measured (issue 4 target: >= 5,000 requests/s on this machine):
+What is measured (target: >= 5,000 requests/s on this machine):
 
 * ``publish``: ``POST /topics/{topic}`` at QoS 0, signed exactly as botocore signs it
   (``SigV4Auth``, service ``iotdata``; reference ``aws-iot-data-api.md`` §2 and §4), sent

@@ -60,7 +60,7 @@ def _qos1() -> StreamSpec:
 
 def _qos1_persistent() -> StreamSpec:
     # qos1 into a persistent session (clean session 0, connected before the publisher): every
-    # delivery goes through the broker's store (issue 5, "QoS 1 end to end into a persistent
+    # delivery goes through the broker's store ("QoS 1 end to end into a persistent
     # session, with durability on"). Compare with qos1 in the same run.
     return StreamSpec(
         name="qos1-persistent",

@@ -30,7 +30,7 @@ class ConfigError(ValueError):
 @dataclass(frozen=True, slots=True)
 class MQTTSettings:
     """The MQTT listener and the broker's limits. Defaults follow the clouds' published limits
-    where they exist (``../shared/reference``) and mosquitto's otherwise."""
+    where they exist (the README's *Limits* cites each) and mosquitto's otherwise."""
 
     host: str = "0.0.0.0"
     port: int = 1883
@@ -119,7 +119,7 @@ class APISettings:
 
 @dataclass(frozen=True, slots=True)
 class StoreSettings:
-    """The broker's durable store, ``broker.db`` in the data directory (issue 5). Past any of
+    """The broker's durable store, ``broker.db`` in the data directory. Past any of
     these bounds new QoS 1/2 messages are refused (MQTT 5: 0x97) rather than accepted and
     lost; see thinghub/store/sqlite.py."""
 

@@ -36,7 +36,7 @@ class Message:
     received_at: float = 0.0
     expires_at: float | None = None
     # A queued copy read back from the store is dropped past this clock reading: the store's
-    # retention period (issue 5, 7 days by default), which unlike ``expires_at`` is not sent.
+    # retention period (7 days by default), which unlike ``expires_at`` is not sent.
     keep_until: float | None = None
     # Encoded PUBLISH bytes cached per (protocol family, qos, retain flag) so a fan-out encodes
     # once (see broker.delivery).

@@ -179,7 +179,7 @@ def test_restored_session_without_expiry_stays() -> None:
 
 # ---------------------------------------------------------------------------- queues on disk
 # A persistent session keeps at most a page of its queue in memory while connected, none while
-# offline; the rest is read back from the store a page at a time (issue 5: "memory does not
+# offline; the rest is read back from the store a page at a time ("memory does not
 # grow with queue length").
 
 

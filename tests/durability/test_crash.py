@@ -1,4 +1,4 @@
-"""The crash test of issue 5: nothing acknowledged is ever lost.
+"""The crash test: nothing acknowledged is ever lost.
 
 `thinghub serve` runs as a subprocess on one data directory. MQTT publishers (QoS 1, and one
 QoS 2), an AWS `Publish` caller (boto3 `iot-data`, QoS 1) and an Alibaba `Pub` caller

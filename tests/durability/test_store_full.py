@@ -1,5 +1,5 @@
 """A store past its size limit refuses new QoS 1 work in every dialect, keeps serving QoS 0,
-and takes work again once space is freed (issue 5, "Storage is bounded": "new QoS 1/2 messages
+and takes work again once space is freed ("Storage is bounded": "new QoS 1/2 messages
 are refused with the protocol's quota error ... rather than accepted and lost").
 
 A real `thinghub serve` with `store.max_size_bytes` of 2 MiB; an offline persistent session

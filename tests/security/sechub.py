@@ -25,7 +25,7 @@ from thinghub.auth.aliyun_device import build_credentials
 from thinghub.cli import main as cli_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
-import rawmqtt  # noqa: E402
+import rawmqtt
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ID, SECRET = "LTAIsecurityTests000000", "security-tests-secret-0123456789ab"

@@ -52,7 +52,7 @@ def test_the_tests_ran_here() -> None:
 
 
 def test_queued_messages_past_the_retention_period_are_dropped_when_read(tmp_path: Path) -> None:
-    """Retention (issue 5, 7 days by default) also runs while the hub runs: a queued message
+    """Retention (7 days by default) also runs while the hub runs: a queued message
     read back from disk after its retention period is dropped, as an expired one is."""
     hub = SQLiteHub(tmp_path / "data", limits=StoreLimits(retention_s=3600))
     sub = hub.client(V5)

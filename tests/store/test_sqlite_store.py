@@ -1,6 +1,6 @@
 """SQLiteStore on real files: the journal round trip through ``load()`` (checked against
 MemoryStore on random journals), order, message bodies stored once, expiry while the hub is
-down, and the faults of issue 5: newer schema, corrupt file, locked data directory, disk full,
+down, and the faults it must survive: newer schema, corrupt file, locked data directory, disk full,
 a writer that falls behind. No sleeps: waits are on the store's own commit barrier."""
 
 from __future__ import annotations

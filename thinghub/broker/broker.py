@@ -157,7 +157,7 @@ class Broker:
         self.set_session_expiry(session, expiry)
         session.client = client
         if session.persistent:
-            # Durability (issue 5): the session's expiry clock is stopped while connected.
+            # Durability: the session's expiry clock is stopped while connected.
             self.store.session_connected(session.key)
         return session, present
 
@@ -186,7 +186,7 @@ class Broker:
         session.client = None
         expiry = session.expiry_interval
         if session.persistent and expiry > 0:
-            # Durability (issue 5): the store counts the expiry from this wall-clock time, so
+            # Durability: the store counts the expiry from this wall-clock time, so
             # it also runs while the hub is down.
             self.store.session_disconnected(session.key, int(time.time() * 1000))
             self._spill_queue(session)
@@ -509,7 +509,7 @@ class Broker:
     def _enqueue(self, session: Session, out: Outgoing, wait_for_commit: bool = False) -> None:
         """Queue ``out`` on the session, persisting it (unless the queue is full: dropped and
         counted). A persistent session keeps at most a page of its queue in memory, none while
-        offline; the rest is on disk only and read back in pages (issue 5: memory does not
+        offline; the rest is on disk only and read back in pages (memory does not
         grow with queue length). With ``wait_for_commit`` a copy kept in memory is not sent
         before the store has committed it."""
         limits = self.settings
@@ -834,7 +834,7 @@ class Broker:
             session.queued_bytes += stored.queued_bytes
             session.inbound_qos2 = set(stored.inbound_qos2)
             if session.expiry_interval < 0xFFFFFFFF:
-                # The time the hub was down counts against the expiry (issue 5); the store
+                # The time the hub was down counts against the expiry; the store
                 # already dropped sessions whose expiry passed while it was down.
                 left = float(session.expiry_interval)
                 if stored.disconnected_at_ms is not None:

@@ -636,7 +636,7 @@ class Client:
 
     def _acknowledge(self, ack: Packet, must_wait: bool) -> None:
         """Acknowledged means stored: an answer whose request changed the store goes out once
-        the store has committed (ARCHITECTURE.md, "Acknowledged means durable"). Answers
+        the store has committed (docs/architecture.md, "Acknowledged means stored"). Answers
         keep the order of the requests [MQTT-4.6.0-2], so while one waits, later ones queue
         behind it (the store runs commit callbacks in order)."""
         if not must_wait and not self._acks_waiting:

@@ -1,6 +1,6 @@
 """A topic space: the subscriptions and retained messages of one account.
 
-Tenancy (ARCHITECTURE.md): messages never cross accounts. Each account has its own trie of
+Tenancy (docs/architecture.md): messages never cross accounts. Each account has its own trie of
 subscriptions and its own retained messages, so a topic of account A can never match a
 subscription of account B, whatever the wildcards. Clients connected without an account
 (anonymous MQTT) live in the default account ``""``.

@@ -1,5 +1,5 @@
 """The one publish path for the HTTP dialects: ``Broker.publish`` plus the wait that makes an
-HTTP 200 mean what a PUBACK means (ARCHITECTURE.md, "Acknowledged means durable")."""
+HTTP 200 mean what a PUBACK means (docs/architecture.md, "Acknowledged means stored")."""
 
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 mapping from SQLite rows to the frozen records of ``models``.
 
 Every scoped lookup (``_product``, ``_device``, ``_category``) takes the caller's account and
-instance and answers "not found" for a resource of anyone else (ARCHITECTURE.md "Tenancy").
+instance and answers "not found" for a resource of anyone else (docs/architecture.md "Tenancy").
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ table of strings.
 
 Where the codes come from:
 
-* reference §2.5 (``../shared/reference/alibaba-iot-api.md``), the primary source;
+* the Alibaba Cloud IoT API reference, §2.5 (error codes), the primary source;
 * the public Alibaba error-code list ([D:87387], English mirror), for codes §2.5 abbreviates or
   leaves out: ``iot.common.InvalidPageParams``, ``iot.prod.NullProductName``,
   ``iot.prod.LongProductDesc``, ``iot.prod.InvalidNodeType``,
@@ -52,7 +52,7 @@ class RegistryError(Exception):
 
 class NotFoundError(RegistryError):
     """The resource does not exist, or belongs to another account or instance (the same answer
-    either way: ARCHITECTURE.md "Tenancy")."""
+    either way: docs/architecture.md "Tenancy")."""
 
 
 class InvalidParameterError(RegistryError):

@@ -1,4 +1,4 @@
-"""MessageIds and RequestIds (reference §5; ARCHITECTURE.md "Time and ids").
+"""MessageIds and RequestIds (reference §5; docs/architecture.md "Time and ids").
 
 MessageId
 ---------

@@ -2,7 +2,7 @@
 
 Every operation the Alibaba RPC API needs (reference §2.2-§2.4) is a method of ``Registry``, and
 every one of them is scoped by ``account_id`` and, where used, ``instance_id``. Tenancy
-(ARCHITECTURE.md): a ProductKey, IotId, TopicId or ApplyId of another account, or of another
+(docs/architecture.md): a ProductKey, IotId, TopicId or ApplyId of another account, or of another
 instance of the same account, gets exactly the answer of one that does not exist.
 
 Instances: products belong to one instance or to none. ``instance_id=None`` addresses the

@@ -11,7 +11,7 @@ Compatibility notes (the on-disk format carries a version, STYLE.md §3.14):
 * Migrations are append-only. Never edit one that has shipped; add the next.
 
 Durability: WAL journal with ``synchronous=FULL``, so a committed registry change (an API call
-that answered success) survives a crash or power loss (ARCHITECTURE.md "Acknowledged means
+that answered success) survives a crash or power loss (docs/architecture.md "Acknowledged means
 durable"). Registry writes are rare; the cost is one fsync each.
 
 Threads: one connection guarded by a re-entrant lock. Calls are short (indexed lookups), so a

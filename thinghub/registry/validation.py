@@ -2,8 +2,8 @@
 
 Each function takes the raw value an API caller sent (the HTTP dialects pass strings through
 unchanged) and returns the normalised value, or raises ``InvalidParameterError`` with the
-reference's business code. Sources are cited per rule; the reference is
-``../shared/reference/alibaba-iot-api.md``.
+reference's business code. Sources are cited per rule ("reference §N": the Alibaba Cloud
+IoT API reference the dialect follows).
 """
 
 from __future__ import annotations

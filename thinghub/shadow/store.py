@@ -4,7 +4,7 @@ registry's migrations in ``thinghub/registry/store.py``; this module only uses i
 Why ``registry.db`` and its own connection: shadows are registry-like state (per account, per
 thing, small, not on the message path), so they live and are backed up with the registry;
 but they change far more often than the registry, and each change is fsynced (an update
-answered 200, or ``/update/accepted``, is on disk: ARCHITECTURE.md "Acknowledged means
+answered 200, or ``/update/accepted``, is on disk: docs/architecture.md "Acknowledged means
 durable"). So the shadow service writes through a second connection to the same WAL file, on
 its own thread, and the registry's connection on the event loop never waits for a shadow's
 fsync (WAL lets readers run beside the writer; a rare registry write waits at most for one

@@ -13,8 +13,7 @@ publish (PUBACK, PUBREC) only from such a callback, so "acknowledged" means "sto
 ``load()`` returns what the broker needs to rebuild its state at start-up: sessions, their
 subscriptions and in-flight messages, and retained messages. Queued messages (no packet id yet)
 are only counted there; the broker reads them in pages with ``read_queued`` when their session
-is ready to take them, so a large backlog costs neither start-up time nor memory (issue 5:
-"queues are read from disk as needed").
+is ready to take them, so a large backlog costs neither start-up time nor memory.
 
 Sessions are named by ``session_key`` (``Session.key``: the account and the client id joined by
 U+0000); retained messages by their account and topic.
@@ -69,7 +68,7 @@ class StoredSession:
     inbound_qos2: set[int] = field(default_factory=set)
     # Wall-clock time (ms since the epoch) its last connection ended; None while connected
     # (or when the hub stopped with it connected). The session's expiry counts from here, also
-    # while the hub is down (issue 5, "Expiry and retention").
+    # while the hub is down ("Expiry and retention").
     disconnected_at_ms: int | None = None
 
 
@@ -91,7 +90,7 @@ class BrokerStore(Protocol):
         """False while the store cannot promise to keep new work: its writer is behind past
         the configured bound, the store is past its size limit, or writing failed (disk full).
         The broker then refuses new QoS 1/2 publishes (MQTT 5: 0x97 Quota exceeded) rather
-        than accept them and lose them (issue 5). Calls that finish work already accepted
+        than accept them and lose them. Calls that finish work already accepted
         (acks, session changes) are still made."""
         ...
 

@@ -1,6 +1,6 @@
 """The store's exceptions: raised at start-up when the data directory cannot be used. Each
 message says what is wrong and what to do; nothing has been written when one is raised
-(issue 5, "Faults": a clear error at start and no damage)."""
+("Faults": a clear error at start and no damage)."""
 
 from __future__ import annotations
 

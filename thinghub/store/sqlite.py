@@ -1,4 +1,4 @@
-"""The durable ``BrokerStore``: ``broker.db`` in the data directory (issue 5).
+"""The durable ``BrokerStore``: ``broker.db`` in the data directory.
 
 Theory of operation
 -------------------
@@ -12,7 +12,7 @@ only appends a tuple to a list. Everything else happens on ONE writer thread:
 2. *Group commit.* The writer takes every batch sealed so far and applies them in ONE
    transaction, then commits: one fsync for what may be thousands of calls. While it commits,
    the loop keeps sealing new batches, which become the next group. Durability costs one fsync
-   per group, not per message (issue 5: "committed in groups ... so durability costs little").
+   per group, not per message ("committed in groups ... so durability costs little").
 3. *Coalescing.* Within a group, a delivery added and removed again (an online persistent
    session that acknowledged before the commit) is dropped altogether, with its packet id and
    QoS 2 updates, and so is a message body that no surviving delivery needs. Copies of one
@@ -20,7 +20,7 @@ only appends a tuple to a list. Everything else happens on ONE writer thread:
 4. *Acknowledgements.* ``after_commit(callback)`` puts a barrier into the journal. After the
    group holding it commits, the writer hands the group's callbacks to the loop thread
    (``call_soon_threadsafe``, one call per group), which sends the PUBACKs/PUBRECs and answers
-   the HTTP publishers. Acknowledged therefore means on disk (ARCHITECTURE.md).
+   the HTTP publishers. Acknowledged therefore means on disk (docs/architecture.md).
 
 Faults
 ------
@@ -164,7 +164,7 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
 
 @dataclass(frozen=True, slots=True)
 class StoreLimits:
-    """Bounds of the store (ARCHITECTURE.md "Everything is bounded")."""
+    """Bounds of the store (docs/architecture.md "Everything is bounded")."""
 
     # Journal calls / bytes (message bodies, plus ~100 bytes a call) written by the broker
     # and not committed yet; past either, ``accepting`` is False.
@@ -175,7 +175,7 @@ class StoreLimits:
     # The hard limit (``PRAGMA max_page_count``) where commits fail; None: the soft limit plus
     # a quarter (at least 16 MiB), room for the work accepted before the refusal took effect.
     hard_size_bytes: int | None = None
-    # Queued messages older than this are dropped at start-up (issue 5: 7 days by default).
+    # Queued messages older than this are dropped at start-up (7 days by default).
     retention_s: int = 7 * 24 * 3600
 
 
@@ -309,7 +309,7 @@ class SQLiteStore:
         # FULL, not NORMAL: in WAL mode NORMAL syncs only at checkpoints, so a commit survives
         # a process crash (kill -9) but may vanish on power loss or an OS crash. FULL syncs the
         # WAL at every commit; with group commit that is one fsync per group, which is what
-        # "acknowledged means durable" costs (ARCHITECTURE.md; issue 5 "fsync per group").
+        # "acknowledged means durable" costs (docs/architecture.md; "fsync per group").
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA temp_store = MEMORY")
         for target in range(version + 1, len(MIGRATIONS) + 1):
@@ -981,7 +981,7 @@ def _read_state(conn: sqlite3.Connection, offset: float) -> StoredState:
         )
     # Only the in-flight deliveries and their bodies are read (a window per session); queued
     # ones are counted here and read in pages as their sessions take them (``read_queued``),
-    # so start-up time and memory do not grow with the backlog (issue 5).
+    # so start-up time and memory do not grow with the backlog.
     messages: dict[int, Message] = {}
     for row in conn.execute(
         "SELECT id, account, topic, payload, qos, retain, properties, origin, "

@@ -4,12 +4,15 @@ must deliver nothing."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import http.client
 import json
 import re
 import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -20,6 +23,7 @@ from aliyun_harness import Hub, PahoDevice, b64, tea_error, unique
 from aliyunsdkcore.request import CommonRequest
 from aliyunsdkiot.request.v20180120.PubRequest import PubRequest
 
+from thinghub.http.aliyun.nonce_store import NonceStore, NonceStoreUnavailable
 from thinghub.http.aliyun.signing import v1_signature, v1_string_to_sign
 from thinghub.registry.models import AccessKey, Device
 
@@ -153,6 +157,54 @@ def test_replayed_request_is_refused_and_delivers_once(
     assert first[0] == 200 and json.loads(first[2])["Success"] is True
     assert (again[0], json.loads(again[2])["Code"]) == (400, "SignatureNonceUsed")
     assert listener.expect().payload == b"once"
+    sentinel(hub, device, listener)
+
+
+def test_nonce_store_failure_answers_503_and_does_nothing(
+    hub: Hub, device: Device, paho_device: MakeDevice, tmp_path: Path
+) -> None:
+    """While the nonce store cannot make a nonce durable (its writer failed), a request must
+    not be acted on: a restart would forget its nonce and let a capture of it be replayed.
+    The caller gets the gateway's 503 and nothing is delivered; the nonce is not burnt, so
+    the very same request succeeds once the store works again, and only once."""
+    listener = paho_device(device)
+    listener.subscribe(_get(device))
+
+    async def open_store(name: str, fail: bool) -> NonceStore:
+        store = NonceStore.open(tmp_path / name)
+        store.start(asyncio.get_running_loop())
+        if fail:  # NaN is stored as NULL: the writer's transaction fails (and is logged)
+            with contextlib.suppress(NonceStoreUnavailable):
+                await store.use("x", "y", float("nan"))
+        return store
+
+    (tmp_path / "failed").mkdir()
+    (tmp_path / "ok").mkdir()
+    failed = hub.run(open_store("failed", True))
+    working = hub.run(open_store("ok", False))
+    assert failed.failed is not None
+    params = v1_params(
+        hub.root_key,
+        "Pub",
+        ProductKey=device.product_key,
+        TopicFullName=_get(device),
+        MessageContent=b64(b"held back"),
+        Format="JSON",
+    )
+    try:
+        hub.ctx.nonce_store = failed
+        status, _, body = send_v1(hub, params, secret=hub.root_key.secret)
+        assert (status, json.loads(body)["Code"]) == (503, "ServiceUnavailable")
+        hub.ctx.nonce_store = working
+        status, _, body = send_v1(hub, params, secret=hub.root_key.secret)
+        assert status == 200 and json.loads(body)["Success"] is True
+        status, _, body = send_v1(hub, params, secret=hub.root_key.secret)
+        assert (status, json.loads(body)["Code"]) == (400, "SignatureNonceUsed")
+    finally:
+        hub.ctx.nonce_store = None
+        hub.run(failed.close())
+        hub.run(working.close())
+    assert listener.expect().payload == b"held back"
     sentinel(hub, device, listener)
 
 

@@ -291,7 +291,7 @@ async def send_direct_message(ctx: HubContext, call: Call) -> web.Response:
 
     if not broker.store.accepting:
         # A QoS 1 copy to a persistent session is stored: refused like any publish while the
-        # store cannot take more (issue 5), before anything is sent.
+        # store cannot take more, before anything is sent.
         raise StoreUnavailable("the message store is not accepting new messages")
     if not broker.send_direct(call.account, client_id, message, API_CALLER, on_acked):
         raise AwsError.not_found(not_connected)
