@@ -137,3 +137,40 @@ def test_v5_server_caps_the_session_expiry(start_hub, raw):
     c.disconnect()
     time.sleep(2.2)
     assert not connect_persistent(raw(5, on=hub), cid, resume=True).session_present
+
+
+@pytest.mark.parametrize("disconnect_expiry", [None, 0, 60])
+@pytest.mark.parametrize("resume_expiry", [None, 0, 60])
+def test_v5_resumed_session_delivers_its_queue_whatever_expiry_the_reconnect_asks(
+    client, raw, resume_expiry, disconnect_expiry
+):
+    """A session with expiry 99999 queues QoS 1 and 2 messages while offline; the client comes
+    back with Clean Start 0 and any Session Expiry Interval (absent means 0). The CONNACK says
+    Session Present, and the queue is delivered: the reconnect's expiry only decides what
+    happens at the *next* disconnect (§3.1.2.11.2), which the DISCONNECT may change again unless
+    the CONNECT said 0 ([MQTT-3.14.2-2])."""
+    t, cid = unique(), unique()
+    first = raw(5)
+    first.connect(cid, clean=True, properties={"session_expiry_interval": 99999})
+    first.subscribe(f"{t}/#", 2)
+    first.disconnect()
+    pub = client(5)
+    pub.publish(f"{t}/C", b"qos1", 1)
+    pub.publish(f"{t}/B/C", b"qos2", 2)
+    back = raw(5)
+    props = {} if resume_expiry is None else {"session_expiry_interval": resume_expiry}
+    assert back.connect(cid, clean=False, properties=props).session_present
+    pub.publish(f"{t}/end", b"end", 1)
+    assert sorted(receive_all(back, b"end")) == [b"qos1", b"qos2"]
+    connect_said = resume_expiry or 0
+    if disconnect_expiry is not None and connect_said == 0 and disconnect_expiry != 0:
+        return  # a protocol error, tested above
+    back.disconnect(
+        properties=None
+        if disconnect_expiry is None
+        else {"session_expiry_interval": disconnect_expiry}
+    )
+    final = connect_said if disconnect_expiry is None else disconnect_expiry
+    again = raw(5)
+    present = again.connect(cid, clean=False, properties={"session_expiry_interval": 60})
+    assert present.session_present == (final > 0)

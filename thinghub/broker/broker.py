@@ -154,7 +154,15 @@ class Broker:
         if session is None:
             session = Session(client_id, expiry, client.account)
             self.sessions[key] = session
-        self.set_session_expiry(session, expiry)
+        if present and expiry == 0 and session.persistent:
+            # The expiry a CONNECT asks for decides what happens when *this* connection ends
+            # (§3.1.2.11.2); the session it resumes is still what it was, with its queue on
+            # disk: that is delivered now, and the session ends with the connection
+            # (close_session). Should the hub crash meanwhile, the session comes back with its
+            # earlier expiry, as if this connection had not happened.
+            session.expiry_interval = 0
+        else:
+            self.set_session_expiry(session, expiry)
         session.client = client
         if session.persistent:
             # Durability: the session's expiry clock is stopped while connected.
