@@ -14,12 +14,14 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from .auth.broker_hooks import RegistryHooks
+from .auth.device_watch import DeviceWatch
 from .broker.auth import DenyList
 from .broker.broker import Broker
 from .config import Settings
+from .http.aliyun.nonce_store import NonceStore, open_nonce_store
 from .http.app import build_http_app
 from .http.context import HubContext
-from .http.fastpath import FastSite
+from .http.fastpath import FastSite, ReadTimeouts
 from .http.ratelimit import (
     ALIYUN_DEFAULT_RATES,
     AWS_DEFAULT_OTHER_RATE,
@@ -37,6 +39,7 @@ from .shadow.service import ShadowService
 from .shadow.store import ShadowStore
 from .store.lock import DataDirLock
 from .store.sqlite import SQLiteStore, StoreLimits
+from .transport.admission import AdmissionGate, raise_file_limit
 from .transport.tcp import make_tls_context, start_tcp_listener
 
 log = logging.getLogger("thinghub")
@@ -66,6 +69,11 @@ class Hub:
     _http_runner: web.AppRunner | None = None
     # AWS IoT device shadows (a table of registry.db, on their own connection and thread).
     shadows: ShadowService | None = None
+    # Ends the connections of deleted and disabled devices, also when another process (the
+    # command line) changed registry.db (auth/device_watch.py).
+    device_watch: DeviceWatch | None = None
+    # Used Alibaba SignatureNonces, kept across restarts (nonces.db, its own writer thread).
+    nonce_store: NonceStore | None = None
 
     def open_registry(self) -> Registry:
         """Open the registry and make sure the root account has an access key."""
@@ -132,6 +140,9 @@ class Hub:
             new_message_id=ids.next_id,
         )
         broker.restore()
+        # Before any connection: binds the restored sessions to their devices.
+        self.device_watch = DeviceWatch(registry, broker, hooks)
+        await self.device_watch.start()
         shadow = settings.shadow
         self.shadows = shadows = ShadowService(
             broker,
@@ -144,17 +155,26 @@ class Hub:
         )
         shadows.start()
 
-        tcp = await start_tcp_listener(broker, mqtt.host, mqtt.port)
+        # Which new connections are taken at all (transport/admission.py): the open files
+        # limit is raised to the hard one first, so that the reserve is counted from it.
+        raise_file_limit()
+        gate = AdmissionGate(mqtt)
+        tcp = await start_tcp_listener(broker, mqtt.host, mqtt.port, gate=gate)
         self._servers.append(tcp)
         mqtts = None
         if mqtt.tls_cert and mqtt.tls_key:
             tls = await start_tcp_listener(
-                broker, mqtt.host, mqtt.tls_port, make_tls_context(mqtt.tls_cert, mqtt.tls_key)
+                broker,
+                mqtt.host,
+                mqtt.tls_port,
+                make_tls_context(mqtt.tls_cert, mqtt.tls_key),
+                gate=gate,
             )
             self._servers.append(tls)
             mqtts = _bound(tls)
 
         api = settings.api
+        self.nonce_store, nonces = await open_nonce_store(settings.data_dir)
         context = HubContext(
             settings=settings,
             broker=broker,
@@ -168,11 +188,20 @@ class Hub:
                 groups=AWS_RATE_GROUPS,
             ),
             shadows=shadows,
+            nonces=nonces,
+            nonce_store=self.nonce_store,
         )
-        runner = web.AppRunner(build_http_app(context), access_log=None, handle_signals=False)
+        runner = web.AppRunner(build_http_app(context, gate), access_log=None, handle_signals=False)
         await runner.setup()
         # A TCPSite whose connections serve the hot API calls on the fast path (http/fastpath.py).
-        site = FastSite(runner, settings.http.host, settings.http.port, reuse_address=True)
+        http = settings.http
+        site = FastSite(
+            runner,
+            http.host,
+            http.port,
+            reuse_address=True,
+            timeouts=ReadTimeouts(http.header_timeout, http.body_timeout, gate),
+        )
         await site.start()
         self._http_runner = runner
         http_server = getattr(site, "_server", None)
@@ -202,6 +231,9 @@ class Hub:
                 log.warning("some MQTT connections did not close in time")
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self.nonce_store is not None:
+            await self.nonce_store.close()  # commits the last nonces taken
+            self.nonce_store = None
         if self.shadows is not None:
             # Answers what it has taken (its answers may still reach the broker's store).
             await self.shadows.close()
@@ -209,6 +241,9 @@ class Hub:
         if self.broker_store is not None:
             # Commits what the last connections changed, then stops the writer thread.
             self.broker_store.close()
+        if self.device_watch is not None:
+            await self.device_watch.stop()
+            self.device_watch = None
         if self._store is not None:
             self._store.close()
         if self._lock is not None:

@@ -496,6 +496,17 @@ def test_nonce_cache_expiry_and_bound() -> None:
         NonceCache(max_entries=0)
 
 
+def test_forgotten_nonce_is_usable_again() -> None:
+    # api.py forgets the nonce of a request refused because the nonce store could not take
+    # it: that request did nothing, so sending it again is no replay.
+    cache = NonceCache()
+    assert cache.use("ak", "n", expires_at=100, now=0)
+    cache.forget("ak", "n")
+    cache.forget("ak", "never used")
+    assert cache.use("ak", "n", expires_at=100, now=1)
+    assert not cache.use("ak", "n", expires_at=100, now=2)
+
+
 @given(st.lists(st.tuples(st.text(max_size=12), st.text(max_size=12)), max_size=6))
 def test_fast_paths_equal_plain_quote(pairs: list[tuple[str, str]]) -> None:
     canonical = "&".join(

@@ -162,9 +162,7 @@ class Device:
         return f"/{self.product_key}/{self.name}/{suffix}"
 
     def connect_packet(self, version: int = 5, **kwargs: Any) -> bytes:
-        client_id, username, password = build_credentials(
-            self.product_key, self.name, self.secret
-        )
+        client_id, username, password = build_credentials(self.product_key, self.name, self.secret)
         return rawmqtt.connect(
             client_id, version, username=username, password=password.encode(), **kwargs
         )

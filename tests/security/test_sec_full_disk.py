@@ -316,11 +316,6 @@ def test_aws_calls_that_must_write_answer_503_on_a_full_disk_and_recover(hub: Hu
     hub.assert_no_internal_errors()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="thinghub/http/aliyun/nonce_store.py stays failed after one full-disk commit (every "
-    "Alibaba call is 503 until a restart): it must retry, as the broker's store does",
-)
 def test_alibaba_calls_that_must_write_answer_503_on_a_full_disk_and_recover(hub: Hub) -> None:
     aliyun = Aliyun(hub)
     products = aliyun.call(QueryProductListRequest(), CurrentPage=1, PageSize=10)

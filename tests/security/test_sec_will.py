@@ -26,9 +26,7 @@ NOT_AUTHORIZED_V311 = 5
 
 @pytest.fixture(scope="module")
 def hub(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecHub]:
-    running = SecHub(
-        tmp_path_factory.mktemp("will"), mqtt_deny_publish="forbidden/#,ops/+/reboot"
-    )
+    running = SecHub(tmp_path_factory.mktemp("will"), mqtt_deny_publish="forbidden/#,ops/+/reboot")
     yield running
     running.stop()
 

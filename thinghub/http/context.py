@@ -8,6 +8,7 @@ from ..broker.broker import Broker
 from ..config import Settings
 from ..registry.registry import Registry
 from ..shadow.service import ShadowService
+from .aliyun.nonce_store import NonceStore
 from .aliyun.signing import NonceCache
 from .ratelimit import RateLimiter
 
@@ -19,6 +20,9 @@ class HubContext:
     registry: Registry
     # SignatureNonce replay protection for the Alibaba dialect (one per hub).
     nonces: NonceCache = field(default_factory=NonceCache)
+    # Where used nonces are made durable before a request is acted on (None: memory only,
+    # a restart forgets them).
+    nonce_store: NonceStore | None = None
     # Per-account request rates, one limiter per dialect.
     aliyun_limits: RateLimiter = field(default_factory=lambda: RateLimiter({}))
     aws_limits: RateLimiter = field(default_factory=lambda: RateLimiter({}))

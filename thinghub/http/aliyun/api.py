@@ -6,7 +6,9 @@ failure is rendered in the dialect's own shape by the one ``except`` ladder belo
 1. **Parse** (``signing.parse_target``, never fails): parameters from the query and a form
    body, the claimed AccessKeyId, Action, Version, and the response format (§5: V1 ``Format``,
    default XML; V3 JSON).
-2. **Authenticate** (``signing.verify``): key, clock (15 min), signature, nonce (§1.2-§1.4).
+2. **Authenticate** (``signing.verify``): key, clock (15 min), signature, nonce (§1.2-§1.4);
+   then wait until the nonce is on disk (``nonce_store.py``), so that nothing is done for a
+   request whose nonce a restart would forget. A store that cannot take it: 503.
 3. **Match** the Version and Action (unknown: ``InvalidApi.NotFound``, 404) and charge the
    account's rate quota for the action (``Throttling.User``, §1.4; quotas are per account and
    shared by its keys, §2).
@@ -18,10 +20,12 @@ failure is rendered in the dialect's own shape by the one ``except`` ladder belo
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
+from ...broker.admission import PublishRefused, Refusal
 from ...registry.errors import RegistryError
 from ..aws.api import RequestIds
 from ..context import HubContext
@@ -31,8 +35,9 @@ from . import errors as e
 from . import render
 from .actions import ACTIONS, Call
 from .errors import ApiError, GatewayError
+from .nonce_store import NonceStoreUnavailable
 from .params import Params
-from .signing import parse_target, verify
+from .signing import Verified, parse_target, verify
 
 __all__ = ["API_VERSION", "add_routes"]
 
@@ -107,6 +112,8 @@ async def serve(
         registry = ctx.registry
         key = registry.lookup_access_key(rpc.access_key_id) if rpc.access_key_id else None
         verified = verify(rpc, key, ctx.nonces)
+        if ctx.nonce_store is not None:
+            await _remember(ctx, verified)
         if not action:
             raise e.missing("Action")
         if not rpc.api_version:
@@ -137,10 +144,31 @@ async def serve(
         return render.business_error(
             action or "", response_format, request_id, error.code, error.message
         )
-    except StoreUnavailable as error:
+    except (StoreUnavailable, NonceStoreUnavailable) as error:
         # The gateway's 503: nothing was published; the SDKs may retry.
         unavailable = GatewayError("ServiceUnavailable", 503, str(error))
         return render.gateway_error(unavailable, response_format, request_id, host)
+    except PublishRefused as refusal:
+        # The admission gate (broker/admission.py): a business error, as Pub answers a topic
+        # it may not publish to; nothing was published.
+        code = e.TOPIC_NOT_ALLOWED if refusal.kind is Refusal.NOT_AUTHORIZED else e.QUOTA_EXCEEDED
+        return render.business_error(
+            action or "", response_format, request_id, code, refusal.reason
+        )
     except Exception:
         log.exception("Alibaba API %s failed (RequestId %s)", action, request_id)
         return render.gateway_error(e.internal_error(), response_format, request_id, host)
+
+
+async def _remember(ctx: HubContext, verified: Verified[Any]) -> None:
+    """Wait until ``verified``'s nonce is durable: before the action runs, and so before any
+    answer, even an error (a throttled request, once replayed after a restart, would otherwise
+    do what its sender was told it had not). Raises NonceStoreUnavailable having forgotten
+    the nonce, as its request does nothing."""
+    store = ctx.nonce_store
+    assert store is not None
+    try:
+        await store.use(verified.access_key_id, verified.nonce, verified.expires_at)
+    except NonceStoreUnavailable:
+        ctx.nonces.forget(verified.access_key_id, verified.nonce)
+        raise

@@ -21,7 +21,9 @@ An RPC call to ``/`` is signed in one of two ways (reference ``alibaba-iot-api.m
 Both: the timestamp may be at most 15 minutes from the server's clock either way, and a
 ``(AccessKeyId, nonce)`` pair is accepted once while its timestamp is valid (:class:`NonceCache`,
 bounded).  The nonce is recorded only after the signature checks out, so a forged request cannot
-burn somebody else's nonce.
+burn somebody else's nonce.  The cache is checked here, in memory; the hub also writes each used
+nonce to ``nonces.db`` before acting on the request (``nonce_store.py``) and loads the unexpired
+ones back at start-up, so a restart does not reopen the replay window.
 
 Use::
 
@@ -56,6 +58,7 @@ from ..keys import AccessKey, K
 
 __all__ = [
     "MAX_SKEW_S",
+    "NONCE_CACHE_ENTRIES",
     "V3_ALGORITHM",
     "AccessKey",
     "GatewayError",
@@ -80,6 +83,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 MAX_SKEW_S = 15 * 60
+#: NonceCache's default bound (and nonce_store.py's on disk)
+NONCE_CACHE_ENTRIES = 200_000
 V3_ALGORITHM = "ACS3-HMAC-SHA256"
 V1_METHOD = "HMAC-SHA1"
 V1_VERSION = "1.0"
@@ -626,7 +631,7 @@ class NonceCache:
     15 minutes in the future stays valid for 30), so size it as peak rate x that.
     """
 
-    def __init__(self, max_entries: int = 200_000) -> None:
+    def __init__(self, max_entries: int = NONCE_CACHE_ENTRIES) -> None:
         if max_entries < 1:
             raise ValueError("max_entries must be at least 1")
         self.max_entries = max_entries
@@ -663,6 +668,11 @@ class NonceCache:
         entries[key] = expires_at
         return True
 
+    def forget(self, access_key_id: str, nonce: str) -> None:
+        """Make the nonce usable again: its request was refused before doing anything because
+        the nonce could not be stored (``api.py``), so sending it again is no replay."""
+        self._entries.pop(f"{access_key_id}\x00{nonce}", None)
+
 
 # --------------------------------------------------------------------------- verification
 
@@ -676,6 +686,8 @@ class Verified(Generic[K]):
     access_key_id: str
     timestamp: float
     nonce: str
+    #: until when the nonce stays used (the timestamp plus the allowed skew)
+    expires_at: float
 
     @property
     def params(self) -> dict[str, str]:
@@ -704,10 +716,16 @@ def verify(
     else:
         access_key_id, timestamp, nonce = _verify_v1(rpc, key, current, max_skew_s)
     assert key is not None  # both checkers refuse a missing key
-    if not nonces.use(access_key_id, nonce, timestamp + max_skew_s, current):
+    expires_at = timestamp + max_skew_s
+    if not nonces.use(access_key_id, nonce, expires_at, current):
         raise _nonce_used()
     return Verified(
-        request=rpc, key=key, access_key_id=access_key_id, timestamp=timestamp, nonce=nonce
+        request=rpc,
+        key=key,
+        access_key_id=access_key_id,
+        timestamp=timestamp,
+        nonce=nonce,
+        expires_at=expires_at,
     )
 
 
