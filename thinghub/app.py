@@ -62,7 +62,7 @@ class Hub:
     # A root access key created at this start (its secret is shown once), else None.
     new_root_key: AccessKey | None = None
     _store: RegistryStore | None = None
-    # The broker's durable store (issue 5) and the data directory lock held while running.
+    # The broker's durable store and the data directory lock held while running.
     broker_store: SQLiteStore | None = None
     _lock: DataDirLock | None = None
     _servers: list[asyncio.Server] = field(default_factory=list)
