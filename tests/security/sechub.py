@@ -5,9 +5,11 @@ Alibaba scheme over raw MQTT, and the hub's RSS and counters for the memory boun
 from __future__ import annotations
 
 import collections
+import errno
 import json
 import os
 import re
+import resource
 import signal
 import subprocess
 import sys
@@ -34,7 +36,9 @@ TIMEOUT = 20.0
 
 
 class SecHub:
-    def __init__(self, data_dir: Path, **settings: Any) -> None:
+    def __init__(self, data_dir: Path, *, nofile: int | None = None, **settings: Any) -> None:
+        """Settings as ``THINGHUB_<KEY>``; with ``nofile``, that limit of open files (soft and
+        hard) is set in the child before it starts."""
         env = {
             **os.environ,
             "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
@@ -46,11 +50,17 @@ class SecHub:
                 value = "true" if value else "false"
             env[f"THINGHUB_{key.upper()}"] = str(value)
         self.data_dir = data_dir
+
+        def limit_files() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         self.output: collections.deque[str] = collections.deque(maxlen=400)
         self.proc = subprocess.Popen(
             [str(ROOT / ".venv/bin/thinghub"), "serve", "--mqtt-port", "0", "--http-port", "0",
              "--host", "127.0.0.1", "--data-dir", str(data_dir)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
+            preexec_fn=limit_files,
         )  # fmt: skip
         ready = threading.Event()
         found: list[re.Match[str]] = []
@@ -79,7 +89,8 @@ class SecHub:
     def log(self) -> str:
         return "\n".join(self.output)
 
-    def stop(self) -> None:
+    def stop(self) -> int:
+        """SIGTERM (SIGKILL after 15 s); the exit code."""
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:
@@ -90,6 +101,7 @@ class SecHub:
         self._drain.join(5)
         if self.proc.stdout is not None:
             self.proc.stdout.close()
+        return self.proc.returncode
 
     def assert_alive(self) -> None:
         assert self.proc.poll() is None, f"the hub exited:\n{self.log()}"
@@ -125,6 +137,12 @@ class SecHub:
             aws_secret_access_key=SECRET,
             config=Config(retries={"max_attempts": 1}),
         )
+
+    def get(self, path: str) -> tuple[int, bytes]:
+        """GET ``path`` on the HTTP port: (status, body)."""
+        url = f"http://{self.host}:{self.http_port}{path}"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
+            return response.status, response.read()
 
     def metrics(self) -> dict[str, Any]:
         url = f"http://{self.host}:{self.http_port}/metrics"
@@ -184,3 +202,24 @@ def wait_for(condition: Any, timeout: float = TIMEOUT, what: str = "condition") 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+class Filler:
+    """A file that takes every free byte of its file system, until ``remove``."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def fill(self) -> None:
+        chunk = 1 << 20
+        with open(self.path, "ab", buffering=0) as file:
+            while chunk:
+                try:
+                    file.write(b"\0" * chunk)
+                except OSError as error:
+                    assert error.errno == errno.ENOSPC, error
+                    chunk //= 2
+        assert os.statvfs(self.path).f_bavail == 0
+
+    def remove(self) -> None:
+        self.path.unlink(missing_ok=True)

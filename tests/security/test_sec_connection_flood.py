@@ -10,17 +10,9 @@ thinghub/http/fastpath.py)."""
 
 from __future__ import annotations
 
-import collections
-import json
-import os
-import re
-import resource
 import socket
-import subprocess
 import sys
-import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -30,96 +22,26 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
 import rawmqtt
+from sechub import SecHub
 
 pytestmark = pytest.mark.thinghub_only
 
-ROOT = Path(__file__).resolve().parents[2]
-READY = re.compile(r"ready mqtt=([\d.]+):(\d+) http=[\d.]+:(\d+)")
 TIMEOUT = 10.0
 
 
-class FloodHub:
-    """``thinghub serve`` with ``settings`` as ``THINGHUB_<KEY>`` and, with ``nofile``, that
-    limit of open files (soft and hard) set in the child before it starts."""
-
-    def __init__(self, data_dir: Path, nofile: int | None = None, **settings: Any) -> None:
-        env = {**os.environ, "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true"}
-        for key, value in settings.items():
-            env[f"THINGHUB_{key.upper()}"] = str(value)
-
-        def limit_files() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.output: collections.deque[str] = collections.deque(maxlen=400)
-        self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/thinghub"), "serve", "--mqtt-port", "0", "--http-port", "0",
-             "--host", "127.0.0.1", "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-            preexec_fn=limit_files,
-        )  # fmt: skip
-        ready = threading.Event()
-        found: list[re.Match[str]] = []
-
-        def drain() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line.rstrip())
-                m = READY.search(line)
-                if m and not found:
-                    found.append(m)
-                    ready.set()
-            ready.set()
-
-        self._drain = threading.Thread(target=drain, daemon=True)
-        self._drain.start()
-        if not ready.wait(20) or not found:
-            self.stop()
-            raise AssertionError("thinghub did not start:\n" + self.log())
-        self.mqtt_port = int(found[0].group(2))
-        self.http_port = int(found[0].group(3))
-
-    def log(self) -> str:
-        return "\n".join(self.output)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self._drain.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-
-    def get(self, path: str) -> tuple[int, bytes]:
-        url = f"http://127.0.0.1:{self.http_port}{path}"
-        with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
-            return response.status, response.read()
-
-    def metrics(self) -> dict[str, Any]:
-        status, body = self.get("/metrics")
-        assert status == 200
-        value: dict[str, Any] = json.loads(body)
-        return value
-
-
 @pytest.fixture
-def start(tmp_path: Path) -> Iterator[Callable[..., FloodHub]]:
-    hubs: list[FloodHub] = []
+def start(tmp_path: Path) -> Iterator[Callable[..., SecHub]]:
+    hubs: list[SecHub] = []
 
-    def make(nofile: int | None = None, **settings: Any) -> FloodHub:
-        hub = FloodHub(tmp_path / f"data{len(hubs)}", nofile, **settings)
+    def make(nofile: int | None = None, **settings: Any) -> SecHub:
+        hub = SecHub(tmp_path / f"data{len(hubs)}", nofile=nofile, **settings)
         hubs.append(hub)
         return hub
 
     yield make
-    for hub in hubs:
-        hub.stop()
-    for hub in hubs:
-        assert hub.proc.returncode == 0, hub.log()
+    codes = [hub.stop() for hub in hubs]
+    for hub, code in zip(hubs, codes, strict=True):
+        assert code == 0, hub.log()
 
 
 # --------------------------------------------------------------------------- helpers
@@ -227,7 +149,7 @@ def wait_for(condition: Callable[[], bool], deadline_s: float = TIMEOUT) -> bool
 
 
 def test_silent_sockets_beyond_the_pending_bound_are_closed_at_once(
-    start: Callable[..., FloodHub],
+    start: Callable[..., SecHub],
 ) -> None:
     # The CONNECT timeout is long: without the bound every silent socket would stay open.
     hub = start(
@@ -254,7 +176,7 @@ def test_silent_sockets_beyond_the_pending_bound_are_closed_at_once(
     assert hub.log().count("refusing new MQTT connections") == 1  # once per episode
 
 
-def test_one_address_cannot_take_every_connection(start: Callable[..., FloodHub]) -> None:
+def test_one_address_cannot_take_every_connection(start: Callable[..., SecHub]) -> None:
     hub = start(MQTT_MAX_CONNECTIONS_PER_ADDRESS=20, MQTT_CONNECT_TIMEOUT=60)
     client, topic = subscribed_client(hub.mqtt_port)
     flood = silent_sockets(hub.mqtt_port, 30, source="127.0.0.2")
@@ -278,7 +200,7 @@ def test_one_address_cannot_take_every_connection(start: Callable[..., FloodHub]
     client.close()
 
 
-def test_a_flood_cannot_take_the_last_file_descriptors(start: Callable[..., FloodHub]) -> None:
+def test_a_flood_cannot_take_the_last_file_descriptors(start: Callable[..., SecHub]) -> None:
     # 512 descriptors in all, 128 kept back: the flood gets at most ~380, /healthz and the
     # established client keep working, and accept() running out (EMFILE) is survived.
     hub = start(
@@ -341,7 +263,7 @@ def _trickle(port: int, data: bytes, interval: float, deadline_s: float) -> floa
         s.close()
 
 
-def test_a_client_trickling_its_head_is_cut_off(start: Callable[..., FloodHub]) -> None:
+def test_a_client_trickling_its_head_is_cut_off(start: Callable[..., SecHub]) -> None:
     hub = start(HTTP_HEADER_TIMEOUT=1, HTTP_BODY_TIMEOUT=1)
     head = b"GET /healthz HTTP/1.1\r\nHost: hub\r\nX-Slow: " + b"a" * 200
     closed_after = _trickle(hub.http_port, head, 0.3, 8.0)
@@ -393,7 +315,7 @@ def _trickle_body(port: int, path: str, length: int) -> tuple[bytes, float]:
 
 @pytest.mark.parametrize(("path", "length"), [("/topics/slow?qos=0", 100), ("/", 100_000)])
 def test_a_client_trickling_its_body_is_cut_off(
-    start: Callable[..., FloodHub], path: str, length: int
+    start: Callable[..., SecHub], path: str, length: int
 ) -> None:
     # A body of 100 bytes to AWS Publish is read by the fast path; one past its 64 KiB is
     # handed to aiohttp, where the Alibaba RPC handler reads it.

@@ -17,11 +17,7 @@ by itself.
 
 from __future__ import annotations
 
-import errno
 import json
-import os
-import re
-import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -44,6 +40,7 @@ from botocore.exceptions import ClientError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from sechub import KEY_ID, SECRET, TIMEOUT, Filler, SecHub
 
 from thinghub.registry.errors import StorageFull, StoreUnavailable
 from thinghub.registry.ids import MessageIdGenerator
@@ -52,108 +49,21 @@ from thinghub.registry.store import RegistryStore
 
 pytestmark = pytest.mark.thinghub_only
 
-ROOT = Path(__file__).resolve().parents[2]
-KEY_ID, SECRET = "LTAIfullDiskKey00000000", "full-disk-secret-0123456789abcdef"
-READY = re.compile(r"ready mqtt=[\d.]+:(\d+) http=[\d.]+:(\d+)")
-TIMEOUT = 20.0
-
-
-# ----------------------------------------------------------------------------- the disk
-
 
 @pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs: a disk that really fills up."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", str(mount_point)], check=True)
-
-
-class Filler:
-    """A file that takes every free byte of its file system, until ``remove``."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def fill(self) -> None:
-        chunk = 1 << 20
-        with open(self.path, "ab", buffering=0) as file:
-            while chunk:
-                try:
-                    file.write(b"\0" * chunk)
-                except OSError as error:
-                    assert error.errno == errno.ENOSPC, error
-                    chunk //= 2
-        assert os.statvfs(self.path).f_bavail == 0
-
-    def remove(self) -> None:
-        self.path.unlink(missing_ok=True)
-
-
-# ----------------------------------------------------------------------------- the hub
-
-
-class Hub:
-    def __init__(self, data_dir: Path) -> None:
-        env = {
-            **os.environ,
-            "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
-            "THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID,
-            "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET,
-        }
-        self.data_dir = data_dir
-        self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/thinghub"), "serve", "--mqtt-port", "0", "--http-port", "0",
-             "--host", "127.0.0.1", "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env,
-        )  # fmt: skip
-        assert self.proc.stdout is not None
-        self.log: list[str] = []
-        for line in self.proc.stdout:
-            self.log.append(line)
-            if m := READY.search(line):
-                self.mqtt_port, self.http_port = int(m.group(1)), int(m.group(2))
-                break
-        else:
-            pytest.fail("the hub did not start:\n" + "".join(self.log))
-        stdout = self.proc.stdout
-        self.reader = threading.Thread(target=lambda: self.log.extend(stdout), daemon=True)
-        self.reader.start()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-        code = self.proc.wait(15)
-        self.reader.join(5)
-        assert self.proc.stdout is not None
-        self.proc.stdout.close()
-        assert code == 0, "".join(self.log[-40:])
-
-    def assert_no_internal_errors(self) -> None:
-        text = "".join(self.log)
-        assert "Traceback" not in text, text[-4000:]
-
-
-@pytest.fixture
-def hub(small_disk: Path) -> Iterator[Hub]:
-    h = Hub(small_disk / "data")
+def hub(small_disk: Path) -> Iterator[SecHub]:
+    h = SecHub(small_disk / "data")
     try:
         yield h
     finally:
-        h.stop()
+        assert h.stop() == 0, h.log()
 
 
-def aws_client(hub: Hub) -> Any:
+def assert_no_internal_errors(hub: SecHub) -> None:
+    assert "Traceback" not in hub.log(), hub.log()
+
+
+def aws_client(hub: SecHub) -> Any:
     return boto3.client(
         "iot-data",
         endpoint_url=f"http://127.0.0.1:{hub.http_port}",
@@ -165,7 +75,7 @@ def aws_client(hub: Hub) -> Any:
 
 
 class Aliyun:
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: SecHub) -> None:
         self.endpoint = f"127.0.0.1:{hub.http_port}"
         self.client = AcsClient(KEY_ID, SECRET, "cn-shanghai", auto_retry=False)
 
@@ -214,7 +124,7 @@ def eventually(check: Callable[[], object], what: str, timeout: float = TIMEOUT)
 class Subscriber:
     """A paho MQTT 5 client with a persistent session; records what it receives."""
 
-    def __init__(self, hub: Hub, client_id: str) -> None:
+    def __init__(self, hub: SecHub, client_id: str) -> None:
         self.client = mqtt.Client(
             CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5
         )
@@ -259,7 +169,7 @@ class Subscriber:
         self.client.loop_stop()
 
 
-def publish_qos1(hub: Hub, topic: str, payloads: list[bytes]) -> None:
+def publish_qos1(hub: SecHub, topic: str, payloads: list[bytes]) -> None:
     """Publish with a clean MQTT 5 client; every PUBACK must say Success."""
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
     codes: dict[int, int] = {}
@@ -287,7 +197,7 @@ def publish_qos1(hub: Hub, topic: str, payloads: list[bytes]) -> None:
 # ----------------------------------------------------------------------------- the tests
 
 
-def test_aws_calls_that_must_write_answer_503_on_a_full_disk_and_recover(hub: Hub) -> None:
+def test_aws_calls_that_must_write_answer_503_on_a_full_disk_and_recover(hub: SecHub) -> None:
     aws = aws_client(hub)
     shadow_update = b'{"state":{"desired":{"on":true}}}'
     filler = Filler(hub.data_dir.parent / "filler")
@@ -313,10 +223,10 @@ def test_aws_calls_that_must_write_answer_503_on_a_full_disk_and_recover(hub: Hu
     for name in ({}, {"shadowName": "config"}):
         answer = aws.update_thing_shadow(thingName="t1", payload=shadow_update, **name)
         assert json.loads(answer["payload"].read())["version"] == 1
-    hub.assert_no_internal_errors()
+    assert_no_internal_errors(hub)
 
 
-def test_alibaba_calls_that_must_write_answer_503_on_a_full_disk_and_recover(hub: Hub) -> None:
+def test_alibaba_calls_that_must_write_answer_503_on_a_full_disk_and_recover(hub: SecHub) -> None:
     aliyun = Aliyun(hub)
     products = aliyun.call(QueryProductListRequest(), CurrentPage=1, PageSize=10)
     product_key = products["Data"]["List"]["ProductInfo"][0]["ProductKey"]
@@ -346,7 +256,7 @@ def test_alibaba_calls_that_must_write_answer_503_on_a_full_disk_and_recover(hub
     product = aliyun.call(CreateProductRequest(), ProductName="FullDisk", NodeType=0)
     assert product["Success"] is True, product
     assert aliyun.call(CreateProductTopicRequest(), **topic)["Success"] is True
-    hub.assert_no_internal_errors()
+    assert_no_internal_errors(hub)
 
 
 def test_registry_writes_on_a_full_disk_raise_storage_full_and_change_nothing(
@@ -386,7 +296,7 @@ def test_registry_writes_on_a_full_disk_raise_storage_full_and_change_nothing(
         store.close()
 
 
-def test_a_persistent_subscriber_drains_its_queue_while_the_disk_is_full(hub: Hub) -> None:
+def test_a_persistent_subscriber_drains_its_queue_while_the_disk_is_full(hub: SecHub) -> None:
     subscriber = Subscriber(hub, "drainer")
     subscriber.subscribe("drain/#")
     subscriber.stop()  # offline: what is published now waits on disk for it
@@ -401,7 +311,7 @@ def test_a_persistent_subscriber_drains_its_queue_while_the_disk_is_full(hub: Hu
         assert not subscriber.disconnected.is_set()
         subscriber.stop()
         # The premise: the store really could not write meanwhile.
-        assert "database or disk is full" in "".join(hub.log)
+        assert "database or disk is full" in hub.log()
     finally:
         filler.remove()
 

@@ -14,9 +14,6 @@ A real full disk: an 8 MiB tmpfs as the data directory (the tests run as root; s
 
 from __future__ import annotations
 
-import errno
-import os
-import subprocess
 import sys
 import threading
 import uuid
@@ -30,27 +27,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sec_paho_device import PahoDevice
-from sechub import TIMEOUT, SecHub
+from sechub import TIMEOUT, Filler, SecHub
 
 pytestmark = pytest.mark.thinghub_only
-
-
-@pytest.fixture
-def small_disk(tmp_path: Path) -> Iterator[Path]:
-    """An 8 MiB tmpfs: a disk that really fills up."""
-    mount_point = tmp_path / "disk"
-    mount_point.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(mount_point)],
-        capture_output=True,
-        text=True,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
-    try:
-        yield mount_point
-    finally:
-        subprocess.run(["umount", "-l", str(mount_point)], check=True)
 
 
 @pytest.fixture
@@ -60,19 +39,6 @@ def hub(small_disk: Path) -> Iterator[SecHub]:
         yield h
     finally:
         h.stop()
-
-
-def fill(path: Path) -> None:
-    """Take every free byte of the file system ``path`` is on."""
-    chunk = 1 << 20
-    with open(path, "ab", buffering=0) as file:
-        while chunk:
-            try:
-                file.write(b"\0" * chunk)
-            except OSError as error:
-                assert error.errno == errno.ENOSPC, error
-                chunk //= 2
-    assert os.statvfs(path).f_bavail == 0
 
 
 def publish_qos1(hub: SecHub, topic: str, payloads: list[bytes]) -> None:
@@ -110,7 +76,7 @@ def test_device_signs_in_and_drains_its_queue_on_a_full_disk(hub: SecHub) -> Non
     first.stop()
     publish_qos1(hub, device.topic("user/get"), [f"queued {n}".encode() for n in range(3)])
 
-    fill(hub.data_dir / "filler")
+    Filler(hub.data_dir / "filler").fill()
 
     # Twice: each sign-in's presence write fails, and the failure is logged once, not per
     # sign-in.
