@@ -20,8 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import boto3
+import paho.mqtt.client as mqtt
 from botocore.config import Config
 from click.testing import CliRunner
+from paho.mqtt.enums import CallbackAPIVersion
 
 from thinghub.auth.aliyun_device import build_credentials
 from thinghub.cli import main as cli_main
@@ -223,3 +225,28 @@ class Filler:
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def publish_qos1(hub: SecHub, topic: str, payloads: list[bytes]) -> None:
+    """Publish with a clean MQTT 5 client; every PUBACK must say Success."""
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
+    codes: dict[int, int] = {}
+    acked = threading.Condition()
+
+    def on_publish(_c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
+        with acked:
+            codes[mid] = rc.value
+            acked.notify_all()
+
+    client.on_publish = on_publish
+    client.connect(hub.host, hub.mqtt_port)
+    client.loop_start()
+    try:
+        for payload in payloads:
+            mid = client.publish(topic, payload, qos=1).mid
+            with acked:
+                assert acked.wait_for(lambda: mid in codes, TIMEOUT), "no PUBACK"  # noqa: B023
+            assert codes[mid] == 0, f"PUBACK reason code {codes[mid]:#x}"
+    finally:
+        client.disconnect()
+        client.loop_stop()

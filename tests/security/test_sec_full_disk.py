@@ -40,7 +40,7 @@ from botocore.exceptions import ClientError
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from sechub import KEY_ID, SECRET, TIMEOUT, Filler, SecHub
+from sechub import KEY_ID, SECRET, TIMEOUT, Filler, SecHub, publish_qos1
 
 from thinghub.registry.errors import StorageFull, StoreUnavailable
 from thinghub.registry.ids import MessageIdGenerator
@@ -167,31 +167,6 @@ class Subscriber:
     def stop(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
-
-
-def publish_qos1(hub: SecHub, topic: str, payloads: list[bytes]) -> None:
-    """Publish with a clean MQTT 5 client; every PUBACK must say Success."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
-    codes: dict[int, int] = {}
-    acked = threading.Condition()
-
-    def on_publish(_c: Any, _u: Any, mid: int, rc: Any, _p: Any) -> None:
-        with acked:
-            codes[mid] = rc.value
-            acked.notify_all()
-
-    client.on_publish = on_publish
-    client.connect("127.0.0.1", hub.mqtt_port)
-    client.loop_start()
-    try:
-        for payload in payloads:
-            mid = client.publish(topic, payload, qos=1).mid
-            with acked:
-                assert acked.wait_for(lambda: mid in codes, TIMEOUT), "no PUBACK"  # noqa: B023
-            assert codes[mid] == 0, f"PUBACK reason code {codes[mid]:#x}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 # ----------------------------------------------------------------------------- the tests

@@ -15,19 +15,15 @@ A real full disk: an 8 MiB tmpfs as the data directory (the tests run as root; s
 from __future__ import annotations
 
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import paho.mqtt.client as mqtt
 import pytest
-from paho.mqtt.enums import CallbackAPIVersion
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sec_paho_device import PahoDevice
-from sechub import TIMEOUT, Filler, SecHub
+from sechub import Filler, SecHub, publish_qos1
 
 pytestmark = pytest.mark.thinghub_only
 
@@ -39,32 +35,6 @@ def hub(small_disk: Path) -> Iterator[SecHub]:
         yield h
     finally:
         h.stop()
-
-
-def publish_qos1(hub: SecHub, topic: str, payloads: list[bytes]) -> None:
-    """An application publishing to the device (an anonymous client, in the root account
-    where the device lives); each PUBACK must say Success, so the messages are stored."""
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id="", protocol=mqtt.MQTTv5)
-    acked: dict[int, int] = {}
-    done = threading.Condition()
-
-    def on_publish(_c: Any, _u: Any, mid: int, reason: Any, _p: Any) -> None:
-        with done:
-            acked[mid] = reason.value
-            done.notify_all()
-
-    client.on_publish = on_publish
-    client.connect(hub.host, hub.mqtt_port)
-    client.loop_start()
-    try:
-        for payload in payloads:
-            mid = client.publish(topic, payload, qos=1).mid
-            with done:
-                assert done.wait_for(lambda: mid in acked, TIMEOUT), "no PUBACK"  # noqa: B023
-            assert acked[mid] == 0, f"PUBACK {acked[mid]:#x}"
-    finally:
-        client.disconnect()
-        client.loop_stop()
 
 
 def test_device_signs_in_and_drains_its_queue_on_a_full_disk(hub: SecHub) -> None:
