@@ -72,6 +72,7 @@ from ..mqtt.properties import NO_PROPERTIES, Properties
 from .base import QueuedDelivery, StoredDelivery, StoredSession, StoredState, StoredSubscription
 from .errors import SchemaVersionError, StoreOpenError
 from .lock import DataDirLock
+from .schema import apply_migrations
 
 __all__ = ["FILE_NAME", "MIGRATIONS", "SQLiteStore", "StoreLimits"]
 
@@ -312,16 +313,7 @@ class SQLiteStore:
         # "acknowledged means durable" costs (docs/architecture.md; "fsync per group").
         conn.execute("PRAGMA synchronous = FULL")
         conn.execute("PRAGMA temp_store = MEMORY")
-        for target in range(version + 1, len(MIGRATIONS) + 1):
-            conn.execute("BEGIN IMMEDIATE")
-            try:
-                for statement in MIGRATIONS[target - 1]:
-                    conn.execute(statement)
-                conn.execute(f"PRAGMA user_version = {int(target)}")
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            conn.execute("COMMIT")
+        apply_migrations(conn, MIGRATIONS, version)
         self._page_size = int(conn.execute("PRAGMA page_size").fetchone()[0])
         self._apply_size_limit(conn)
 

@@ -68,6 +68,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ...store.errors import SchemaVersionError, StoreOpenError
+from ...store.schema import apply_migrations
 from .signing import NONCE_CACHE_ENTRIES, NonceCache
 
 __all__ = [
@@ -474,16 +475,7 @@ def _configure(conn: sqlite3.Connection, path: Path) -> None:
     # several a second under a flood of Pubs (each commit appends a few pages).
     conn.execute(f"PRAGMA wal_autocheckpoint = {_CHECKPOINT_PAGES}")
     conn.execute(f"PRAGMA journal_size_limit = {_WAL_KEEP_BYTES}")  # the WAL shrinks back
-    for target in range(version + 1, len(MIGRATIONS) + 1):
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            for statement in MIGRATIONS[target - 1]:
-                conn.execute(statement)
-            conn.execute(f"PRAGMA user_version = {int(target)}")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+    apply_migrations(conn, MIGRATIONS, version)
 
 
 def _rollback(conn: sqlite3.Connection) -> None:
