@@ -4,9 +4,9 @@ deliveries to one client becomes one ``send()`` system call.
 
 Every connection first passes the admission gate (``admission.py``): refused ones are closed
 at once, before the broker sees them. A TLS connection passes it before its handshake (the
-listener is plain TCP and each admitted connection is upgraded with ``loop.start_tls``), so
-that silent sockets on the TLS port are bounded like any others and a handshake that does not
-finish within the CONNECT timeout ends the connection."""
+listener is plain TCP, and ``TLSAdmission`` wraps each admitted connection in the event loop's
+own TLS layer), so that silent sockets on the TLS port are bounded like any others and a
+handshake that does not finish within the CONNECT timeout ends the connection."""
 
 from __future__ import annotations
 
