@@ -151,6 +151,20 @@ class ShadowSettings:
 
 
 @dataclass(frozen=True, slots=True)
+class RegistrySettings:
+    """The registry (accounts, products, devices), ``registry.db`` in the data directory."""
+
+    # Devices whose ONLINE/OFFLINE change waits for the presence writer; one entry per device
+    # (later changes of the same device replace the earlier), so a fleet reconnecting at once
+    # costs one entry per device. Past it, the oldest change is written late, never lost.
+    presence_max_pending: int = 200_000
+    # Presence changes written in one transaction (one fsync).
+    presence_batch: int = 10_000
+    # Registry writes made through the APIs, waiting for the registry writer (503 beyond).
+    max_pending_writes: int = 10_000
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     data_dir: Path = Path("./data")
     log_level: str = "INFO"
@@ -159,6 +173,7 @@ class Settings:
     api: APISettings = field(default_factory=APISettings)
     store: StoreSettings = field(default_factory=StoreSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
+    registry: RegistrySettings = field(default_factory=RegistrySettings)
 
     def validate(self) -> Settings:
         m = self.mqtt
@@ -188,6 +203,15 @@ class Settings:
                 >= 1,
                 "shadow settings must be at least 1",
             ),
+            (
+                min(
+                    self.registry.presence_max_pending,
+                    self.registry.presence_batch,
+                    self.registry.max_pending_writes,
+                )
+                >= 1,
+                "registry settings must be at least 1",
+            ),
         ]
         for ok, message in checks:
             if not ok:
@@ -206,6 +230,7 @@ _SECTIONS = {
     "api": APISettings,
     "store": StoreSettings,
     "shadow": ShadowSettings,
+    "registry": RegistrySettings,
 }
 
 

@@ -75,9 +75,6 @@ class Broker:
         self.observers = tuple(observers)
         self.settings = settings
         self.store: BrokerStore = MemoryStore() if store is None else store
-        # Counts calls that changed the store: a publisher's acknowledgement waits for the
-        # store's commit only when its message changed something (see Client._acknowledge).
-        self.store_writes = 0
         self._new_message_id = new_message_id or _counter()
         self.clock = clock
         self.stats = Stats()
@@ -175,14 +172,12 @@ class Broker:
         session.expiry_interval = expiry
         session.persistent = expiry > 0
         if session.persistent:
-            self.store_writes += 1
             self.store.save_session(session.key, expiry)
             if not was_persistent:
                 # Becoming persistent mid-session: record what it already has.
                 for entry in session.subscriptions.values():
                     self.store.save_subscription(session.key, _stored(entry))
         elif was_persistent:
-            self.store_writes += 1
             self.store.delete_session(session.key)
             # Its messages on disk went with it (the session ends with its connection).
             session.spilled = 0
@@ -251,7 +246,6 @@ class Broker:
             del self.sessions[session.key]
         if session.persistent:
             session.persistent = False
-            self.store_writes += 1
             self.store.delete_session(session.key)
         if will is not None:
             self.publish_will(will)
@@ -292,7 +286,6 @@ class Broker:
             shared.members.append(entry)
             space.subscriptions.add(topic_filter, ("$share", group), shared)
         if session.persistent:
-            self.store_writes += 1
             self.store.save_subscription(session.key, _stored(entry))
         return old is None
 
@@ -304,7 +297,6 @@ class Broker:
         self.subscription_bytes -= len(full_filter)
         self._remove_from_trie(entry)
         if session.persistent:
-            self.store_writes += 1
             self.store.delete_subscription(session.key, full_filter)
         return True
 
@@ -497,7 +489,6 @@ class Broker:
         if not message.stored:
             message.stored = True
             store.save_message(message)
-        self.store_writes += 1
         store.add_delivery(
             session.key,
             StoredDelivery(message.id, out.qos, out.retain, out.subscription_ids, out.packet_id),
@@ -506,7 +497,6 @@ class Broker:
     def delivery_done(self, session: Session, out: Outgoing) -> None:
         """A QoS 1/2 delivery left the session: acknowledged, refused, expired or too large."""
         if session.persistent:
-            self.store_writes += 1
             self.store.remove_delivery(session.key, out.message.id)
 
     def _now_durable(self, session: Session, out: Outgoing) -> None:
@@ -654,7 +644,6 @@ class Broker:
             out.packet_id = session.allocate_packet_id()
             inflight[out.packet_id] = out
             if session.persistent:
-                self.store_writes += 1
                 self.store.set_packet_id(session.key, out.message.id, out.packet_id)
                 if out.qos == 2:
                     # Its packet id is on disk before it leaves: after a crash the hub resends
@@ -676,13 +665,11 @@ class Broker:
         if not message.payload:
             # A retained message with an empty payload deletes the one stored [MQTT-3.3.1-6].
             if space.forget_retained(message.topic):
-                self.store_writes += 1
                 self.store.delete_retained(message.account, message.topic)
             return
         if not message.id:
             message.id = self._new_message_id()
         space.retain(message)
-        self.store_writes += 1
         self.store.save_retained(message)
 
     def retained_for(self, account: str, topic_filter: str) -> list[Message]:

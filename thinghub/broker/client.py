@@ -589,7 +589,7 @@ class Client:
             return
 
         reason = ReasonCode.SUCCESS
-        writes = broker.store_writes
+        writes = broker.store.sequence
         if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
             reason = ReasonCode.PAYLOAD_FORMAT_INVALID  # §3.3.2.3.2 (MAY)
         else:
@@ -629,10 +629,9 @@ class Client:
             if reason < 0x80:
                 session.inbound_qos2.add(packet_id or 0)
                 if session.persistent:
-                    broker.store_writes += 1
                     broker.store.set_inbound_qos2(session.key, packet_id or 0, True)
             ack = PubRec(packet_id=packet_id or 0, reason_code=code)
-        self._acknowledge(ack, broker.store_writes != writes)
+        self._acknowledge(ack, broker.store.sequence != writes)
 
     def _acknowledge(self, ack: Packet, must_wait: bool) -> None:
         """Acknowledged means stored: an answer whose request changed the store goes out once
@@ -681,7 +680,6 @@ class Client:
             return
         out.released = True
         if session.persistent:
-            self.broker.store_writes += 1
             self.broker.store.set_released(session.key, packet.packet_id)
         # The release is on disk before the PUBREL leaves: after a crash the hub must resend
         # PUBREL, not the PUBLISH, which a receiver that already completed would take for a
@@ -695,7 +693,6 @@ class Client:
         if packet.packet_id in session.inbound_qos2:
             session.inbound_qos2.discard(packet.packet_id)
             if session.persistent:
-                self.broker.store_writes += 1
                 self.broker.store.set_inbound_qos2(session.key, packet.packet_id, False)
             # The packet id is free on disk before PUBCOMP lets the publisher reuse it: a crash
             # in between would otherwise take its next message for a duplicate and drop it.
@@ -723,7 +720,7 @@ class Client:
         session = self.session
         if session is None:
             raise ProtocolError("SUBSCRIBE before CONNECT")
-        writes = broker.store_writes
+        writes = broker.store.sequence
         ids = packet.properties.subscription_identifiers
         subscription_id = ids[0] if ids else None
         codes: list[int] = []
@@ -753,7 +750,7 @@ class Client:
 
         # A persistent session's new subscriptions are on disk before the SUBACK says so,
         # and the SUBACK keeps its place among the acknowledgements.
-        if broker.store_writes != writes or self._acks_waiting:
+        if broker.store.sequence != writes or self._acks_waiting:
             self._acks_waiting += 1
 
             def later() -> None:
@@ -798,7 +795,7 @@ class Client:
         session = self.session
         if session is None:
             raise ProtocolError("UNSUBSCRIBE before CONNECT")
-        writes = self.broker.store_writes
+        writes = self.broker.store.sequence
         codes = tuple(
             ReasonCode.SUCCESS
             if self.broker.unsubscribe(session, f)
@@ -806,7 +803,7 @@ class Client:
             for f in packet.topic_filters
         )
         ack = UnsubAck(packet_id=packet.packet_id, reason_codes=codes if self.is_v5 else ())
-        self._acknowledge(ack, self.broker.store_writes != writes)
+        self._acknowledge(ack, self.broker.store.sequence != writes)
 
     def _handle_pingreq(self, packet: PingReq) -> None:
         self._send(PingResp())

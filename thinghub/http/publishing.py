@@ -40,9 +40,9 @@ async def publish(broker: Broker, message: Message) -> int:
     admission gate refuses the message otherwise (broker/admission.py)."""
     if not message.id:
         message.id = broker.new_message_id()
-    writes = broker.store_writes
+    writes = broker.store.sequence
     matched = publish_now(broker, message)
-    if broker.store_writes != writes:
+    if broker.store.sequence != writes:
         await committed(broker)
     return matched
 

@@ -94,6 +94,15 @@ class BrokerStore(Protocol):
         (acks, session changes) are still made."""
         ...
 
+    @property
+    def sequence(self) -> int:
+        """The sequence number of the latest write reported: every call below that changes
+        the store (not ``after_commit`` nor ``read_queued``) advances it, inside the store.
+        Whoever must answer only once its request is durable compares it before and after
+        handling the request and, if it moved, waits for ``after_commit`` (docs/architecture.md,
+        *Acknowledged means stored*): nothing outside the store counts writes."""
+        ...
+
     # Sessions ---------------------------------------------------------------------
     def save_session(self, session_key: str, expiry_interval: int) -> None: ...
 

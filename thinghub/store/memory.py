@@ -20,8 +20,11 @@ class MemoryStore:
         self._messages: dict[int, Message] = {}
         self._refcounts: dict[int, int] = {}
         self._retained: dict[tuple[str, str], Message] = {}
+        # BrokerStore.sequence; every write is durable (in this process) at once.
+        self.sequence = 0
 
     def save_session(self, session_key: str, expiry_interval: int) -> None:
+        self.sequence += 1
         session = self._sessions.get(session_key)
         if session is None:
             account, _, client_id = session_key.partition("\x00")
@@ -30,35 +33,42 @@ class MemoryStore:
             session.expiry_interval = expiry_interval
 
     def delete_session(self, session_key: str) -> None:
+        self.sequence += 1
         session = self._sessions.pop(session_key, None)
         if session is not None:
             for delivery in session.deliveries:
                 self._release_message(delivery.message_id)
 
     def session_connected(self, session_key: str) -> None:
+        self.sequence += 1
         session = self._sessions.get(session_key)
         if session is not None:
             session.disconnected_at_ms = None
 
     def session_disconnected(self, session_key: str, at_ms: int) -> None:
+        self.sequence += 1
         session = self._sessions.get(session_key)
         if session is not None:
             session.disconnected_at_ms = at_ms
 
     def save_subscription(self, session_key: str, subscription: StoredSubscription) -> None:
+        self.sequence += 1
         session = self._sessions.get(session_key)
         if session is not None:
             session.subscriptions[subscription.full_filter] = subscription
 
     def delete_subscription(self, session_key: str, full_filter: str) -> None:
+        self.sequence += 1
         session = self._sessions.get(session_key)
         if session is not None:
             session.subscriptions.pop(full_filter, None)
 
     def save_message(self, message: Message) -> None:
+        self.sequence += 1
         self._messages[message.id] = message
 
     def add_delivery(self, session_key: str, delivery: StoredDelivery) -> None:
+        self.sequence += 1
         session = self._sessions.get(session_key)
         if session is not None:
             session.deliveries.append(delivery)
@@ -76,16 +86,19 @@ class MemoryStore:
         return None
 
     def set_packet_id(self, session_key: str, message_id: int, packet_id: int) -> None:
+        self.sequence += 1
         delivery = self._find(session_key, lambda d: d.message_id == message_id and not d.packet_id)
         if delivery is not None:
             delivery.packet_id = packet_id
 
     def set_released(self, session_key: str, packet_id: int) -> None:
+        self.sequence += 1
         delivery = self._find(session_key, lambda d: d.packet_id == packet_id)
         if delivery is not None:
             delivery.released = True
 
     def remove_delivery(self, session_key: str, message_id: int) -> None:
+        self.sequence += 1
         session = self._sessions.get(session_key)
         if session is None:
             return
@@ -104,6 +117,7 @@ class MemoryStore:
             self._messages.pop(message_id, None)
 
     def set_inbound_qos2(self, session_key: str, packet_id: int, present: bool) -> None:
+        self.sequence += 1
         session = self._sessions.get(session_key)
         if session is None:
             return
@@ -113,9 +127,11 @@ class MemoryStore:
             session.inbound_qos2.discard(packet_id)
 
     def save_retained(self, message: Message) -> None:
+        self.sequence += 1
         self._retained[(message.account, message.topic)] = message
 
     def delete_retained(self, account: str, topic: str) -> None:
+        self.sequence += 1
         self._retained.pop((account, topic), None)
 
     def after_commit(self, callback: Callable[[], None]) -> None:

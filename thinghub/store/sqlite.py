@@ -240,6 +240,8 @@ class SQLiteStore:
             raise
         # Loop-thread state: the open journal and the counters it alone writes.
         self._journal: list[Op] = []
+        # BrokerStore.sequence: writes reported so far (loop thread).
+        self.sequence = 0
         self._journal_bytes = 0
         self._seal_requested = False
         self._sealed_calls = 0
@@ -367,6 +369,11 @@ class SQLiteStore:
 
     # ------------------------------------------------------------------ the journal (loop thread)
 
+    def _write(self, op: Op) -> None:
+        """A journal call that changes the store: it takes the next sequence number."""
+        self.sequence += 1
+        self._append(op)
+
     def _append(self, op: Op) -> None:
         self._journal.append(op)
         if not self._seal_requested and self._loop is not None:
@@ -374,48 +381,48 @@ class SQLiteStore:
             self._loop.call_soon(self._seal)
 
     def save_session(self, session_key: str, expiry_interval: int) -> None:
-        self._append((_SESSION, session_key, expiry_interval))
+        self._write((_SESSION, session_key, expiry_interval))
 
     def delete_session(self, session_key: str) -> None:
-        self._append((_DEL_SESSION, session_key))
+        self._write((_DEL_SESSION, session_key))
 
     def session_connected(self, session_key: str) -> None:
-        self._append((_CONNECTED, session_key))
+        self._write((_CONNECTED, session_key))
 
     def session_disconnected(self, session_key: str, at_ms: int) -> None:
-        self._append((_DISCONNECTED, session_key, at_ms))
+        self._write((_DISCONNECTED, session_key, at_ms))
 
     def save_subscription(self, session_key: str, subscription: StoredSubscription) -> None:
-        self._append((_SUB, session_key, subscription))
+        self._write((_SUB, session_key, subscription))
 
     def delete_subscription(self, session_key: str, full_filter: str) -> None:
-        self._append((_DEL_SUB, session_key, full_filter))
+        self._write((_DEL_SUB, session_key, full_filter))
 
     def save_message(self, message: Message) -> None:
         self._journal_bytes += len(message.payload) + len(message.topic)
-        self._append((_MESSAGE, message))
+        self._write((_MESSAGE, message))
 
     def add_delivery(self, session_key: str, delivery: StoredDelivery) -> None:
-        self._append((_ADD, session_key, delivery))
+        self._write((_ADD, session_key, delivery))
 
     def set_packet_id(self, session_key: str, message_id: int, packet_id: int) -> None:
-        self._append((_PACKET_ID, session_key, message_id, packet_id))
+        self._write((_PACKET_ID, session_key, message_id, packet_id))
 
     def set_released(self, session_key: str, packet_id: int) -> None:
-        self._append((_RELEASED, session_key, packet_id))
+        self._write((_RELEASED, session_key, packet_id))
 
     def remove_delivery(self, session_key: str, message_id: int) -> None:
-        self._append((_REMOVE, session_key, message_id))
+        self._write((_REMOVE, session_key, message_id))
 
     def set_inbound_qos2(self, session_key: str, packet_id: int, present: bool) -> None:
-        self._append((_QOS2_IN, session_key, packet_id, present))
+        self._write((_QOS2_IN, session_key, packet_id, present))
 
     def save_retained(self, message: Message) -> None:
         self._journal_bytes += len(message.payload) + len(message.topic)
-        self._append((_RETAIN, message))
+        self._write((_RETAIN, message))
 
     def delete_retained(self, account: str, topic: str) -> None:
-        self._append((_DEL_RETAIN, account, topic))
+        self._write((_DEL_RETAIN, account, topic))
 
     def after_commit(self, callback: Callable[[], None]) -> None:
         self._append((_BARRIER, callback))

@@ -391,12 +391,12 @@ async def _publish_all(broker: Broker, messages: list[Message]) -> None:
     for message in messages:
         # All or nothing: a message the gate would refuse refuses the batch before any leaves.
         broker.admission.authorize(message, API_CALLER)
-    writes = broker.store_writes
+    writes = broker.store.sequence
     for message in messages:
         if not message.id:
             message.id = broker.new_message_id()
         publish_now(broker, message)
-    if broker.store_writes != writes:
+    if broker.store.sequence != writes:
         await committed(broker)
 
 
