@@ -12,6 +12,8 @@ from harness import V5, V311, InMemoryHub, TestClient, both_versions
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from thinghub.broker.queue import Outgoing
+from thinghub.message import Message
 from thinghub.mqtt.packets import PubAck, PubComp, Publish, PubRec, PubRel
 from thinghub.mqtt.properties import Properties
 from thinghub.mqtt.types import ProtocolVersion, ReasonCode
@@ -788,14 +790,15 @@ def test_shared_encoding_gets_each_subscribers_packet_id(
 
 
 def test_packet_ids_wrap_and_skip_those_in_flight() -> None:
-    from thinghub.broker.session import Outgoing, Session
-    from thinghub.message import Message
-
-    session = Session("c", 0)
+    hub = InMemoryHub()
+    hub.connect("c")
+    session = hub.broker.session_of("", "c")
+    assert session is not None
     out = Outgoing(Message(topic="t", payload=b""), 1, False)
-    session.inflight[1] = session.inflight[65535] = out
-    session.next_packet_id = 65534
-    assert [session.allocate_packet_id() for _ in range(3)] == [65534, 2, 3]  # §2.2.1
+    queue = session.delivery
+    queue.inflight[1] = queue.inflight[65535] = out
+    queue.next_packet_id = 65534
+    assert [queue.allocate_packet_id() for _ in range(3)] == [65534, 2, 3]  # §2.2.1
 
 
 def test_stats_report_every_counter() -> None:

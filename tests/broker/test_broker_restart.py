@@ -9,7 +9,7 @@ from collections.abc import Callable
 from harness import V5, V311, InMemoryHub, TestClient, both_versions
 
 from thinghub.broker.admission import API_CALLER
-from thinghub.broker.session import Session
+from thinghub.broker.queue import SessionQueue
 from thinghub.message import Message
 from thinghub.mqtt.packets import (
     PubAck,
@@ -183,10 +183,11 @@ def test_restored_session_without_expiry_stays() -> None:
 # grow with queue length").
 
 
-def session(hub: InMemoryHub, client_id: str) -> Session:
+def session(hub: InMemoryHub, client_id: str) -> SessionQueue:
+    """The delivery state of the client's session."""
     found = hub.broker.session_of("", client_id)
     assert found is not None
-    return found
+    return found.delivery
 
 
 def drain(client: TestClient, count: int, hub: InMemoryHub, page: int) -> list[bytes]:
@@ -196,7 +197,7 @@ def drain(client: TestClient, count: int, hub: InMemoryHub, page: int) -> list[b
         batch = client.publishes()
         assert batch, f"stuck after {len(got)} of {count}"
         for p in batch:
-            assert len(session(hub, client.client_id).queue) <= page
+            assert session(hub, client.client_id).in_memory <= page
             got.append(p.payload)
             client.ack(p)
     client.assert_nothing_pending()
@@ -218,7 +219,7 @@ def test_an_offline_queue_waits_on_disk_and_comes_back_in_order(version: Protoco
         else:
             pub.publish_qos2("t", payload)
     state = session(hub, "sub")
-    assert (len(state.inflight), len(state.queue), state.spilled) == (1, 0, 22)
+    assert (len(state.inflight), state.in_memory, state.spilled) == (1, 0, 22)
     assert state.queued_bytes == sum(len(p) + 1 for p in sent[1:])
     again = resume(hub, "sub", version)
     assert drain(again, 23, hub, page=5) == sent
@@ -237,10 +238,10 @@ def test_a_slow_consumer_keeps_one_page_in_memory() -> None:
     for payload in sent:
         pub.publish("t", payload, 1)
     state = session(hub, "sub")
-    assert (len(state.inflight), len(state.queue), state.spilled) == (2, 4, 9)
+    assert (len(state.inflight), state.in_memory, state.spilled) == (2, 4, 9)
     assert [p.payload for p in sub.publishes()] == sent[:2]
     sub.drop()  # offline: its memory queue goes to disk too
-    assert (len(state.inflight), len(state.queue), state.spilled) == (2, 0, 13)
+    assert (len(state.inflight), state.in_memory, state.spilled) == (2, 0, 13)
     again = hub.client(V5)
     assert again.connect(
         "sub", clean_start=False, session_expiry=100, receive_maximum=2
@@ -263,7 +264,7 @@ def test_queued_messages_on_disk_survive_restart_behind_those_in_flight(
     assert [p.payload for p in first] == sent[:2]  # in flight, never acknowledged
     hub.restart()
     state = session(hub, "sub")
-    assert (len(state.inflight), len(state.queue), state.spilled) == (2, 0, 10)
+    assert (len(state.inflight), state.in_memory, state.spilled) == (2, 0, 10)
     again = resume(hub, "sub", version)
     assert drain(again, 12, hub, page=3) == sent
     again.drop()

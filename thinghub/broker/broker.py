@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from functools import partial
 from typing import Any, Protocol
 
 from ..config import MQTTSettings
@@ -26,13 +25,7 @@ from ..errors import ThingHubError
 from ..message import Message
 from ..mqtt.packets import Subscription
 from ..mqtt.types import ReasonCode
-from ..store.base import (
-    BrokerStore,
-    QueuedDelivery,
-    StoredDelivery,
-    StoredState,
-    StoredSubscription,
-)
+from ..store.base import BrokerStore, StoredState, StoredSubscription
 from ..store.memory import MemoryStore
 from ..topics import parse_shared
 from .admission import Admission, Publisher, PublishRefused, Refusal
@@ -45,8 +38,10 @@ from .auth import (
     RequireCredentials,
 )
 from .client import Client, Link
-from .session import Outgoing, Session, SharedGroup, SubscriptionEntry, TimerHandle, Will
-from .space import RetainedBudget, TopicSpace, TrieKey, TrieValue, Watch
+from .fanout import fan_out
+from .queue import DeliveryContext, Outgoing, deliver_now
+from .session import Session, SharedGroup, SubscriptionEntry, TimerHandle, Will
+from .space import RetainedBudget, TopicSpace, Watch
 from .stats import Stats
 
 log = logging.getLogger("thinghub.broker")
@@ -84,6 +79,10 @@ class Broker:
         if authorizer is None and (settings.deny_publish or settings.deny_subscribe):
             authorizer = DenyList(settings.deny_publish, settings.deny_subscribe)
         self.admission = Admission(settings, authorizer, self.store)
+        # What every session's delivery queue shares (queue.py).
+        self.delivery_context = DeliveryContext(
+            settings, self.store, self.stats, clock, self._new_message_id
+        )
         self.retained_budget = RetainedBudget()
         # Bytes of topic filters held by all sessions (mqtt.max_subscription_bytes_total).
         self.subscription_bytes = 0
@@ -149,7 +148,7 @@ class Broker:
                 session.pending_will = None
         present = session is not None
         if session is None:
-            session = Session(client_id, expiry, client.account)
+            session = Session(client_id, expiry, client.account, self.delivery_context)
             self.sessions[key] = session
         if present and expiry == 0 and session.persistent:
             # The expiry a CONNECT asks for decides what happens when *this* connection ends
@@ -180,9 +179,7 @@ class Broker:
         elif was_persistent:
             self.store.delete_session(session.key)
             # Its messages on disk went with it (the session ends with its connection).
-            session.spilled = 0
-            session.ack_waiters.clear()
-            session.queued_bytes = sum(out.size for out in session.queue)
+            session.delivery.forget_disk()
 
     def close_session(self, session: Session, will: Will | None, will_delay: int) -> None:
         """The session's connection is gone: start its expiry clock and schedule its will."""
@@ -192,7 +189,7 @@ class Broker:
             # Durability: the store counts the expiry from this wall-clock time, so
             # it also runs while the hub is down.
             self.store.session_disconnected(session.key, int(time.time() * 1000))
-            self._spill_queue(session)
+            session.delivery.went_offline()
         if will is not None:
             delay = min(will_delay, expiry)
             if delay <= 0:
@@ -232,14 +229,10 @@ class Broker:
         for entry in list(session.subscriptions.values()):
             self._remove_from_trie(entry)
         session.subscriptions.clear()
-        if session.queued:
-            log.debug("session %s ended with %d queued messages", session.client_id, session.queued)
-        session.queue.clear()
-        session.queued_bytes = 0
-        session.spilled = 0
-        session.ack_waiters.clear()
-        session.inflight.clear()
-        session.resend.clear()
+        queued = session.delivery.queued
+        if queued:
+            log.debug("session %s ended with %d queued messages", session.client_id, queued)
+        session.delivery.clear()
         self.subscription_bytes -= session.subscription_bytes
         session.subscription_bytes = 0
         if self.sessions.get(session.key) is session:
@@ -356,22 +349,7 @@ class Broker:
         if self._hidden is not None and self._hidden.hides(message.topic):
             self.stats.dropped_not_authorized += 1
             return 0
-        if len(matches) == 1:
-            value = matches[0][1]
-            entry = value.pick() if type(value) is SharedGroup else value
-            assert type(entry) is SubscriptionEntry
-            if entry.no_local and entry.session.client_id == message.origin:
-                return 0
-            sub_ids = () if entry.subscription_id is None else (entry.subscription_id,)
-            self.deliver(
-                entry.session,
-                message,
-                min(message.qos, entry.qos),
-                message.retain and entry.retain_as_published,
-                sub_ids,
-            )
-            return 1
-        return self._publish_many(message, matches)
+        return fan_out(message, matches, self.deliver)
 
     def _admit(self, message: Message, publisher: Publisher, space: TopicSpace | None) -> None:
         try:
@@ -394,48 +372,6 @@ class Broker:
                 stats.refused_store_unavailable += 1
             raise
 
-    def _publish_many(self, message: Message, matches: Sequence[tuple[TrieKey, TrieValue]]) -> int:
-        # Overlapping subscriptions of one session are merged: one copy, highest QoS, every
-        # subscription identifier [MQTT-3.3.4-2, -3, -5]. Shared groups each deliver separately.
-        merged: dict[str, tuple[Session, int, bool, list[int]]] = {}
-        shared: list[SubscriptionEntry] = []
-        origin = message.origin
-        for _key, value in matches:
-            if type(value) is SharedGroup:
-                shared.append(value.pick())
-                continue
-            assert type(value) is SubscriptionEntry
-            session = value.session
-            if value.no_local and session.client_id == origin:
-                continue  # [MQTT-3.8.3-3]
-            prior = merged.get(session.client_id)
-            if prior is None:
-                ids = [] if value.subscription_id is None else [value.subscription_id]
-                merged[session.client_id] = (session, value.qos, value.retain_as_published, ids)
-            else:
-                if value.subscription_id is not None:
-                    prior[3].append(value.subscription_id)
-                merged[session.client_id] = (
-                    session,
-                    max(prior[1], value.qos),
-                    prior[2] or value.retain_as_published,
-                    prior[3],
-                )
-        qos = message.qos
-        retain = message.retain
-        for session, granted, rap, ids in merged.values():
-            self.deliver(session, message, min(qos, granted), retain and rap, tuple(ids))
-        for entry in shared:
-            sub_ids = () if entry.subscription_id is None else (entry.subscription_id,)
-            self.deliver(
-                entry.session,
-                message,
-                min(qos, entry.qos),
-                retain and entry.retain_as_published,
-                sub_ids,
-            )
-        return len(merged) + len(shared)
-
     def deliver(
         self,
         session: Session,
@@ -444,219 +380,18 @@ class Broker:
         retain: bool,
         subscription_ids: tuple[int, ...] = (),
     ) -> None:
-        """Hand one copy of a message to a session: send it now, or queue it (QoS 1/2)."""
-        client = session.client
+        """Hand one copy of a message to a session: QoS 0 goes to a connected client or
+        nowhere (not kept for offline sessions, §4.1 "MAY", as mosquitto does); QoS 1/2 to
+        the session's queue (queue.py), which sends it or keeps it."""
         if qos == 0:
+            client = session.client
             if client is None:
-                # QoS 0 is not kept for offline sessions (§4.1, "MAY"; as mosquitto does).
                 self.stats.dropped_offline_qos0 += 1
                 return
-            if client.link.buffered() > self.settings.max_write_buffer:
-                self.stats.dropped_slow_consumer += 1
-                return
-            client.send_publish(Outgoing(message, 0, retain, subscription_ids), False)
+            out = Outgoing(message, 0, retain, subscription_ids)
+            deliver_now(client, out, self.settings.max_write_buffer, self.stats)
             return
-        self._deliver_outgoing(session, Outgoing(message, qos, retain, subscription_ids))
-
-    def _deliver_outgoing(self, session: Session, out: Outgoing) -> None:
-        client = session.client
-        if out.qos == 2 and session.persistent:
-            # Exactly once across a crash (§4.3.3): a QoS 2 copy is sent only once it is on
-            # disk. Sent earlier, a crash before the commit would lose the broker's record of
-            # it while the publisher, never acknowledged, sends it again: a second copy.
-            self._enqueue(session, out, wait_for_commit=True)
-            return
-        if (
-            client is not None
-            and not session.queue
-            and not session.spilled
-            and not session.resend
-            and not session.window_full(client.window)
-        ):
-            out.packet_id = session.allocate_packet_id()
-            if session.persistent:
-                self._persist_delivery(session, out)
-            session.inflight[out.packet_id] = out
-            client.send_publish(out, False)
-            return
-        self._enqueue(session, out)
-
-    def _persist_delivery(self, session: Session, out: Outgoing) -> None:
-        message = out.message
-        store = self.store
-        if not message.id:
-            message.id = self._new_message_id()
-        if not message.stored:
-            message.stored = True
-            store.save_message(message)
-        store.add_delivery(
-            session.key,
-            StoredDelivery(message.id, out.qos, out.retain, out.subscription_ids, out.packet_id),
-        )
-
-    def delivery_done(self, session: Session, out: Outgoing) -> None:
-        """A QoS 1/2 delivery left the session: acknowledged, refused, expired or too large."""
-        if session.persistent:
-            self.store.remove_delivery(session.key, out.message.id)
-
-    def _now_durable(self, session: Session, out: Outgoing) -> None:
-        out.durable = True
-        if session.client is not None:
-            self.fill_window(session)
-
-    def _enqueue(self, session: Session, out: Outgoing, wait_for_commit: bool = False) -> None:
-        """Queue ``out`` on the session, persisting it (unless the queue is full: dropped and
-        counted). A persistent session keeps at most a page of its queue in memory, none while
-        offline; the rest is on disk only and read back in pages (memory does not
-        grow with queue length). With ``wait_for_commit`` a copy kept in memory is not sent
-        before the store has committed it."""
-        limits = self.settings
-        size = out.size
-        # Messages already on their way back from disk to a connected client do not count: a
-        # client back after filling its queue must not lose the first new ones to the read.
-        if (
-            session.queued - session.reading >= limits.max_queued_messages
-            or session.queued_bytes + size > limits.max_queued_bytes
-        ):
-            self.stats.dropped_queue_full += 1
-            if not session.dropping:
-                session.dropping = True
-                log.warning(
-                    "queue of session %r is full (%d messages, %d bytes): dropping new messages",
-                    session.client_id,
-                    session.queued,
-                    session.queued_bytes,
-                )
-            return
-        session.queued_bytes += size
-        if session.persistent:
-            self._persist_delivery(session, out)
-            if (
-                session.spilled
-                or session.client is None
-                or len(session.queue) >= limits.queue_page_messages
-            ):
-                # Behind what is on disk already, or no room in memory: on disk only.
-                session.spilled += 1
-                if out.on_acked is not None:
-                    session.ack_waiters[out.message.id] = out.on_acked
-                return
-            if wait_for_commit:
-                out.durable = False
-                session.queue.append(out)
-                # (A store without a writer runs this at once: queued first, then sent.)
-                self.store.after_commit(partial(self._now_durable, session, out))
-                return
-        session.queue.append(out)
-
-    def _spill_queue(self, session: Session) -> None:
-        """An offline persistent session keeps no queued message in memory: every one of them
-        is in the store's journal already, and comes back with ``_read_queued``."""
-        if not session.queue:
-            return
-        for out in session.queue:
-            if out.on_acked is not None:
-                session.ack_waiters[out.message.id] = out.on_acked
-        session.spilled += len(session.queue)
-        session.queue.clear()
-
-    def _read_queued(self, session: Session) -> None:
-        """Ask the store for the next page of the session's queue (one request at a time)."""
-        if session.reading:
-            return
-        page = self.settings.queue_page_messages
-        session.reading = min(session.spilled, page)
-        self.store.read_queued(session.key, page, partial(self._page_read, session))
-
-    def _page_read(self, session: Session, page: list[QueuedDelivery]) -> None:
-        session.reading = 0
-        if self.sessions.get(session.key) is not session or not session.persistent:
-            return  # the session ended meanwhile
-        if session.client is None:
-            return  # offline again: the page stays on disk, read again on the next resume
-        if not page:
-            if session.spilled:
-                # The store has none of them (it failed to read, and logged why): stop waiting
-                # for them; whatever is on disk is queued again at the next start.
-                log.error(
-                    "session %r: %d queued messages could not be read back",
-                    session.client_id,
-                    session.spilled,
-                )
-                session.spilled = 0
-                session.queued_bytes = sum(out.size for out in session.queue)
-            return
-        # The memory queue was empty when the page was asked for and nothing joins it while
-        # messages are on disk, so the page is exactly the next messages in order.
-        waiters = session.ack_waiters
-        for delivery, message in page[: session.spilled]:
-            session.queue.append(
-                Outgoing(
-                    message,
-                    delivery.qos,
-                    delivery.retain,
-                    delivery.subscription_ids,
-                    on_acked=waiters.pop(message.id, None) if waiters else None,
-                )
-            )
-        session.spilled -= min(len(page), session.spilled)
-        self.fill_window(session)
-
-    def fill_window(self, session: Session) -> None:
-        """Send while the inflight window has room (§4.9): first what awaits a resend after a
-        reconnect (same packet ids, DUP set [MQTT-4.4.0-1]), then queued messages in order."""
-        client = session.client
-        if client is None:
-            return
-        queue = session.queue
-        resend = session.resend
-        inflight = session.inflight
-        window = client.window
-        now = self.clock.time()
-        while (
-            (resend or queue or session.spilled)
-            and not session.window_full(window)
-            and client.connected
-        ):
-            if resend:
-                pending = inflight.get(resend.popleft())
-                if pending is not None:
-                    client.resend(pending)
-                continue
-            if not queue:
-                self._read_queued(session)  # _page_read resumes
-                break
-            if not queue[0].durable:
-                break  # waits for the store's commit; _now_durable resumes
-            out = queue.popleft()
-            session.queued_bytes -= out.size
-            if session.dropping and len(queue) < self.settings.max_queued_messages // 2:
-                # The episode of drops is over once the queue has drained to half; the next
-                # overflow is logged again.
-                session.dropping = False
-            message = out.message
-            if message.expired(now) or (
-                message.keep_until is not None and now >= message.keep_until
-            ):
-                self.stats.dropped_expired += 1
-                self.delivery_done(session, out)
-                continue
-            out.packet_id = session.allocate_packet_id()
-            inflight[out.packet_id] = out
-            if session.persistent:
-                self.store.set_packet_id(session.key, out.message.id, out.packet_id)
-                if out.qos == 2:
-                    # Its packet id is on disk before it leaves: after a crash the hub resends
-                    # it under the same id with DUP, which the receiver recognises, rather
-                    # than as a new message it would deliver again (§4.3.3, [MQTT-4.4.0-1]).
-                    self.store.after_commit(partial(self._send_stored, client, session, out))
-                    continue
-            client.send_publish(out, False)
-
-    def _send_stored(self, client: Client, session: Session, out: Outgoing) -> None:
-        # Only on the connection it was meant for: after a reconnect, _resume resent it.
-        if session.client is client and client.connected and inflight_has(session, out):
-            client.send_publish(out, False)
+        session.delivery.offer(Outgoing(message, qos, retain, subscription_ids))
 
     # ------------------------------------------------------------------ retained
 
@@ -788,8 +523,7 @@ class Broker:
             if on_acked is not None:
                 on_acked()
             return True
-        out = Outgoing(message, message.qos, False, on_acked=on_acked)
-        self._deliver_outgoing(session, out)
+        session.delivery.offer(Outgoing(message, message.qos, False, on_acked=on_acked))
         return True
 
     # ------------------------------------------------------------------ recovery
@@ -801,7 +535,9 @@ class Broker:
         for retained in state.retained:
             self.space(retained.account).retain(retained)
         for stored in state.sessions.values():
-            session = Session(stored.client_id, stored.expiry_interval, stored.account)
+            session = Session(
+                stored.client_id, stored.expiry_interval, stored.account, self.delivery_context
+            )
             session.persistent = stored.expiry_interval > 0
             self.sessions[session.key] = session
             for sub in stored.subscriptions.values():
@@ -811,23 +547,20 @@ class Broker:
                 if message is None:
                     continue
                 message.stored = True
-                out = Outgoing(
-                    message,
-                    delivery.qos,
-                    delivery.retain,
-                    delivery.subscription_ids,
-                    delivery.packet_id,
-                    delivery.released,
+                session.delivery.restore(
+                    Outgoing(
+                        message,
+                        delivery.qos,
+                        delivery.retain,
+                        delivery.subscription_ids,
+                        delivery.packet_id,
+                        delivery.released,
+                    )
                 )
-                if delivery.packet_id:
-                    session.inflight[delivery.packet_id] = out
-                else:
-                    session.queue.append(out)
-                    session.queued_bytes += out.size
-            # The queue stays on disk until the session's client is back (_read_queued).
-            session.spilled += stored.queued
-            session.queued_bytes += stored.queued_bytes
-            session.inbound_qos2 = set(stored.inbound_qos2)
+            # The queue stays on disk until the session's client is back.
+            session.delivery.restore_spilled(stored.queued, stored.queued_bytes)
+            if stored.inbound_qos2:
+                session.inbound_qos2 = set(stored.inbound_qos2)
             if session.expiry_interval < 0xFFFFFFFF:
                 # The time the hub was down counts against the expiry; the store
                 # already dropped sessions whose expiry passed while it was down.
@@ -879,10 +612,6 @@ def _counter() -> Callable[[], int]:
         return state[0]
 
     return next_id
-
-
-def inflight_has(session: Session, out: Outgoing) -> bool:
-    return session.inflight.get(out.packet_id) is out and not out.released
 
 
 def session_key(account: str, client_id: str) -> str:

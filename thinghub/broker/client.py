@@ -43,7 +43,8 @@ from ..mqtt.types import ConnackReturnCode, ProtocolVersion, ReasonCode
 from ..topics import validate_topic_filter, validate_topic_name
 from .admission import PublishRefused, Refusal
 from .auth import ClientInfo
-from .session import Outgoing, Session, TimerHandle, Will
+from .queue import Outgoing, PubRecOutcome
+from .session import Session, TimerHandle, Will
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -186,6 +187,10 @@ class Client:
     def _send(self, packet: Packet) -> None:
         self.link.write(self.conn.send(packet))
 
+    def buffered(self) -> int:
+        """Bytes written to this client and not yet handed to the kernel."""
+        return self.link.buffered()
+
     def _send_unless_closed(self, packet: Packet) -> None:
         if not self.closed:
             self._send(packet)
@@ -228,9 +233,8 @@ class Client:
             # The client's Maximum Packet Size: discard as if delivered [MQTT-3.1.2-25].
             self.broker.stats.dropped_too_large += 1
             session = self.session
-            if qos and session is not None and out.packet_id in session.inflight:
-                del session.inflight[out.packet_id]
-                self.broker.delivery_done(session, out)
+            if qos and session is not None:
+                session.delivery.discard(out)
             return
         if new_alias is not None:
             # Only a packet that is really sent establishes an alias (§3.3.2.3.4).
@@ -523,30 +527,7 @@ class Client:
             self._keep_alive_timer = broker.clock.call_later(
                 keep_alive * 1.5, self._check_keep_alive
             )
-        self._resume(session)
-
-    def _resume(self, session: Session) -> None:
-        """Resend what was in flight, in order, with DUP set and the original packet ids
-        [MQTT-4.4.0-1], then the queue. The new connection's Receive Maximum may be smaller
-        than what was in flight [MQTT-3.3.4-9]: the excess waits in ``session.resend`` and goes
-        out as acknowledgements make room."""
-        session.resend.clear()
-        now = self.broker.clock.time()
-        sent = 0
-        for packet_id, out in list(session.inflight.items()):
-            if self.closed:
-                return
-            if not out.released and out.message.expired(now):
-                # An expired message is not redelivered (§3.3.2.3.3).
-                del session.inflight[packet_id]
-                self.broker.stats.dropped_expired += 1
-                self.broker.delivery_done(session, out)
-            elif sent >= self.window:
-                session.resend.append(packet_id)
-            else:
-                sent += 1
-                self.resend(out)
-        self.broker.fill_window(session)
+        session.delivery.resume(self)
 
     def resend(self, out: Outgoing) -> None:
         """Resend one in-flight message: PUBREL if it was released, else PUBLISH with DUP."""
@@ -582,8 +563,8 @@ class Client:
                 raise ProtocolError(error, ReasonCode.TOPIC_NAME_INVALID)
         session = self.session
         assert session is not None
-        packet_id = packet.packet_id
-        if qos == 2 and packet_id in session.inbound_qos2:
+        packet_id = packet.packet_id or 0
+        if qos == 2 and session.awaits_release(packet_id):
             # A resent QoS 2 PUBLISH we already have: acknowledge, do not route twice (§4.3.3).
             self._acknowledge(PubRec(packet_id=packet_id), False)
             return
@@ -627,7 +608,7 @@ class Client:
             ack = PubAck(packet_id=packet_id or 0, reason_code=code)
         else:
             if reason < 0x80:
-                session.inbound_qos2.add(packet_id or 0)
+                session.receiving(packet_id or 0, True)
                 if session.persistent:
                     broker.store.set_inbound_qos2(session.key, packet_id or 0, True)
             ack = PubRec(packet_id=packet_id or 0, reason_code=code)
@@ -653,45 +634,26 @@ class Client:
         session = self.session
         if session is None:
             raise ProtocolError("PUBACK before CONNECT")
-        out = session.inflight.get(packet.packet_id)
-        if out is not None and out.qos == 1:
-            del session.inflight[packet.packet_id]
-            if session.persistent:
-                self.broker.delivery_done(session, out)
-            if out.on_acked is not None:
-                out.on_acked()
-            if session.queue or session.resend or session.spilled:
-                self.broker.fill_window(session)
+        session.delivery.acknowledged(packet.packet_id, 1)
 
     def _handle_pubrec(self, packet: PubRec) -> None:
         session = self.session
         if session is None:
             raise ProtocolError("PUBREC before CONNECT")
-        out = session.inflight.get(packet.packet_id)
-        if out is None or out.qos != 2:
+        outcome = session.delivery.received(packet.packet_id, packet.reason_code)
+        if outcome == PubRecOutcome.UNKNOWN:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0
             self._acknowledge(PubRel(packet_id=packet.packet_id, reason_code=code), False)
-            return
-        if packet.reason_code >= 0x80:
-            # The receiver refused it: the flow ends here (§4.3.3).
-            del session.inflight[packet.packet_id]
-            self.broker.delivery_done(session, out)
-            self.broker.fill_window(session)
-            return
-        out.released = True
-        if session.persistent:
-            self.broker.store.set_released(session.key, packet.packet_id)
-        # The release is on disk before the PUBREL leaves: after a crash the hub must resend
-        # PUBREL, not the PUBLISH, which a receiver that already completed would take for a
-        # new message (§4.3.3, exactly once).
-        self._acknowledge(PubRel(packet_id=packet.packet_id), session.persistent)
+        elif outcome == PubRecOutcome.RELEASED:
+            # The release is on disk before the PUBREL leaves (queue.py, ``received``).
+            self._acknowledge(PubRel(packet_id=packet.packet_id), session.persistent)
 
     def _handle_pubrel(self, packet: PubRel) -> None:
         session = self.session
         if session is None:
             raise ProtocolError("PUBREL before CONNECT")
-        if packet.packet_id in session.inbound_qos2:
-            session.inbound_qos2.discard(packet.packet_id)
+        if session.awaits_release(packet.packet_id):
+            session.receiving(packet.packet_id, False)
             if session.persistent:
                 self.broker.store.set_inbound_qos2(session.key, packet.packet_id, False)
             # The packet id is free on disk before PUBCOMP lets the publisher reuse it: a crash
@@ -705,14 +667,7 @@ class Client:
         session = self.session
         if session is None:
             raise ProtocolError("PUBCOMP before CONNECT")
-        out = session.inflight.get(packet.packet_id)
-        if out is not None and out.qos == 2:
-            del session.inflight[packet.packet_id]
-            self.broker.delivery_done(session, out)
-            if out.on_acked is not None:
-                out.on_acked()
-            if session.queue or session.resend or session.spilled:
-                self.broker.fill_window(session)
+        session.delivery.acknowledged(packet.packet_id, 2)
 
     def _handle_subscribe(self, packet: Subscribe) -> None:
         broker = self.broker

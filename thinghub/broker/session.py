@@ -1,21 +1,20 @@
 """Session state (§4.1): what outlives a network connection.
 
-A session holds the client's subscriptions, the QoS 1/2 messages in flight towards it (with
-their packet identifiers and QoS 2 progress), a bounded queue of messages waiting for a free
-slot in the inflight window or for the client to come back, and the packet identifiers of
-inbound QoS 2 messages awaiting PUBREL. The connection-level state (protocol version, topic
-aliases, keep alive) lives in ``Client``.
+A session holds the client's subscriptions, its delivery state (``SessionQueue`` in queue.py:
+the QoS 1/2 messages in flight towards it and those waiting, in memory or on disk), the
+packet identifiers of inbound QoS 2 messages awaiting PUBREL, its expiry and its pending
+will. The connection-level state (protocol version, topic aliases, keep alive) lives in
+``Client``.
 """
 
 from __future__ import annotations
 
-from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from ..message import Message
 from .auth import ClientInfo
+from .queue import DeliveryContext, SessionQueue
 
 if TYPE_CHECKING:
     from .client import Client
@@ -74,55 +73,26 @@ class Will:
     publisher: ClientInfo
 
 
-@dataclass(slots=True, eq=False)
-class Outgoing:
-    """A message on its way to one session at a given QoS."""
-
-    message: Message
-    qos: int
-    retain: bool
-    subscription_ids: tuple[int, ...] = ()
-    packet_id: int = 0
-    # QoS 2: PUBREC received and PUBREL sent; only PUBCOMP is awaited (§4.3.3).
-    released: bool = False
-    # Called when the receiver acknowledges it (PUBACK, or PUBCOMP), e.g. by an HTTP API
-    # waiting for a device's confirmation.
-    on_acked: Callable[[], None] | None = None
-    # False while a QoS 2 copy for a persistent session waits for the store's commit: it is
-    # not sent before it is durable (see Broker._deliver_outgoing).
-    durable: bool = True
-
-    @property
-    def size(self) -> int:
-        return len(self.message.payload) + len(self.message.topic)
-
-
 class Session:
     __slots__ = (
         "account",
-        "ack_waiters",
         "client",
         "client_id",
-        "dropping",
+        "delivery",
         "expiry_interval",
         "expiry_timer",
         "inbound_qos2",
-        "inflight",
         "key",
-        "next_packet_id",
         "pending_will",
         "persistent",
-        "queue",
-        "queued_bytes",
-        "reading",
-        "resend",
-        "spilled",
         "subscription_bytes",
         "subscriptions",
         "will_timer",
     )
 
-    def __init__(self, client_id: str, expiry_interval: int, account: str = "") -> None:
+    def __init__(
+        self, client_id: str, expiry_interval: int, account: str, context: DeliveryContext
+    ) -> None:
         self.client_id = client_id
         self.account = account
         # Sessions are per account and client id; U+0000 cannot occur in a client id
@@ -136,47 +106,30 @@ class Session:
         self.subscriptions: dict[str, SubscriptionEntry] = {}
         # Bytes of those filters (mqtt.max_subscription_bytes).
         self.subscription_bytes = 0
-        # Insertion-ordered: redelivery after reconnect keeps the original order (§4.6).
-        self.inflight: dict[int, Outgoing] = {}
-        self.queue: deque[Outgoing] = deque()
-        # Packet ids of in-flight messages still to be resent after a reconnect, when the new
-        # connection's Receive Maximum is smaller than what was in flight (see Client._resume).
-        self.resend: deque[int] = deque()
-        # Queued messages of a persistent session that are on disk only, after those in
-        # ``queue`` (which holds the oldest); read back a page at a time (Broker._read_queued).
-        # ``queued_bytes`` counts both.
-        self.spilled = 0
-        # Messages the outstanding read of the store will bring back (0: no read under way).
-        self.reading = 0
-        # ``on_acked`` callbacks of spilled messages, by message id, given back on reading.
-        self.ack_waiters: dict[int, Callable[[], None]] = {}
-        self.queued_bytes = 0
-        self.inbound_qos2: set[int] = set()
-        self.next_packet_id = 1
+        # Messages towards the client: in flight, queued, on disk (queue.py owns them).
+        self.delivery = SessionQueue(self, context)
+        # Inbound QoS 2 packet ids that got PUBREC and await PUBREL (§4.3.3); None until the
+        # first one (an empty set costs 216 bytes, and most clients never publish QoS 2).
+        self.inbound_qos2: set[int] | None = None
         self.expiry_timer: TimerHandle | None = None
         self.will_timer: TimerHandle | None = None
         # The will of the last connection, waiting for its Will Delay Interval (§3.1.3.2.2).
         self.pending_will: Will | None = None
-        # True while queue overflow drops are happening (logged once per episode).
-        self.dropping = False
 
-    @property
-    def queued(self) -> int:
-        """Queued messages, in memory and on disk."""
-        return len(self.queue) + self.spilled
+    def awaits_release(self, packet_id: int) -> bool:
+        """A QoS 2 message under ``packet_id`` was received and awaits its PUBREL."""
+        pending = self.inbound_qos2
+        return pending is not None and packet_id in pending
 
-    def window_full(self, window: int) -> bool:
-        """True when ``window`` messages are sent and unacknowledged (§4.9)."""
-        return len(self.inflight) - len(self.resend) >= window
-
-    def allocate_packet_id(self) -> int:
-        """A packet identifier not used by any message in flight (§2.2.1)."""
-        pid = self.next_packet_id
-        inflight = self.inflight
-        while pid in inflight:
-            pid = pid % 65535 + 1
-        self.next_packet_id = pid % 65535 + 1
-        return pid
+    def receiving(self, packet_id: int, present: bool) -> None:
+        """Record (PUBREC sent) or forget (PUBREL received) an inbound QoS 2 packet id."""
+        pending = self.inbound_qos2
+        if present:
+            if pending is None:
+                pending = self.inbound_qos2 = set()
+            pending.add(packet_id)
+        elif pending is not None:
+            pending.discard(packet_id)
 
     def cancel_timers(self) -> None:
         if self.expiry_timer is not None:
