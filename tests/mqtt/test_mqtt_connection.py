@@ -77,10 +77,21 @@ def test_connect_and_packets_in_one_read() -> None:
     assert conn.inbound_inflight == 1
 
 
-def test_auth_allowed_on_v5() -> None:
+def test_auth_allowed_on_v5_after_an_authentication_method() -> None:
+    conn = ServerConnection(max_packet_size=1024, receive_maximum=10, topic_alias_maximum=0)
+    method = Properties(authentication_method="m")
+    connect = Connect(protocol_version=V5, client_id="c", properties=method)
+    auth = Auth(reason_code=0x18, properties=method)
+    assert conn.receive_data(encode(connect, V5) + encode(auth, V5)) == [connect, auth]
+
+
+def test_auth_without_an_authentication_method_is_a_protocol_error() -> None:
+    # [MQTT-4.12.0-7]: without a method in the CONNECT the client must not send AUTH.
     conn = connected(V5)
     auth = Auth(reason_code=0x18, properties=Properties(authentication_method="m"))
-    assert conn.receive_data(encode(auth, V5)) == [auth]
+    with pytest.raises(ProtocolError) as info:
+        conn.receive_data(encode(auth, V5))
+    assert conn.error_bytes(info.value) == b"\xe0\x01\x82"
 
 
 def test_auth_refused_on_v3() -> None:

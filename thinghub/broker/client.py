@@ -781,9 +781,6 @@ class Client:
     def _handle_auth(self, packet: Auth) -> None:
         raise ProtocolError("AUTH without an authentication method")  # §4.12
 
-    def _handle_unexpected(self, packet: Packet) -> None:
-        raise ProtocolError(f"a client may not send {type(packet).__name__}")
-
 
 def _packet_id_offset(data: bytes, message: Message, is_v5: bool) -> int:
     """Where the packet identifier sits in an encoded QoS 1/2 PUBLISH: right after the topic."""
@@ -837,8 +834,4 @@ _HANDLERS: dict[type, Callable[[Client, Packet], None]] = {
     PingReq: Client._handle_pingreq,  # type: ignore[dict-item]
     Disconnect: Client._handle_disconnect,  # type: ignore[dict-item]
     Auth: Client._handle_auth,  # type: ignore[dict-item]
-    ConnAck: Client._handle_unexpected,
-    SubAck: Client._handle_unexpected,
-    UnsubAck: Client._handle_unexpected,
-    PingResp: Client._handle_unexpected,
 }

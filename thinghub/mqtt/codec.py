@@ -24,7 +24,11 @@ Every MQTT packet is ``first byte | remaining length (1-4 byte variable byte int
 * Errors are raised as ``MalformedPacket`` (0x81: bytes that do not parse), ``ProtocolError``
   (0x82 or a more specific reason code: parses, but breaks a rule), ``PacketTooLarge`` (0x95)
   or ``UnsupportedProtocolVersion`` (0x84). Nothing else escapes the decoder: a fuzz test
-  feeds random bytes to make sure of that.
+  feeds random bytes to make sure of that. When a packet is wrong in several ways, the order
+  of ``fixed_header``'s table decides which error it is: its first byte (packet type, then
+  flags; judged as soon as that byte arrives), its size, then its syntax, then its values.
+  A server's decoder (``Decoder(..., server=True)``) also refuses, by type, the packets a
+  client may not send.
 * ``encode(packet, version)`` renders any packet; ``encode_publish`` is the broker's fan-out
   fast path and takes an already-encoded v5 property block so one message delivered to many
   subscribers encodes its properties once.
@@ -46,6 +50,7 @@ from .errors import (
     ProtocolError,
     UnsupportedProtocolVersion,
 )
+from .fixed_header import BEFORE_CONNECT, PERMISSIVE, Verdicts, server_verdicts
 from .packets import (
     Auth,
     ConnAck,
@@ -91,6 +96,8 @@ _UNPACK_U32 = _U32.unpack_from
 # first byte, 1-byte remaining length, topic length: the header of every small PUBLISH.
 _PACK_PUB_HEAD = struct.Struct(">BBH").pack
 _ONE_BYTE: Final = tuple(bytes((i,)) for i in range(256))
+# Protocol Errors noted while a body is parsed, raised once it has parsed (decode_packet).
+_Problems = list[ProtocolError]
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,12 +148,12 @@ def _read_u16(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     return (buf[pos] << 8) | buf[pos + 1], pos + 2
 
 
-def _read_packet_id(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def _read_packet_id(buf: bytes, pos: int, end: int, bad: _Problems) -> tuple[int, int]:
     packet_id, pos = _read_u16(buf, pos, end)
     if not packet_id:
         # [MQTT-2.2.1-3] PUBLISH (QoS > 0), SUBSCRIBE and UNSUBSCRIBE carry a non-zero id; the
         # acknowledgements echo it, so 0 can never be right there either.
-        raise ProtocolError("packet identifier 0")
+        bad.append(ProtocolError("packet identifier 0"))
     return packet_id, pos
 
 
@@ -192,15 +199,14 @@ def _bin(data: bytes) -> bytes:
     return _PACK_U16(len(data)) + data
 
 
-def _check_topic_name(topic: str, version: ProtocolVersion, *, allow_empty: bool) -> None:
+def _check_topic_name(topic: str, *, allow_empty: bool, bad: _Problems) -> None:
     if not topic:
-        if allow_empty:
-            return
-        # [MQTT-4.7.3-1] Topic Names must be at least one character long.
-        raise ProtocolError("empty topic name", ReasonCode.TOPIC_NAME_INVALID)
-    if "+" in topic or "#" in topic:
+        if not allow_empty:
+            # [MQTT-4.7.3-1] Topic Names must be at least one character long.
+            bad.append(ProtocolError("empty topic name", ReasonCode.TOPIC_NAME_INVALID))
+    elif "+" in topic or "#" in topic:
         # [MQTT-3.3.2-2] a Topic Name must not contain wildcards; v5 names the reason 0x90.
-        raise ProtocolError("wildcard in topic name", ReasonCode.TOPIC_NAME_INVALID)
+        bad.append(ProtocolError("wildcard in topic name", ReasonCode.TOPIC_NAME_INVALID))
 
 
 _T = TypeVar("_T")
@@ -307,9 +313,10 @@ _USER_PROPERTY: Final = int(_P.USER_PROPERTY)
 
 
 def _read_properties(
-    buf: bytes, pos: int, end: int, where: PacketType | str
+    buf: bytes, pos: int, end: int, where: PacketType | str, bad: _Problems
 ) -> tuple[Properties, int]:
-    """Read a property block (length prefix included) that must fit in ``buf[pos:end]``."""
+    """Read a property block (length prefix included) that must fit in ``buf[pos:end]``.
+    Values the spec forbids are noted in ``bad``; bytes that do not parse raise."""
     length, pos = _read_varint(buf, pos, end)
     if not length:
         return NO_PROPERTIES, pos
@@ -358,18 +365,18 @@ def _read_properties(
             value = (key, val)
         limits = _PROPERTY_RANGE.get(pid)
         if limits is not None and not limits[0] <= value <= limits[1]:
-            raise ProtocolError(f"property 0x{pid:02x} has invalid value {value}", limits[2])
+            bad.append(ProtocolError(f"property 0x{pid:02x} has invalid value {value}", limits[2]))
         if pid == _USER_PROPERTY:
             users.append(value)
         elif pid == _SUBSCRIPTION_ID:
             # §3.3.2.3.8: PUBLISH may carry several; §3.8.2.1.2: at most one on SUBSCRIBE.
             if sub_ids and where != PacketType.PUBLISH:
-                raise ProtocolError("Subscription Identifier included more than once")
+                bad.append(ProtocolError("Subscription Identifier included more than once"))
             sub_ids.append(value)
         elif attr in values:
             # Every property other than the two above may appear once: "It is a Protocol
             # Error to include <property> more than once" (§3.1.2.11 ff.).
-            raise ProtocolError(f"property 0x{pid:02x} included more than once")
+            bad.append(ProtocolError(f"property 0x{pid:02x} included more than once"))
         else:
             values[attr] = value
     if sub_ids:
@@ -378,7 +385,7 @@ def _read_properties(
         values["user_properties"] = tuple(users)
     if "authentication_data" in values and "authentication_method" not in values:
         # §3.1.2.11.10 / §3.15.2.2.3: Authentication Data without a Method is a Protocol Error.
-        raise ProtocolError("Authentication Data without Authentication Method")
+        bad.append(ProtocolError("Authentication Data without Authentication Method"))
     return _make_properties(**values), pos
 
 
@@ -440,9 +447,10 @@ _V3_SUBACK_CODES: Final = frozenset({0x00, 0x01, 0x02, 0x80})
 _V3_CONNACK_CODES: Final = frozenset(range(6))
 
 
-def _check_reason(code: int, valid: frozenset[int], packet: str) -> None:
+def _check_reason(code: int, valid: frozenset[int], packet: str, bad: _Problems) -> None:
     if code not in valid:
-        raise ProtocolError(f"reason code 0x{code:02x} is not valid in {packet}")
+        # The byte parses; its value is not one the packet defines (§1.2: Protocol Error).
+        bad.append(ProtocolError(f"reason code 0x{code:02x} is not valid in {packet}"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -472,20 +480,25 @@ def _decode_connect(body: bytes) -> Connect:
     pos += 1
     if _PROTOCOL_NAMES.get(level) != name:
         # [MQTT-3.1.2-1] wrong name, [MQTT-3.1.2-2] unsupported level: CONNACK 0x84 (v5) or
-        # return code 0x01 (3.1.1), then close.
+        # return code 0x01 (3.1.1), then close. Decided before the rest, which is laid out
+        # differently in each version.
         exc = UnsupportedProtocolVersion(f"protocol {name!r} level {level} is not supported")
         exc.protocol_version = level  # type: ignore[attr-defined]
         raise exc
     version = ProtocolVersion(level)
+    bad: _Problems = []
     try:
-        return _decode_connect_rest(body, pos, end, version, name)
+        connect = _decode_connect_rest(body, pos, end, version, name, bad)
+        if bad:
+            raise bad[0]
     except MQTTError as exc:
         exc.protocol_version = level  # type: ignore[attr-defined]
         raise
+    return connect
 
 
 def _decode_connect_rest(
-    body: bytes, pos: int, end: int, version: ProtocolVersion, name: str
+    body: bytes, pos: int, end: int, version: ProtocolVersion, name: str, bad: _Problems
 ) -> Connect:
     if pos >= end:
         raise MalformedPacket("CONNECT truncated before the connect flags")
@@ -511,16 +524,16 @@ def _decode_connect_rest(
     keep_alive, pos = _read_u16(body, pos, end)
     props = NO_PROPERTIES
     if version == _V5:
-        props, pos = _read_properties(body, pos, end, PacketType.CONNECT)
+        props, pos = _read_properties(body, pos, end, PacketType.CONNECT, bad)
     client_id, pos = _read_str(body, pos, end)
     will = None
     if will_flag:
         will_props = NO_PROPERTIES
         if version == _V5:
-            will_props, pos = _read_properties(body, pos, end, WILL)
+            will_props, pos = _read_properties(body, pos, end, WILL, bad)
         will_topic, pos = _read_str(body, pos, end)
         # §3.1.3.3: the Will Topic is a Topic Name, so [MQTT-3.3.2-2] applies to it.
-        _check_topic_name(will_topic, version, allow_empty=False)
+        _check_topic_name(will_topic, allow_empty=False, bad=bad)
         will_payload, pos = _read_binary(body, pos, end)
         will = Will(
             topic=will_topic,
@@ -550,7 +563,7 @@ def _decode_connect_rest(
     )
 
 
-def _decode_connack(flags: int, body: bytes, version: ProtocolVersion) -> ConnAck:
+def _decode_connack(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> ConnAck:
     end = len(body)
     if end < 2:
         raise MalformedPacket("CONNACK too short")
@@ -561,50 +574,44 @@ def _decode_connack(flags: int, body: bytes, version: ProtocolVersion) -> ConnAc
     code = body[1]
     props = NO_PROPERTIES
     if version == _V5:
-        _check_reason(code, _CONNACK_CODES, "CONNACK")
-        props, pos = _read_properties(body, 2, end, PacketType.CONNACK)
+        _check_reason(code, _CONNACK_CODES, "CONNACK", bad)
+        props, pos = _read_properties(body, 2, end, PacketType.CONNACK, bad)
         if pos != end:
             raise MalformedPacket("bytes left over after CONNACK")
     else:
-        _check_reason(code, _V3_CONNACK_CODES, "CONNACK")
         if end != 2:
             raise MalformedPacket("3.1.1 CONNACK must have remaining length 2")
+        _check_reason(code, _V3_CONNACK_CODES, "CONNACK", bad)
     return ConnAck(session_present=bool(ack_flags), reason_code=code, properties=props)
 
 
-def _decode_publish(flags: int, body: bytes, version: ProtocolVersion) -> Publish:
+def _decode_publish(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> Publish:
+    # QoS 3 and DUP with QoS 0 never get here: decode_packet refuses them from the first byte.
     qos = (flags >> 1) & 0x03
-    if qos == 3:
-        # [MQTT-3.3.1-4] both QoS bits set is a Malformed Packet.
-        raise MalformedPacket("PUBLISH with QoS 3")
-    dup = bool(flags & 0x08)
-    if dup and not qos:
-        # [MQTT-3.3.1-2] DUP must be 0 for QoS 0 messages.
-        raise MalformedPacket("PUBLISH with QoS 0 and DUP set")
     end = len(body)
     topic, pos = _read_str(body, 0, end)
     packet_id = None
     if qos:
-        packet_id, pos = _read_packet_id(body, pos, end)
+        packet_id, pos = _read_packet_id(body, pos, end, bad)
     props = NO_PROPERTIES
     if version == _V5:
-        props, pos = _read_properties(body, pos, end, PacketType.PUBLISH)
+        props, pos = _read_properties(body, pos, end, PacketType.PUBLISH, bad)
         # §3.3.2.1: a zero-length Topic Name is allowed only together with a Topic Alias
         # (resolved by the connection, which knows the alias table).
         if not topic and props.topic_alias is None:
-            raise ProtocolError("empty topic name without a Topic Alias")
-        _check_topic_name(topic, version, allow_empty=True)
-    else:
+            bad.append(ProtocolError("empty topic name without a Topic Alias"))
+        _check_topic_name(topic, allow_empty=True, bad=bad)
+    elif not topic:
         # 3.1.1 [MQTT-4.7.3-1]: a Topic Name is at least one character long.
-        if not topic:
-            raise ProtocolError("empty topic name")
-        _check_topic_name(topic, version, allow_empty=False)
+        bad.append(ProtocolError("empty topic name"))
+    else:
+        _check_topic_name(topic, allow_empty=False, bad=bad)
     return _make_publish(
         topic=topic,
         payload=body[pos:],
         qos=qos,
         retain=bool(flags & 0x01),
-        dup=dup,
+        dup=bool(flags & 0x08),
         packet_id=packet_id,
         properties=props,
     )
@@ -614,10 +621,15 @@ _AckClass = type[PubAck] | type[PubRec] | type[PubRel] | type[PubComp]
 
 
 def _decode_ack(
-    cls: _AckClass, ptype: PacketType, valid: frozenset[int], body: bytes, version: ProtocolVersion
+    cls: _AckClass,
+    ptype: PacketType,
+    valid: frozenset[int],
+    body: bytes,
+    version: ProtocolVersion,
+    bad: _Problems,
 ) -> PubAck | PubRec | PubRel | PubComp:
     end = len(body)
-    packet_id, pos = _read_packet_id(body, 0, end)
+    packet_id, pos = _read_packet_id(body, 0, end, bad)
     if version != _V5:
         if end != 2:
             raise MalformedPacket(f"3.1.1 {ptype.name} must have remaining length 2")
@@ -626,39 +638,41 @@ def _decode_ack(
         # §3.4.2.1: reason code and properties may be omitted when the reason is 0x00.
         return cls(packet_id=packet_id)
     code = body[pos]
-    _check_reason(code, valid, ptype.name)
     props = NO_PROPERTIES
     if end > 3:
         # §3.4.2.2.1: with a remaining length below 4 there is no property length.
-        props, pos = _read_properties(body, pos + 1, end, ptype)
+        props, pos = _read_properties(body, pos + 1, end, ptype, bad)
         if pos != end:
             raise MalformedPacket(f"bytes left over after {ptype.name}")
+    _check_reason(code, valid, ptype.name, bad)
     return cls(packet_id=packet_id, reason_code=code, properties=props)
 
 
-def _decode_puback(flags: int, body: bytes, version: ProtocolVersion) -> Packet:
-    return _decode_ack(PubAck, PacketType.PUBACK, _PUBACK_CODES, body, version)
+def _decode_puback(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> Packet:
+    return _decode_ack(PubAck, PacketType.PUBACK, _PUBACK_CODES, body, version, bad)
 
 
-def _decode_pubrec(flags: int, body: bytes, version: ProtocolVersion) -> Packet:
-    return _decode_ack(PubRec, PacketType.PUBREC, _PUBACK_CODES, body, version)
+def _decode_pubrec(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> Packet:
+    return _decode_ack(PubRec, PacketType.PUBREC, _PUBACK_CODES, body, version, bad)
 
 
-def _decode_pubrel(flags: int, body: bytes, version: ProtocolVersion) -> Packet:
-    return _decode_ack(PubRel, PacketType.PUBREL, _PUBREL_CODES, body, version)
+def _decode_pubrel(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> Packet:
+    return _decode_ack(PubRel, PacketType.PUBREL, _PUBREL_CODES, body, version, bad)
 
 
-def _decode_pubcomp(flags: int, body: bytes, version: ProtocolVersion) -> Packet:
-    return _decode_ack(PubComp, PacketType.PUBCOMP, _PUBREL_CODES, body, version)
+def _decode_pubcomp(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> Packet:
+    return _decode_ack(PubComp, PacketType.PUBCOMP, _PUBREL_CODES, body, version, bad)
 
 
-def _decode_subscribe(flags: int, body: bytes, version: ProtocolVersion) -> Subscribe:
+def _decode_subscribe(
+    flags: int, body: bytes, version: ProtocolVersion, bad: _Problems
+) -> Subscribe:
     end = len(body)
-    packet_id, pos = _read_packet_id(body, 0, end)
+    packet_id, pos = _read_packet_id(body, 0, end, bad)
     props = NO_PROPERTIES
     v5 = version == _V5
     if v5:
-        props, pos = _read_properties(body, pos, end, PacketType.SUBSCRIBE)
+        props, pos = _read_properties(body, pos, end, PacketType.SUBSCRIBE, bad)
     subs: list[Subscription] = []
     while pos < end:
         topic_filter, pos = _read_str(body, pos, end)
@@ -673,11 +687,11 @@ def _decode_subscribe(flags: int, body: bytes, version: ProtocolVersion) -> Subs
                 raise MalformedPacket("SUBSCRIBE reserved option bits set")
             if qos == 3:
                 # §3.8.3.1: "It is a Protocol Error if the Maximum QoS field has the value 3".
-                raise ProtocolError("SUBSCRIBE with QoS 3")
+                bad.append(ProtocolError("SUBSCRIBE with QoS 3"))
             retain_handling = (options >> 4) & 0x03
             if retain_handling == 3:
                 # §3.8.3.1: "It is a Protocol Error to send a Retain Handling value of 3".
-                raise ProtocolError("SUBSCRIBE with Retain Handling 3")
+                bad.append(ProtocolError("SUBSCRIBE with Retain Handling 3"))
             subs.append(
                 Subscription(
                     topic_filter=topic_filter,
@@ -694,63 +708,70 @@ def _decode_subscribe(flags: int, body: bytes, version: ProtocolVersion) -> Subs
             subs.append(Subscription(topic_filter=topic_filter, qos=qos))
     if not subs:
         # [MQTT-3.8.3-2] (3.1.1 [MQTT-3.8.3-3]): at least one filter; none is a Protocol Error.
-        raise ProtocolError("SUBSCRIBE without topic filters")
+        bad.append(ProtocolError("SUBSCRIBE without topic filters"))
     return Subscribe(packet_id=packet_id, subscriptions=tuple(subs), properties=props)
 
 
 def _decode_codes_tail(
-    body: bytes, version: ProtocolVersion, ptype: PacketType, v5_valid: frozenset[int]
+    body: bytes,
+    version: ProtocolVersion,
+    ptype: PacketType,
+    v5_valid: frozenset[int],
+    bad: _Problems,
 ) -> tuple[int, tuple[int, ...], Properties]:
     """Packet id, then (v5) properties, then one reason code per byte: SUBACK and UNSUBACK."""
     end = len(body)
-    packet_id, pos = _read_packet_id(body, 0, end)
+    packet_id, pos = _read_packet_id(body, 0, end, bad)
     props = NO_PROPERTIES
     if version == _V5:
-        props, pos = _read_properties(body, pos, end, ptype)
+        props, pos = _read_properties(body, pos, end, ptype, bad)
     else:
         v5_valid = _V3_SUBACK_CODES
     codes = tuple(body[pos:])
     for code in codes:
-        _check_reason(code, v5_valid, ptype.name)
+        _check_reason(code, v5_valid, ptype.name, bad)
+    if not codes:
+        # §3.9.3 / §3.11.3: one reason code per Topic Filter of the request, which had at
+        # least one.
+        bad.append(ProtocolError(f"{ptype.name} without reason codes"))
     return packet_id, codes, props
 
 
-def _decode_suback(flags: int, body: bytes, version: ProtocolVersion) -> SubAck:
-    packet_id, codes, props = _decode_codes_tail(body, version, PacketType.SUBACK, _SUBACK_CODES)
-    if not codes:
-        # §3.9.3: one reason code per Topic Filter of the SUBSCRIBE, which had at least one.
-        raise ProtocolError("SUBACK without reason codes")
+def _decode_suback(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> SubAck:
+    packet_id, codes, props = _decode_codes_tail(
+        body, version, PacketType.SUBACK, _SUBACK_CODES, bad
+    )
     return SubAck(packet_id=packet_id, reason_codes=codes, properties=props)
 
 
-def _decode_unsubscribe(flags: int, body: bytes, version: ProtocolVersion) -> Unsubscribe:
+def _decode_unsubscribe(
+    flags: int, body: bytes, version: ProtocolVersion, bad: _Problems
+) -> Unsubscribe:
     end = len(body)
-    packet_id, pos = _read_packet_id(body, 0, end)
+    packet_id, pos = _read_packet_id(body, 0, end, bad)
     props = NO_PROPERTIES
     if version == _V5:
-        props, pos = _read_properties(body, pos, end, PacketType.UNSUBSCRIBE)
+        props, pos = _read_properties(body, pos, end, PacketType.UNSUBSCRIBE, bad)
     filters: list[str] = []
     while pos < end:
         topic_filter, pos = _read_str(body, pos, end)
         filters.append(topic_filter)
     if not filters:
         # [MQTT-3.10.3-2]: at least one Topic Filter; none is a Protocol Error.
-        raise ProtocolError("UNSUBSCRIBE without topic filters")
+        bad.append(ProtocolError("UNSUBSCRIBE without topic filters"))
     return Unsubscribe(packet_id=packet_id, topic_filters=tuple(filters), properties=props)
 
 
-def _decode_unsuback(flags: int, body: bytes, version: ProtocolVersion) -> UnsubAck:
+def _decode_unsuback(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> UnsubAck:
     if version != _V5:
         # 3.1.1 §3.11: just the packet identifier, no payload.
-        packet_id, pos = _read_packet_id(body, 0, len(body))
+        packet_id, pos = _read_packet_id(body, 0, len(body), bad)
         if pos != len(body):
             raise MalformedPacket("3.1.1 UNSUBACK must have remaining length 2")
         return UnsubAck(packet_id=packet_id)
     packet_id, codes, props = _decode_codes_tail(
-        body, version, PacketType.UNSUBACK, _UNSUBACK_CODES
+        body, version, PacketType.UNSUBACK, _UNSUBACK_CODES, bad
     )
-    if not codes:
-        raise ProtocolError("UNSUBACK without reason codes")
     return UnsubAck(packet_id=packet_id, reason_codes=codes, properties=props)
 
 
@@ -758,56 +779,58 @@ _PINGREQ: Final = PingReq()
 _PINGRESP: Final = PingResp()
 
 
-def _decode_pingreq(flags: int, body: bytes, version: ProtocolVersion) -> PingReq:
+def _decode_pingreq(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> PingReq:
     if body:
         raise MalformedPacket("PINGREQ has no body (§3.12)")
     return _PINGREQ
 
 
-def _decode_pingresp(flags: int, body: bytes, version: ProtocolVersion) -> PingResp:
+def _decode_pingresp(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> PingResp:
     if body:
         raise MalformedPacket("PINGRESP has no body (§3.13)")
     return _PINGRESP
 
 
 def _decode_reason_and_props(
-    body: bytes, ptype: PacketType, valid: frozenset[int]
+    body: bytes, ptype: PacketType, valid: frozenset[int], bad: _Problems
 ) -> tuple[int, Properties]:
     """v5 DISCONNECT and AUTH: empty body means reason 0x00 (§3.14.2.1, §3.15.2.1)."""
     end = len(body)
     if not end:
         return 0, NO_PROPERTIES
     code = body[0]
-    _check_reason(code, valid, ptype.name)
-    if end == 1:
-        return code, NO_PROPERTIES
-    props, pos = _read_properties(body, 1, end, ptype)
-    if pos != end:
-        raise MalformedPacket(f"bytes left over after {ptype.name}")
+    props = NO_PROPERTIES
+    if end > 1:
+        props, pos = _read_properties(body, 1, end, ptype, bad)
+        if pos != end:
+            raise MalformedPacket(f"bytes left over after {ptype.name}")
+    _check_reason(code, valid, ptype.name, bad)
     return code, props
 
 
 _NORMAL_DISCONNECT: Final = Disconnect()
 
 
-def _decode_disconnect(flags: int, body: bytes, version: ProtocolVersion) -> Disconnect:
+def _decode_disconnect(
+    flags: int, body: bytes, version: ProtocolVersion, bad: _Problems
+) -> Disconnect:
     if version != _V5:
         if body:
             raise MalformedPacket("3.1.1 DISCONNECT has no body (3.1.1 §3.14)")
         return _NORMAL_DISCONNECT
-    code, props = _decode_reason_and_props(body, PacketType.DISCONNECT, _DISCONNECT_CODES)
+    code, props = _decode_reason_and_props(body, PacketType.DISCONNECT, _DISCONNECT_CODES, bad)
     return Disconnect(reason_code=code, properties=props)
 
 
-def _decode_auth(flags: int, body: bytes, version: ProtocolVersion) -> Auth:
+def _decode_auth(flags: int, body: bytes, version: ProtocolVersion, bad: _Problems) -> Auth:
     if version != _V5:
         # 3.1.1 §2.2.1: packet type 15 is reserved.
         raise MalformedPacket("packet type 15 is reserved in MQTT 3.1.1")
-    code, props = _decode_reason_and_props(body, PacketType.AUTH, _AUTH_CODES)
+    code, props = _decode_reason_and_props(body, PacketType.AUTH, _AUTH_CODES, bad)
     return Auth(reason_code=code, properties=props)
 
 
-_BodyDecoder = Callable[[int, bytes, ProtocolVersion], Packet]
+_BodyDecoder = Callable[[int, bytes, ProtocolVersion, _Problems], Packet]
 # Indexed by packet type; CONNECT (1) is handled apart because it carries the version.
 _DECODERS: Final[dict[int, _BodyDecoder]] = {
     2: _decode_connack,
@@ -825,30 +848,34 @@ _DECODERS: Final[dict[int, _BodyDecoder]] = {
     14: _decode_disconnect,
     15: _decode_auth,
 }
-# §2.1.3 table 2-2: the fixed header flags every packet type but PUBLISH must carry.
-_REQUIRED_FLAGS: Final = {6: 0b0010, 8: 0b0010, 10: 0b0010}
 
 
 def decode_packet(
     first_byte: int, body: bytes | memoryview, version: ProtocolVersion | None
 ) -> Packet:
     """Decode one packet from its first byte and its body (everything after the remaining
-    length). ``version`` is ignored for CONNECT, which states its own."""
+    length). ``version`` is ignored for CONNECT, which states its own.
+
+    The errors come in the order of the table in ``fixed_header``: the first byte (type 0,
+    invalid flags), then anything in the body that does not parse (``MalformedPacket``), and
+    only then a value the body holds but the protocol forbids (``ProtocolError``). The body
+    decoders note the latter in a list while they parse and the first one is raised at the
+    end, so a packet that breaks both kinds of rule is always called malformed."""
+    verdict = PERMISSIVE[first_byte]
+    if verdict is not None:
+        raise verdict[0](verdict[1])
     ptype = first_byte >> 4
-    flags = first_byte & 0x0F
-    if ptype == 0:
-        # §2.1.2: packet type 0 is reserved.
-        raise MalformedPacket("packet type 0 is reserved")
-    if ptype != 3 and flags != _REQUIRED_FLAGS.get(ptype, 0):
-        # §2.1.3 [MQTT-2.1.3-1]: invalid fixed header flags make a Malformed Packet.
-        raise MalformedPacket(f"invalid flags 0x{flags:x} for packet type {ptype}")
     data = body if isinstance(body, bytes) else bytes(body)
     if ptype == 1:
         return _decode_connect(data)
     if version is None:
         # [MQTT-3.1.0-1]: the first packet from the client must be CONNECT.
         raise ProtocolError(f"packet type {ptype} before CONNECT")
-    return _DECODERS[ptype](flags, data, version)
+    bad: _Problems = []
+    packet = _DECODERS[ptype](first_byte & 0x0F, data, version, bad)
+    if bad:
+        raise bad[0]
+    return packet
 
 
 # Fast-path table for PUBLISH first bytes: (qos, retain, dup) for each well-formed flag
@@ -882,18 +909,54 @@ _set_ack_props = _ACK_SLOTS["properties"].__set__
 
 
 class Decoder:
-    """Incremental decoder: ``feed`` bytes as they arrive, get whole packets back."""
+    """Incremental decoder: ``feed`` bytes as they arrive, get whole packets back.
 
-    __slots__ = ("_need", "_pending", "_pending_len", "max_packet_size", "version")
+    ``server=True`` makes it the decoder of a server's connection: once the CONNECT is in, a
+    packet the client may not send (a second CONNECT, CONNACK, SUBACK, UNSUBACK, PINGRESP, AUTH
+    without an Authentication Method) is refused from its first byte, before its flags, size
+    or body are looked at (the decision table in ``fixed_header``). Without it every packet
+    type is decoded, as a client or a test needs."""
 
-    def __init__(self, max_packet_size: int) -> None:
+    __slots__ = (
+        "_need",
+        "_pending",
+        "_pending_len",
+        "_server",
+        "_verdicts",
+        "_version",
+        "max_packet_size",
+    )
+
+    def __init__(self, max_packet_size: int, *, server: bool = False) -> None:
         self.max_packet_size = max_packet_size
-        self.version: ProtocolVersion | None = None
+        self._server = server
+        self._version: ProtocolVersion | None = None
+        # What each possible first byte means in the current state (fixed_header).
+        self._verdicts: Verdicts = BEFORE_CONNECT
         # Unconsumed bytes as chunks, their total length, and how many bytes must be
         # buffered before another packet can possibly complete.
         self._pending: list[bytes] = []
         self._pending_len = 0
         self._need = 0
+
+    @property
+    def version(self) -> ProtocolVersion | None:
+        """The protocol version packets are read in: the CONNECT's, or what the owner set."""
+        return self._version
+
+    @version.setter
+    def version(self, version: ProtocolVersion | None) -> None:
+        # A client's decoder is told the version it connected with; a server's learns it
+        # from the CONNECT (feed), where it also learns whether AUTH may follow.
+        self._version = version
+        self._verdicts = self._verdicts_after(version, auth_method=False)
+
+    def _verdicts_after(self, version: ProtocolVersion | None, *, auth_method: bool) -> Verdicts:
+        if version is None:
+            return BEFORE_CONNECT
+        if self._server:
+            return server_verdicts(version, auth_method=auth_method)
+        return PERMISSIVE
 
     @property
     def buffered(self) -> int:
@@ -918,15 +981,19 @@ class Decoder:
         need = 0
         out: list[Packet] = []
         append = out.append
-        version = self.version
+        version = self._version
         v5 = version == _V5
         max_size = self.max_packet_size
-        if version is None and n and buf[0] & 0xF0 != 0x10:
-            # [MQTT-3.1.0-1]: the first packet must be CONNECT; say so from its first byte
-            # rather than waiting for a body that may never come.
-            raise ProtocolError(f"packet type {buf[0] >> 4} before CONNECT")
-        while n - pos >= 2:
+        verdicts = self._verdicts
+        while pos < n:
             first = buf[pos]
+            verdict = verdicts[first]
+            if verdict is not None:
+                # Decided by the first byte alone (fixed_header, steps 1-2): say so now
+                # rather than wait for a length and a body that change nothing.
+                raise verdict[0](verdict[1])
+            if n - pos < 2:
+                break
             length = buf[pos + 1]
             if length < 0x80:
                 start = pos + 2
@@ -995,9 +1062,14 @@ class Decoder:
 
             pkt = decode_packet(first, buf[start:end], version)
             if version is None and isinstance(pkt, Connect):
-                # The CONNECT decides how everything after it is read (§3.1.2.2).
-                self.version = version = pkt.protocol_version
+                # The CONNECT decides how everything after it is read (§3.1.2.2), and which
+                # packets may follow it at all (§4.12: AUTH only after an Authentication
+                # Method).
+                self._version = version = pkt.protocol_version
                 v5 = version == _V5
+                verdicts = self._verdicts = self._verdicts_after(
+                    version, auth_method=pkt.properties.authentication_method is not None
+                )
             append(pkt)
             pos = end
         if pos < n:

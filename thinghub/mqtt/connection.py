@@ -7,7 +7,10 @@ gets back bytes for the transport. It does no I/O and knows nothing about sessio
 subscriptions or authentication. The rules it owns:
 
 * the first packet is CONNECT, and there is only one ([MQTT-3.1.0-1], [MQTT-3.1.0-2]);
-* AUTH exists only in MQTT 5 (§3.15; enforced by the decoder);
+* a packet a client may not send (CONNACK, SUBACK, UNSUBACK, PINGRESP; AUTH unless the CONNECT
+  carried an Authentication Method) is a Protocol Error whatever its body holds. These rules
+  and the order in which a bad packet's errors are decided (type, flags, size, body, values,
+  state) are the table in ``fixed_header``; the server's ``Decoder`` applies them;
 * inbound Topic Aliases (§3.3.2.3.4) are resolved, so the broker always sees a topic name;
 * inbound Receive Maximum (§3.3.4, [MQTT-3.3.4-9]): the client may have at most
   ``receive_maximum`` QoS 1/2 PUBLISHes that the server has not completed yet. A QoS 1
@@ -61,7 +64,7 @@ class ServerConnection:
     ) -> None:
         # The three limits are what the server announces in its CONNACK (§3.2.2.3.3,
         # §3.2.2.3.6, §3.2.2.3.8); the client is bound by them once it has seen them.
-        self._decoder = Decoder(max_packet_size)
+        self._decoder = Decoder(max_packet_size, server=True)
         self.receive_maximum = receive_maximum
         self.topic_alias_maximum = topic_alias_maximum
         self.connect: Connect | None = None
@@ -114,13 +117,10 @@ class ServerConnection:
         return packets
 
     def _receive_other(self, packet: Packet) -> None:
-        # The decoder already refuses anything before a CONNECT ([MQTT-3.1.0-1]: it cannot
-        # read a packet without knowing the version) and AUTH on 3.1.1 (type 15 is reserved
-        # there, 3.1.1 §2.2.1, so it is a Malformed Packet).
+        # The server's decoder already refused anything before a CONNECT ([MQTT-3.1.0-1]), a
+        # second CONNECT ([MQTT-3.1.0-2]) and every packet type a client may not send, from
+        # the first byte (fixed_header); what is left to note here is the CONNECT itself.
         if isinstance(packet, Connect):
-            if self.connect is not None:
-                # [MQTT-3.1.0-2]: a second CONNECT is a Protocol Error.
-                raise ProtocolError("second CONNECT on one connection")
             self.connect = packet
 
     def _receive_publish(self, packet: Publish) -> Publish:
