@@ -436,3 +436,36 @@ def test_paho_v5_completes_flows_with_short_acks(client, qos):
     for i in range(3):
         assert pub.publish(t, b"m%d" % i, qos) == 0
     assert [m.payload for m in sub.expect_messages(3)] == [b"m0", b"m1", b"m2"]
+
+
+# --- what came before the bad packet -------------------------------------------------------
+
+
+@pytest.mark.thinghub_only
+@pytest.mark.parametrize("version", [5, 4])
+@pytest.mark.parametrize(
+    "bad", [bytes.fromhex("20020200"), b"\x36\x01\x00", b"\x00\x00"], ids=["connack", "qos3", "t0"]
+)
+def test_packets_before_a_bad_one_in_the_same_read_are_served_first(hub, version, bad):
+    """Whole packets that precede a bad one in the same TCP segment were sent first: the hub
+    serves them (delivers the QoS 0 message, acknowledges the QoS 1 one), then ends the
+    connection for the bad packet. It used to drop them with the connection."""
+    topic = unique()
+    with (
+        rawmqtt.RawClient(hub.host, hub.port, version=5) as watcher,
+        rawmqtt.RawClient(hub.host, hub.port, version=version) as c,
+    ):
+        watcher.connect(unique())
+        watcher.subscribe(topic, 1)
+        c.connect(unique())
+        c.send(
+            rawmqtt.publish(topic, b"qos0", version=version)
+            + rawmqtt.publish(topic, b"qos1", qos=1, mid=7, version=version)
+            + bad
+        )
+        got = c.expect_closed()
+        assert [p.type for p in got][:1] == [PUBACK]
+        if version == 5:
+            assert got[-1].type == DISCONNECT
+        payloads = [watcher.expect(PUBLISH).payload for _ in range(2)]
+        assert payloads == [b"qos0", b"qos1"]

@@ -148,8 +148,13 @@ class Client:
         if self.closed:
             return
         self.last_received = self.broker.clock.time()
+        failure: MQTTError | None = None
         try:
-            packets = self.conn.receive_data(data)
+            try:
+                packets = self.conn.receive_data(data)
+            except MQTTError as error:
+                # What came whole before the bad bytes was sent first: it is served first.
+                packets, failure = error.preceding, error
             for packet in packets:
                 if type(packet) is Publish:
                     self._handle_publish(packet)
@@ -157,6 +162,8 @@ class Client:
                     _HANDLERS[type(packet)](self, packet)
                 if self.closed:
                     return
+            if failure is not None:
+                raise failure
         except MQTTError as error:
             self._protocol_error(error)
         except Exception:

@@ -985,93 +985,99 @@ class Decoder:
         v5 = version == _V5
         max_size = self.max_packet_size
         verdicts = self._verdicts
-        while pos < n:
-            first = buf[pos]
-            verdict = verdicts[first]
-            if verdict is not None:
-                # Decided by the first byte alone (fixed_header, steps 1-2): say so now
-                # rather than wait for a length and a body that change nothing.
-                raise verdict[0](verdict[1])
-            if n - pos < 2:
-                break
-            length = buf[pos + 1]
-            if length < 0x80:
-                start = pos + 2
-            else:
-                length, start = _fixed_header_length(buf, pos, n)
-                if not start:
-                    need = n - pos + 1
+        try:
+            while pos < n:
+                first = buf[pos]
+                verdict = verdicts[first]
+                if verdict is not None:
+                    # Decided by the first byte alone (fixed_header, steps 1-2): say so now
+                    # rather than wait for a length and a body that change nothing.
+                    raise verdict[0](verdict[1])
+                if n - pos < 2:
                     break
-            end = start + length
-            if end - pos > max_size:
-                # §3.1.2.11.4 / §3.2.2.3.6: the limit counts the whole packet. Refuse it now,
-                # before its body is buffered.
-                raise PacketTooLarge(
-                    f"packet of {end - pos} bytes exceeds maximum packet size {max_size}"
-                )
-            if end > n:
-                need = end - pos
-                break
+                length = buf[pos + 1]
+                if length < 0x80:
+                    start = pos + 2
+                else:
+                    length, start = _fixed_header_length(buf, pos, n)
+                    if not start:
+                        need = n - pos + 1
+                        break
+                end = start + length
+                if end - pos > max_size:
+                    # §3.1.2.11.4 / §3.2.2.3.6: the limit counts the whole packet. Refuse it now,
+                    # before its body is buffered.
+                    raise PacketTooLarge(
+                        f"packet of {end - pos} bytes exceeds maximum packet size {max_size}"
+                    )
+                if end > n:
+                    need = end - pos
+                    break
 
-            fast = _FAST_PUBLISH[first]
-            if fast is not None and version is not None:
-                # PUBLISH fast path: topic, optional packet id, empty v5 property block.
-                p = start + 2
-                if p <= end:
-                    topic_end = p + ((buf[start] << 8) | buf[start + 1])
-                    qos = fast[0]
-                    payload_at = topic_end + 2 if qos else topic_end
-                    if v5:
-                        payload_at += 1
-                    if (
-                        payload_at <= end
-                        and topic_end > p
-                        and (not qos or buf[topic_end] or buf[topic_end + 1])
-                        and (not v5 or buf[payload_at - 1] == 0)
-                    ):
-                        try:
-                            topic = buf[p:topic_end].decode("utf-8")
-                        except UnicodeDecodeError:
-                            topic = "#"  # let the general decoder report it
-                        if "+" not in topic and "#" not in topic and "\x00" not in topic:
-                            pub = _new(Publish)
-                            _set_topic(pub, topic)
-                            _set_payload(pub, buf[payload_at:end])
-                            _set_qos(pub, qos)
-                            _set_retain(pub, fast[1])
-                            _set_dup(pub, fast[2])
-                            _set_pub_id(
-                                pub,
-                                (buf[topic_end] << 8) | buf[topic_end + 1] if qos else None,
-                            )
-                            _set_pub_props(pub, NO_PROPERTIES)
-                            append(pub)
-                            pos = end
-                            continue
-            elif first == 0x40 and length == 2 and version is not None:
-                # PUBACK fast path (success, no properties): the reply to every QoS 1 delivery.
-                packet_id = (buf[start] << 8) | buf[start + 1]
-                if packet_id:
-                    ack = _new(PubAck)
-                    _set_ack_id(ack, packet_id)
-                    _set_ack_code(ack, 0)
-                    _set_ack_props(ack, NO_PROPERTIES)
-                    append(ack)
-                    pos = end
-                    continue
+                fast = _FAST_PUBLISH[first]
+                if fast is not None and version is not None:
+                    # PUBLISH fast path: topic, optional packet id, empty v5 property block.
+                    p = start + 2
+                    if p <= end:
+                        topic_end = p + ((buf[start] << 8) | buf[start + 1])
+                        qos = fast[0]
+                        payload_at = topic_end + 2 if qos else topic_end
+                        if v5:
+                            payload_at += 1
+                        if (
+                            payload_at <= end
+                            and topic_end > p
+                            and (not qos or buf[topic_end] or buf[topic_end + 1])
+                            and (not v5 or buf[payload_at - 1] == 0)
+                        ):
+                            try:
+                                topic = buf[p:topic_end].decode("utf-8")
+                            except UnicodeDecodeError:
+                                topic = "#"  # let the general decoder report it
+                            if "+" not in topic and "#" not in topic and "\x00" not in topic:
+                                pub = _new(Publish)
+                                _set_topic(pub, topic)
+                                _set_payload(pub, buf[payload_at:end])
+                                _set_qos(pub, qos)
+                                _set_retain(pub, fast[1])
+                                _set_dup(pub, fast[2])
+                                _set_pub_id(
+                                    pub,
+                                    (buf[topic_end] << 8) | buf[topic_end + 1] if qos else None,
+                                )
+                                _set_pub_props(pub, NO_PROPERTIES)
+                                append(pub)
+                                pos = end
+                                continue
+                elif first == 0x40 and length == 2 and version is not None:
+                    # PUBACK fast path (success, no properties): the reply to every QoS 1 delivery.
+                    packet_id = (buf[start] << 8) | buf[start + 1]
+                    if packet_id:
+                        ack = _new(PubAck)
+                        _set_ack_id(ack, packet_id)
+                        _set_ack_code(ack, 0)
+                        _set_ack_props(ack, NO_PROPERTIES)
+                        append(ack)
+                        pos = end
+                        continue
 
-            pkt = decode_packet(first, buf[start:end], version)
-            if version is None and isinstance(pkt, Connect):
-                # The CONNECT decides how everything after it is read (§3.1.2.2), and which
-                # packets may follow it at all (§4.12: AUTH only after an Authentication
-                # Method).
-                self._version = version = pkt.protocol_version
-                v5 = version == _V5
-                verdicts = self._verdicts = self._verdicts_after(
-                    version, auth_method=pkt.properties.authentication_method is not None
-                )
-            append(pkt)
-            pos = end
+                pkt = decode_packet(first, buf[start:end], version)
+                if version is None and isinstance(pkt, Connect):
+                    # The CONNECT decides how everything after it is read (§3.1.2.2), and which
+                    # packets may follow it at all (§4.12: AUTH only after an Authentication
+                    # Method).
+                    self._version = version = pkt.protocol_version
+                    v5 = version == _V5
+                    verdicts = self._verdicts = self._verdicts_after(
+                        version, auth_method=pkt.properties.authentication_method is not None
+                    )
+                append(pkt)
+                pos = end
+        except MQTTError as error:
+            # The packets before the bad one are whole and were sent first: they are served,
+            # then the error ends the connection (the caller reads them from the error).
+            error.preceding = out
+            raise
         if pos < n:
             self._pending = [buf[pos:] if pos else buf]
             self._pending_len = n - pos

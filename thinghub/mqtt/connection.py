@@ -98,22 +98,32 @@ class ServerConnection:
     # -- receiving --------------------------------------------------------------------------
 
     def receive_data(self, data: bytes | bytearray | memoryview) -> list[Packet]:
-        """Decode ``data`` and apply the connection rules; raises ``MQTTError`` subclasses."""
+        """Decode ``data`` and apply the connection rules; raises ``MQTTError`` subclasses,
+        carrying in ``preceding`` the packets of ``data`` that came whole before the fault."""
         if self._error is not None:
             raise ProtocolError(
                 f"connection already failed: {self._error}", self._error.reason_code
             ) from self._error
+        failure: MQTTError | None = None
         try:
             packets = self._decoder.feed(data)
-            for i, packet in enumerate(packets):
+        except MQTTError as exc:
+            packets, failure = exc.preceding, exc
+        for i, packet in enumerate(packets):
+            try:
                 if isinstance(packet, Publish):
                     if packet.qos or self.version == _V5:
                         packets[i] = self._receive_publish(packet)
                 else:
                     self._receive_other(packet)
-        except MQTTError as exc:
-            self._error = exc
-            raise
+            except MQTTError as exc:
+                packets, failure = packets[:i], exc
+                break
+        if failure is not None:
+            # The packets before the failure are served first (``MQTTError.preceding``).
+            failure.preceding = packets
+            self._error = failure
+            raise failure
         return packets
 
     def _receive_other(self, packet: Packet) -> None:

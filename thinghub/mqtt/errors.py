@@ -3,7 +3,12 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from .types import ReasonCode
+
+if TYPE_CHECKING:
+    from .packets import Packet
 
 
 class MQTTError(Exception):
@@ -15,6 +20,9 @@ class MQTTError(Exception):
         super().__init__(message)
         if reason_code is not None:
             self.reason_code = reason_code
+        # Whole packets that arrived before the offending bytes, in the same read: the
+        # receiver handles them before it answers the error (they were sent first).
+        self.preceding: list[Packet] = []
 
 
 class MalformedPacket(MQTTError):
