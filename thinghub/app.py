@@ -18,6 +18,7 @@ from .auth.device_watch import DeviceWatch
 from .broker.auth import DenyList
 from .broker.broker import Broker
 from .config import Settings
+from .health import Health
 from .http.aliyun.nonce_store import NonceStore, open_nonce_store
 from .http.app import build_http_app
 from .http.context import HubContext
@@ -32,8 +33,10 @@ from .http.ratelimit import (
 )
 from .registry.ids import MessageIdGenerator
 from .registry.models import AccessKey
+from .registry.presence_writer import PresenceWriter
 from .registry.registry import Registry
 from .registry.store import RegistryStore
+from .registry.writer import RegistryWriter
 from .shadow.document import Limits as ShadowLimits
 from .shadow.service import ShadowService
 from .shadow.store import ShadowStore
@@ -74,6 +77,13 @@ class Hub:
     device_watch: DeviceWatch | None = None
     # Used Alibaba SignatureNonces, kept across restarts (nonces.db, its own writer thread).
     nonce_store: NonceStore | None = None
+    # The threads that write registry.db: device presence in batches, and the API's changes.
+    presence_writer: PresenceWriter | None = None
+    registry_writer: RegistryWriter | None = None
+    # What every writer thread reports to; /healthz and /metrics read it (health.py).
+    health: Health = field(default_factory=Health)
+    # How far ahead the MessageId lease is written (registry/ids.py); tests shorten it.
+    id_lease_ms: int = 10_000
 
     def open_registry(self) -> Registry:
         """Open the registry and make sure the root account has an access key."""
@@ -83,7 +93,9 @@ class Hub:
         if self._lock is None:
             self._lock = DataDirLock.acquire(settings.data_dir)
         self._store = store = RegistryStore.open(settings.data_dir)
-        self.registry = registry = Registry(store)
+        self.registry = registry = Registry(
+            store, presence_max_pending=settings.registry.presence_max_pending
+        )
         root = registry.ensure_root_account()
         key_id = self.environ.get("THINGHUB_ROOT_ACCESS_KEY_ID")
         secret = self.environ.get("THINGHUB_ROOT_ACCESS_KEY_SECRET")
@@ -103,8 +115,20 @@ class Hub:
         assert self._store is not None
         # Devices are offline until they sign in again, whatever the last run recorded.
         registry.mark_all_offline()
+        self.presence_writer = PresenceWriter(
+            self._store, registry.presence, batch=settings.registry.presence_batch
+        )
+        self.presence_writer.start(loop)
+        self.registry_writer = RegistryWriter(max_pending=settings.registry.max_pending_writes)
+        self.registry_writer.start(loop)
+        # They keep their own failed/failing/failures: /healthz and /metrics read them.
+        self.health.watch("presence", self.presence_writer)
+        self.health.watch("registry-writer", self.registry_writer)
+        registry.writer = self.registry_writer
         # The lease's fsync runs on its own short-lived thread, not on the event loop.
-        ids = MessageIdGenerator(self._store, renew=_in_thread)
+        ids = MessageIdGenerator(
+            self._store, renew=_in_thread, lease_ms=self.id_lease_ms, health=self.health
+        )
         deny = (
             DenyList(mqtt.deny_publish, mqtt.deny_subscribe)
             if mqtt.deny_publish or mqtt.deny_subscribe
@@ -129,6 +153,7 @@ class Hub:
                     retention_s=limits.retention_s,
                 ),
                 lock=self._lock,
+                health=self.health,
             )
         self.broker = broker = Broker(
             mqtt,
@@ -152,6 +177,7 @@ class Hub:
             ),
             max_inflight_per_thing=shadow.max_inflight_per_thing,
             max_pending=shadow.max_pending,
+            health=self.health,
         )
         shadows.start()
 
@@ -174,7 +200,7 @@ class Hub:
             mqtts = _bound(tls)
 
         api = settings.api
-        self.nonce_store, nonces = await open_nonce_store(settings.data_dir)
+        self.nonce_store, nonces = await open_nonce_store(settings.data_dir, health=self.health)
         context = HubContext(
             settings=settings,
             broker=broker,
@@ -190,6 +216,7 @@ class Hub:
             shadows=shadows,
             nonces=nonces,
             nonce_store=self.nonce_store,
+            health=self.health,
         )
         runner = web.AppRunner(build_http_app(context, gate), access_log=None, handle_signals=False)
         await runner.setup()
@@ -231,6 +258,8 @@ class Hub:
                 log.warning("some MQTT connections did not close in time")
         if self._http_runner is not None:
             await self._http_runner.cleanup()
+        if self.registry_writer is not None:
+            await self.registry_writer.close()  # the API's last changes
         if self.nonce_store is not None:
             await self.nonce_store.close()  # commits the last nonces taken
             self.nonce_store = None
@@ -244,6 +273,8 @@ class Hub:
         if self.device_watch is not None:
             await self.device_watch.stop()
             self.device_watch = None
+        if self.presence_writer is not None:
+            await self.presence_writer.close()  # every connection has ended: the last statuses
         if self._store is not None:
             self._store.close()
         if self._lock is not None:

@@ -156,7 +156,9 @@ class RegistrySettings:
 
     # Devices whose ONLINE/OFFLINE change waits for the presence writer; one entry per device
     # (later changes of the same device replace the earlier), so a fleet reconnecting at once
-    # costs one entry per device. Past it, the oldest change is written late, never lost.
+    # costs one entry per device. Past it, a change is not kept on its own: the writer's next
+    # batch rewrites every device's status from the hub's memory (statuses stay right; the
+    # sign-in times of devices that came and went meanwhile are lost).
     presence_max_pending: int = 200_000
     # Presence changes written in one transaction (one fsync).
     presence_batch: int = 10_000

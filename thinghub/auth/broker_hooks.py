@@ -14,16 +14,17 @@ may not use the client ids of the anonymous account's devices (``${productKey}.*
 over a session a device owns. ``device_watch.DeviceWatch`` keeps ``owners`` and the reserved
 ProductKeys current and ends the connections of deleted and disabled devices.
 
-Presence (ONLINE/OFFLINE in the registry) is bookkeeping: a write that fails (a full disk) is
-counted in ``presence_write_failures`` and logged once per episode, and the connection goes
-on; refusing devices because their status cannot be recorded would lock them out of the
-messages queued for them.
+Presence (ONLINE/OFFLINE in the registry) is recorded in memory here, on the event loop
+(``Registry.device_signed_in``/``device_signed_out``), and written to ``registry.db`` by the
+presence writer thread in coalesced batches (``registry/presence_writer.py``). A sign-in never
+waits for the disk, and a write that fails (a full disk) never refuses or drops a device:
+refusing devices because their status cannot be recorded would lock them out of the messages
+queued for them.
 """
 
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -32,7 +33,6 @@ from ..broker.broker import session_key
 from ..broker.session import Session
 from ..mqtt.packets import Connect
 from ..mqtt.types import ReasonCode
-from ..registry.errors import RegistryError, StoreUnavailable
 from ..registry.models import Device
 from ..registry.registry import Registry
 from . import topic_acl
@@ -45,9 +45,6 @@ log = logging.getLogger("thinghub.auth")
 
 # The owner of an anonymous client's session in ``RegistryHooks.owners``.
 ANONYMOUS = ""
-# How a presence write fails when the registry cannot be written (a full disk is StorageFull;
-# an I/O error or a lock held too long is SQLite's).
-_PRESENCE_FAILURES = (StoreUnavailable, sqlite3.Error, OSError)
 
 
 def uses_device_sign_in(connect: Connect) -> bool:
@@ -74,9 +71,9 @@ class RegistryHooks:
         self._anonymous_account = anonymous_account
         self._deny = deny
         self._broker: Broker | None = None
-        # Online epochs of connected devices by IotId, so a taken-over connection's end does
-        # not mark the new connection's device offline.
-        self._epochs: dict[str, int] = {}
+        # The online epoch of each device connection, by (IotId, peer address): the end of a
+        # connection that another one of the device took over does not mark it offline.
+        self._epochs: dict[tuple[str, str], int] = {}
         # Who opened each session, by Session.key: a device's IotId, or ANONYMOUS. Sessions
         # restored from disk are bound by DeviceWatch at start-up; ended sessions' entries are
         # pruned by it too.
@@ -85,9 +82,6 @@ class RegistryHooks:
         # devices' (aliyun_device.device_client_id), refused to anonymous clients. Read off the
         # event loop by DeviceWatch.
         self.reserved_product_keys: frozenset[str] = frozenset()
-        # Presence writes that failed (exposed on /metrics); a failure episode is logged once.
-        self.presence_write_failures = 0
-        self._presence_failing = False
 
     def attach(self, broker: Broker) -> None:
         """The broker whose sessions these hooks guard (it is built after them)."""
@@ -224,52 +218,17 @@ class RegistryHooks:
             return
         self.owners[key] = identity.iot_id
         host = client.peer.rsplit(":", 1)[0]
-        try:
-            device = self._registry.set_device_online(
-                identity.product_key, identity.device_name, ip_address=host
-            )
-        except RegistryError as error:
-            # Deleted or disabled by another process between sign-in and now: DeviceWatch
-            # closes the connection at its next look.
-            log.info("device %s went away while signing in: %s", client.client_id, error)
-            return
-        except _PRESENCE_FAILURES as error:
-            self._presence_failed(error)
-            return
-        self._presence_written()
-        self._epochs[identity.iot_id] = device.online_epoch
+        # In memory (the presence writer writes it later): a device deleted or disabled by
+        # another process meanwhile is closed by DeviceWatch at its next look.
+        self._epochs[(identity.iot_id, client.peer)] = self._registry.device_signed_in(
+            identity.iot_id, identity.product_key, identity.device_name, ip_address=host
+        )
 
     def disconnected(self, client: ClientInfo) -> None:
         identity = client.subject
         if not isinstance(identity, DeviceIdentity):
             return
-        epoch = self._epochs.pop(identity.iot_id, None)
-        try:
-            changed = self._registry.set_device_offline(
-                identity.product_key,
-                identity.device_name,
-                online_epoch=epoch,
-                iot_id=identity.iot_id,
-            )
-        except _PRESENCE_FAILURES as error:
-            self._presence_failed(error)
-            return
-        if changed:  # a write that changed nothing wrote nothing: no sign of recovery
-            self._presence_written()
-
-    def _presence_failed(self, error: Exception) -> None:
-        self.presence_write_failures += 1
-        if not self._presence_failing:
-            self._presence_failing = True
-            log.warning(
-                "device ONLINE/OFFLINE status cannot be written to the registry (%s); devices "
-                "still connect, their status lags until writes work again",
-                error,
-            )
-
-    def _presence_written(self) -> None:
-        if self._presence_failing:
-            self._presence_failing = False
-            log.warning(
-                "device status writes work again (%d failed so far)", self.presence_write_failures
-            )
+        epoch = self._epochs.pop((identity.iot_id, client.peer), None)
+        self._registry.device_signed_out(
+            identity.iot_id, identity.product_key, identity.device_name, online_epoch=epoch
+        )

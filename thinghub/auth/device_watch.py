@@ -8,10 +8,13 @@ A device loses its right to its connection when it is deleted or disabled:
   registry tells the watch once the change is committed (``Registry.on_device_revoked``), and
   the watch acts at once;
 * by ``thinghub device delete|disable`` in another process, which writes ``registry.db``
-  beside the running hub: found by polling. Every ``WATCH_INTERVAL_S`` the watch asks its own
-  SQLite connection ``PRAGMA data_version``, which changes when any other connection
-  committed (sqlite.org/pragma.html#pragma_data_version); only then does it read the records
-  of the devices that own sessions, ``BATCH_SIZE`` IotIds per query, and compare;
+  beside the running hub: found by polling. Every ``WATCH_INTERVAL_S`` the watch asks
+  ``RegistryStore.data_version``, the ``PRAGMA data_version`` of the connection this process
+  writes the registry with, which changes when any other connection committed
+  (sqlite.org/pragma.html#pragma_data_version) and not for this process's own writes (device
+  presence, the API's changes, which are told to the watch directly); only then does it read
+  the records of the devices that own sessions, ``BATCH_SIZE`` IotIds per query, and
+  compare;
 * while the hub was down: at start, each session restored from disk is bound to the device
   record it belongs to, or ended when there is none (deleted, or registered again under the
   same name and never signed in since).
@@ -132,7 +135,7 @@ class DeviceWatch:
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
         conn.execute("PRAGMA query_only = ON")
         conn.execute("PRAGMA busy_timeout = 1000")
-        self._version = int(conn.execute("PRAGMA data_version").fetchone()[0])  # the baseline
+        self._version = self._registry.store.data_version()  # the baseline
         self._conn = conn
 
     def _close(self) -> None:
@@ -197,10 +200,10 @@ class DeviceWatch:
                 log.warning("checking the registry for deleted devices works again")
 
     def _changed(self) -> bool:
-        conn = self._conn
-        if conn is None:
+        if self._conn is None:
             return False
-        version = int(conn.execute("PRAGMA data_version").fetchone()[0])
+        # On this thread: it may wait while the hub's own writers hold the store's lock.
+        version = self._registry.store.data_version()
         changed = version != self._version
         self._version = version
         return changed

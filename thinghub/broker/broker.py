@@ -79,6 +79,9 @@ class Broker:
         if authorizer is None and (settings.deny_publish or settings.deny_subscribe):
             authorizer = DenyList(settings.deny_publish, settings.deny_subscribe)
         self.admission = Admission(settings, authorizer, self.store)
+        # A store that fails for good commits nothing more: acknowledgements waiting on it
+        # would never leave (store/base.py, StoreHealth).
+        self.store.on_failed(self._store_failed)
         # What every session's delivery queue shares (queue.py).
         self.delivery_context = DeliveryContext(
             settings, self.store, self.stats, clock, self._new_message_id
@@ -106,6 +109,14 @@ class Broker:
     @authorizer.setter
     def authorizer(self, authorizer: Authorizer | None) -> None:
         self.admission.authorizer = authorizer
+
+    def _store_failed(self) -> None:
+        """The store stopped writing: end the connections whose acknowledgements wait on a
+        commit that will not come, so that their clients send those messages again, to
+        this hub once it is back or to another (MQTT 5 §4.13: 0x80 Unspecified error)."""
+        for client in list(self.clients):
+            if client.acks_waiting:
+                client.disconnect(ReasonCode.UNSPECIFIED_ERROR, "the message store failed")
 
     def space(self, account: str) -> TopicSpace:
         space = self.spaces.get(account)

@@ -194,6 +194,11 @@ class Client:
     def _send(self, packet: Packet) -> None:
         self.link.write(self.conn.send(packet))
 
+    @property
+    def acks_waiting(self) -> int:
+        """Acknowledgements held until the store commits what their requests changed."""
+        return self._acks_waiting
+
     def buffered(self) -> int:
         """Bytes written to this client and not yet handed to the kernel."""
         return self.link.buffered()

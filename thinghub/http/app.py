@@ -1,6 +1,13 @@
 """The one aiohttp application on the HTTP port: ``/healthz``, ``/metrics`` and MQTT over
 WebSocket at ``/mqtt``. The cloud dialects mount here too.
 
+``/healthz`` shows the hub's component health (``thinghub/health.py``): 200
+``{"status": "ok"}``; 200 ``{"status": "degraded", "degraded": {component: reason}}`` while a
+component is in a trouble that heals by itself (a full disk: QoS 1/2 work is refused, QoS 0
+and everything else keep working, and a restart would not help); 503 ``{"status": "failed",
+"components": {component: reason}}`` once a writer thread has failed for good, which only a
+restart repairs. ``/metrics`` counts the failures per component (``component_failures``).
+
 Serve it with :class:`~.fastpath.FastSite` to have the dialects' hot calls (AWS ``Publish``,
 the Alibaba RPC endpoint) answered without aiohttp's per-request layers (``fastpath.py``);
 any other site serves it all through aiohttp, with the same answers."""
@@ -69,8 +76,11 @@ def build_http_app(context: HubContext, gate: AdmissionGate | None = None) -> we
 
     app.on_shutdown.append(close_fast_connections)
 
+    health = context.health
+
     async def healthz(request: web.Request) -> web.Response:
-        return web.json_response({"status": "ok"})
+        snapshot = health.snapshot()
+        return web.json_response(snapshot.as_json(), status=503 if snapshot.failed else 200)
 
     async def metrics(request: web.Request) -> web.Response:
         body = {
@@ -80,6 +90,7 @@ def build_http_app(context: HubContext, gate: AdmissionGate | None = None) -> we
             "retained": sum(len(s.retained) for s in broker.spaces.values()),
             **broker.stats.as_dict(),
             **(gate.as_dict() if gate is not None else {}),
+            "component_failures": health.snapshot().failures,
         }
         return web.json_response(body)
 

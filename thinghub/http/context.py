@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from ..broker.broker import Broker
 from ..config import Settings
+from ..health import Health
 from ..registry.registry import Registry
 from ..shadow.service import ShadowService
 from .aliyun.nonce_store import NonceStore
@@ -28,3 +29,5 @@ class HubContext:
     aws_limits: RateLimiter = field(default_factory=lambda: RateLimiter({}))
     # AWS IoT device shadows (None: the shadow operations answer 503).
     shadows: ShadowService | None = None
+    # The hub's component health, shown by /healthz and /metrics (health.py).
+    health: Health = field(default_factory=Health)

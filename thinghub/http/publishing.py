@@ -58,15 +58,36 @@ def publish_now(broker: Broker, message: Message) -> int:
 
 
 async def committed(broker: Broker) -> None:
-    """Wait until everything reported to the store so far is durable."""
-    done = asyncio.get_running_loop().create_future()
+    """Wait until everything reported to the store so far is durable. Raises
+    StoreUnavailable when the commit does not come within COMMIT_TIMEOUT_S, and at once when
+    the store has failed (its writer stopped for good, ``BrokerStore.failed``): that commit
+    will never come, and the caller must not wait 10 s to be told so."""
+    store = broker.store
+    if store.failed is not None:
+        raise StoreUnavailable(_failed(store.failed))
+    done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
 
     def resolve() -> None:
         if not done.done():
-            done.set_result(None)
+            done.set_result(True)
 
-    broker.store.after_commit(resolve)
+    def give_up() -> None:
+        if not done.done():
+            done.set_result(False)
+
+    store.after_commit(resolve)
+    # The store tells its listeners when it fails, and again whenever a commit is waited on
+    # after that (store/base.py ``StoreHealth.on_failed``); the barrier itself never runs then.
+    stop_listening = store.on_failed(give_up)
     try:
-        await asyncio.wait_for(done, COMMIT_TIMEOUT_S)
+        stored = await asyncio.wait_for(done, COMMIT_TIMEOUT_S)
     except TimeoutError:
         raise StoreUnavailable("the message store did not commit in time") from None
+    finally:
+        stop_listening()
+    if not stored:
+        raise StoreUnavailable(_failed(store.failed))
+
+
+def _failed(reason: str | None) -> str:
+    return f"the message store failed ({reason}); the message may not have been stored"

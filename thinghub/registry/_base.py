@@ -30,6 +30,7 @@ from .models import (
     Product,
     TopicCategory,
 )
+from .presence import PresenceBook
 from .store import RegistryStore
 from .validation import (
     check_device_name,
@@ -37,6 +38,7 @@ from .validation import (
     check_positive_id,
     check_product_key,
 )
+from .writer import RegistryWriter
 
 # Reference §2.4 and §3 "Topics": every new product gets these custom topic categories.
 DEFAULT_TOPIC_CATEGORIES: tuple[tuple[str, Operation, str], ...] = (
@@ -81,6 +83,7 @@ class RegistryBase:
         max_batch_register: int = 1000,
         max_batch_status: int = 50,
         cache_ttl_s: float = 2.0,
+        presence_max_pending: int = 200_000,
     ) -> None:
         self.store = store
         self._clock = clock
@@ -98,17 +101,31 @@ class RegistryBase:
         self.cache_ttl_s = cache_ttl_s
         self._category_cache: dict[str, tuple[float, tuple[TopicCategory, ...]]] = {}
         self._key_cache: dict[str, tuple[float, AccessKey | None]] = {}
+        # The sign-in lookup cache (``lookup_device``), by (ProductKey, DeviceName). Presence
+        # changes update their entry in place; a device write evicts the entries it touched.
         self._device_cache: dict[tuple[str, str], tuple[float, Device | None]] = {}
+        # Bumped after every device write commits: a lookup that read the file meanwhile
+        # does not cache what it read (it may predate the write).
+        self._device_writes = 0
+        # Device presence as the hub knows it, and the changes not yet written (presence.py).
+        self.presence = PresenceBook(max_pending=presence_max_pending, clock=clock)
+        # The thread the API's registry writes run on while the hub runs (writer.py, set by
+        # app.py); None: on the caller's thread (the command line, tests).
+        self.writer: RegistryWriter | None = None
 
     @contextmanager
-    def _device_write(self) -> Iterator[sqlite3.Connection]:
-        """A write that changes devices. The lookup cache (see ``lookup_device``) is cleared
-        once the write is over, so no reader can cache what it replaced."""
+    def _device_write(self, touched: list[tuple[str, str]]) -> Iterator[sqlite3.Connection]:
+        """A write that changes devices; the block appends the (ProductKey, DeviceName) of
+        each device it changes to ``touched``. Their lookup cache entries are evicted once the
+        write is over (committed or not), and only theirs."""
         try:
             with self.store.write() as conn:
                 yield conn
         finally:
-            self._device_cache.clear()
+            self._device_writes += 1
+            cache = self._device_cache
+            for key in touched:
+                cache.pop(key, None)
 
     # ===== scoping helpers ====================================================================
 
@@ -194,7 +211,7 @@ class RegistryBase:
             )
         if row is None:
             raise NotFoundError(e.NOT_EXISTED_DEVICE, "The specified device does not exist.")
-        return _device(row)
+        return self.presence.overlay(_device(row))
 
     def _category(
         self,
@@ -234,7 +251,8 @@ class RegistryBase:
         device_name: str | None,
         nickname: str,
         apply_id: int | None,
-    ) -> str:
+    ) -> tuple[str, str]:
+        """Insert a device; its IotId and DeviceName (generated when None)."""
         now = self._clock()
         if device_name is None:
             device_name = _random(_ALNUM, 20)
@@ -248,7 +266,7 @@ class RegistryBase:
             "created_at, status_changed_at, apply_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (iot_id, product_key, device_name, _random(_ALNUM, 32), nickname, now, now, apply_id),
         )
-        return iot_id
+        return iot_id, device_name
 
 
 # ===== row mapping ============================================================================
@@ -369,7 +387,8 @@ def _device(row: sqlite3.Row) -> Device:
         last_online_at=row["last_online_at"],
         status_changed_at=row["status_changed_at"],
         ip_address=row["ip_address"],
-        online_epoch=row["online_epoch"],
+        # The column (schema version 1) is no longer written: epochs live in memory now
+        # (presence.py), and the presence overlay gives a connected device its own.
     )
 
 

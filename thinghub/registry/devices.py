@@ -1,11 +1,15 @@
 """Devices (reference §2.3): registration, lookups, status, enable/disable; and the broker's
-side: sign-in lookup and presence."""
+side: sign-in lookup and presence.
+
+Presence (ONLINE/OFFLINE, the latest sign-in's time and address) is recorded in memory by the
+broker's hooks (``device_signed_in``/``device_signed_out``, on the event loop) and written to
+the file later by the presence writer (``presence.py``, ``presence_writer.py``); every read
+below lays the unwritten state over what the file says."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
 
 from . import errors as e
 from ._base import (
@@ -29,6 +33,7 @@ from .models import (
     DeviceStatus,
     Page,
 )
+from .presence import write_batch
 from .validation import (
     check_device_name,
     check_nickname,
@@ -76,14 +81,16 @@ class DevicesMixin(RegistryBase):
         alphanumerics). Generates the 32-character DeviceSecret and the IotId."""
         name = None if device_name is None or device_name == "" else check_device_name(device_name)
         nick = check_nickname(nickname)
-        with self._device_write() as conn:
+        touched: list[tuple[str, str]] = []
+        with self._device_write(touched) as conn:
             product = self._product(conn, account_id, instance_id, product_key)
             if name is not None and _device_exists(conn, product.product_key, name):
                 raise ConflictError(
                     e.ALREADY_EXISTED_DEVICE_NAME,
                     f"DeviceName {name} already exists in this product.",
                 )
-            iot_id = self._insert_device(conn, product.product_key, name, nick, None)
+            iot_id, name = self._insert_device(conn, product.product_key, name, nick, None)
+            touched.append((product.product_key, name))  # a cached "no such device"
             return _device(_device_row(conn, "d.iot_id = ?", (iot_id,)))
 
     def batch_register(
@@ -127,7 +134,8 @@ class DevicesMixin(RegistryBase):
                 f"At most {self.max_batch_register} devices can be registered at once.",
             )
         now = self._clock()
-        with self._device_write() as conn:
+        touched: list[tuple[str, str]] = []
+        with self._device_write(touched) as conn:
             product = self._product(conn, account_id, instance_id, product_key)
             for name in names:
                 if name is not None and _device_exists(conn, product.product_key, name):
@@ -142,7 +150,8 @@ class DevicesMixin(RegistryBase):
             )
             apply_id = int(cursor.lastrowid or 0)
             for name in names:
-                self._insert_device(conn, product.product_key, name, "", apply_id)
+                _iot_id, added = self._insert_device(conn, product.product_key, name, "", apply_id)
+                touched.append((product.product_key, added))
         return ApplyInfo(apply_id, account_id, product.product_key, len(names), now)
 
     def query_apply(self, account_id: str, apply_id: int | str | None) -> ApplyInfo:
@@ -228,7 +237,8 @@ class DevicesMixin(RegistryBase):
                 f"{_DEVICE_SELECT} WHERE d.product_key = ? ORDER BY d.seq DESC LIMIT ? OFFSET ?",
                 (product.product_key, size, (current - 1) * size),
             ).fetchall()
-        items = tuple(_device(r) for r in rows)
+        overlay = self.presence.overlay
+        items = tuple(overlay(_device(r)) for r in rows)
         return Page(items, product.device_count, current, size)
 
     def delete_device(
@@ -242,9 +252,11 @@ class DevicesMixin(RegistryBase):
     ) -> Device:
         """DeleteDevice. Returns the deleted device; the revoke listeners have ended its
         connections and session by then."""
-        with self._device_write() as conn:
+        touched: list[tuple[str, str]] = []
+        with self._device_write(touched) as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
             conn.execute("DELETE FROM devices WHERE iot_id = ?", (device.iot_id,))
+            touched.append((device.product_key, device.device_name))
         self._revoked(device, deleted=True)
         return device
 
@@ -260,15 +272,19 @@ class DevicesMixin(RegistryBase):
         """DisableThing: status DISABLE, sign-in refused until enabled; the revoke listeners
         have closed its connections by the time this returns. Disabling a disabled device is
         not an error."""
-        with self._device_write() as conn:
+        touched: list[tuple[str, str]] = []
+        with self._device_write(touched) as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
+            touched.append((device.product_key, device.device_name))
             if device.status is not DeviceStatus.DISABLE:
                 conn.execute(
                     "UPDATE devices SET disabled = 1, online = 0, status_changed_at = ? "
                     "WHERE iot_id = ?",
                     (self._clock(), device.iot_id),
                 )
-            disabled = _device(_device_row(conn, "d.iot_id = ?", (device.iot_id,)))
+            disabled = self.presence.overlay(
+                _device(_device_row(conn, "d.iot_id = ?", (device.iot_id,)))
+            )
         self._revoked(disabled, deleted=False)
         return disabled
 
@@ -282,14 +298,18 @@ class DevicesMixin(RegistryBase):
         instance_id: str | None = None,
     ) -> Device:
         """EnableThing: back to OFFLINE (UNACTIVE if it never signed in)."""
-        with self._device_write() as conn:
+        touched: list[tuple[str, str]] = []
+        with self._device_write(touched) as conn:
             device = self._device(conn, account_id, instance_id, iot_id, product_key, device_name)
+            touched.append((device.product_key, device.device_name))
             if device.status is DeviceStatus.DISABLE:
                 conn.execute(
                     "UPDATE devices SET disabled = 0, status_changed_at = ? WHERE iot_id = ?",
                     (self._clock(), device.iot_id),
                 )
-            return _device(_device_row(conn, "d.iot_id = ?", (device.iot_id,)))
+            return self.presence.overlay(
+                _device(_device_row(conn, "d.iot_id = ?", (device.iot_id,)))
+            )
 
     def batch_get_device_states(
         self,
@@ -327,48 +347,91 @@ class DevicesMixin(RegistryBase):
     def lookup_device(self, product_key: str, device_name: str) -> Device | None:
         """The device a CONNECT names (``deviceName&productKey``), in any account, or None.
 
-        Cached (sign-in and every Pub ask): any device write through this Registry clears the
-        cache; a change made by another process is seen within ``cache_ttl_s``. The cached
-        record's ONLINE/OFFLINE status may lag; callers use it for identity, secret and the
-        disabled flag, which the writes above keep current."""
+        Cached (sign-in and every Pub ask; a hit reads no file): a device write through this
+        Registry evicts the device's entry, a presence change updates it in place, and a
+        change made by another process is seen within ``cache_ttl_s`` (or at once, when the
+        device watch notices it: ``forget_cached_devices``). The status is the latest the hub
+        knows, written to the file or not."""
         now = time.monotonic()
         key = (product_key, device_name)
-        cached = self._device_cache.get(key)
+        cache = self._device_cache
+        cached = cache.get(key)
         if cached is not None and now - cached[0] < self.cache_ttl_s:
             return cached[1]
-        with self.store.read() as conn:
-            row = _device_row(
-                conn, "d.product_key = ? AND d.device_name = ?", (product_key, device_name)
-            )
-        device = None if row is None else _device(row)
-        if len(self._device_cache) >= 100_000:
-            self._device_cache.clear()  # bounded; unknown names from a flood must not grow it
-        self._device_cache[key] = (now, device)
+        writes = self._device_writes
+        row = self.store.read_row(_BY_NAME, (product_key, device_name))
+        device = None if row is None else self.presence.overlay(_device(row))
+        if self._device_writes == writes:  # no device write committed since the read began
+            if len(cache) >= _DEVICE_CACHE_LIMIT:
+                cache.clear()  # bounded; unknown names from a flood must not grow it
+            cache[key] = (now, device)
+            if self._device_writes != writes:  # one committed meanwhile (another thread)
+                cache.pop(key, None)
         return device
+
+    # Presence, recorded in memory on the event loop (see the module notes). -------------------
+
+    def device_signed_in(
+        self, iot_id: str, product_key: str, device_name: str, *, ip_address: str | None
+    ) -> int:
+        """A device's CONNECT was accepted: ONLINE now. Returns the connection's online epoch,
+        to give back to ``device_signed_out``. Never touches the file."""
+        epoch = self.presence.signed_in(iot_id, ip_address)
+        self._presence_changed(iot_id, product_key, device_name)
+        return epoch
+
+    def device_signed_out(
+        self, iot_id: str, product_key: str, device_name: str, *, online_epoch: int | None
+    ) -> bool:
+        """A device's connection ended: OFFLINE now, unless a newer connection of the device
+        took over (``online_epoch`` is not its current one). Returns whether the status
+        changed. Never touches the file."""
+        changed = self.presence.signed_out(iot_id, online_epoch)
+        if changed:
+            self._presence_changed(iot_id, product_key, device_name)
+        return changed
+
+    def _presence_changed(self, iot_id: str, product_key: str, device_name: str) -> None:
+        """The cached record of the device shows its new presence (not evicted: sign-in
+        must not read the file again because the device signed in)."""
+        key = (product_key, device_name)
+        cache = self._device_cache
+        writes = self._device_writes
+        cached = cache.get(key)
+        if cached is None or cached[1] is None or cached[1].iot_id != iot_id:
+            return
+        # As in lookup_device: a device write (DisableThing on the registry writer thread)
+        # that committed meanwhile has evicted the entry; it must not come back.
+        if self._device_writes == writes:
+            cache[key] = (cached[0], self.presence.overlay(cached[1]))
+            if self._device_writes != writes:
+                cache.pop(key, None)
+
+    def flush_presence(self) -> None:
+        """Write every pending presence change now, on the calling thread (no presence
+        writer: the command line, tests). Raises what the write raises; nothing is lost."""
+        book = self.presence
+        while (batch := book.take(_FLUSH_BATCH)) is not None:
+            with self.store.write() as conn:
+                write_batch(conn, batch)
+            book.written(batch)
 
     def set_device_online(
         self, product_key: str, device_name: str, *, ip_address: str | None = None
     ) -> Device:
-        """A device signed in: ONLINE, ``last_online_at`` now, ``activated_at`` on the first
-        time. Returns the device with its new ``online_epoch``, to give back to
-        ``set_device_offline``. A disabled device gets ``thinghub.DeviceDisabled`` (the sign-in
-        check should have refused it already)."""
-        now = self._clock()
-        with self._device_write() as conn:
-            row = _device_row(
-                conn, "d.product_key = ? AND d.device_name = ?", (product_key, device_name)
-            )
-            if row is None:
-                raise NotFoundError(e.NOT_EXISTED_DEVICE, "The specified device does not exist.")
-            if row["disabled"]:
-                raise ConflictError(e.DEVICE_DISABLED, "The device is disabled.")
-            conn.execute(
-                "UPDATE devices SET online = 1, online_epoch = online_epoch + 1, "
-                "last_online_at = ?, activated_at = COALESCE(activated_at, ?), "
-                "status_changed_at = ?, ip_address = ? WHERE iot_id = ?",
-                (now, now, now, ip_address, row["iot_id"]),
-            )
-            return _device(_device_row(conn, "d.iot_id = ?", (row["iot_id"],)))
+        """``device_signed_in`` and its write, synchronously (for callers without an event
+        loop and presence writer). Returns the device with its new ``online_epoch``. An unknown
+        device is ``NotFoundError``; a disabled one ``thinghub.DeviceDisabled``."""
+        device = self._fresh_device(product_key, device_name)
+        if device is None:
+            raise NotFoundError(e.NOT_EXISTED_DEVICE, "The specified device does not exist.")
+        if device.status is DeviceStatus.DISABLE:
+            raise ConflictError(e.DEVICE_DISABLED, "The device is disabled.")
+        self.device_signed_in(device.iot_id, product_key, device_name, ip_address=ip_address)
+        self.flush_presence()
+        online = self._fresh_device(product_key, device_name)
+        assert online is not None
+        return online
 
     def set_device_offline(
         self,
@@ -378,29 +441,42 @@ class DevicesMixin(RegistryBase):
         online_epoch: int | None = None,
         iot_id: str | None = None,
     ) -> bool:
-        """A device's connection ended: OFFLINE. With ``online_epoch``, only if no newer
-        sign-in happened since (a take-over). With ``iot_id``, only that device record: the
-        late end of a deleted device's connection must not mark a device registered since
-        under the same name offline. Returns whether the status changed."""
-        now = self._clock()
-        sql = (
-            "UPDATE devices SET online = 0, status_changed_at = ? "
-            "WHERE product_key = ? AND device_name = ? AND online = 1"
+        """``device_signed_out`` and its write, synchronously. With ``iot_id``, only that
+        device record: the late end of a deleted device's connection must not mark a device
+        registered since under the same name offline. Returns whether the status changed."""
+        device = self._fresh_device(product_key, device_name)
+        if device is None or (iot_id is not None and device.iot_id != iot_id):
+            return False
+        changed = self.device_signed_out(
+            device.iot_id, product_key, device_name, online_epoch=online_epoch
         )
-        args: list[Any] = [now, product_key, device_name]
-        if iot_id is not None:
-            sql += " AND iot_id = ?"
-            args.append(iot_id)
-        if online_epoch is not None:
-            sql += " AND online_epoch = ?"
-            args.append(online_epoch)
-        with self._device_write() as conn:
-            return conn.execute(sql, args).rowcount > 0
+        self.flush_presence()
+        return changed
+
+    def _fresh_device(self, product_key: str, device_name: str) -> Device | None:
+        """``lookup_device`` without the cache."""
+        row = self.store.read_row(_BY_NAME, (product_key, device_name))
+        return None if row is None else self.presence.overlay(_device(row))
 
     def mark_all_offline(self) -> int:
-        """At start-up: no device is connected yet, whatever the last run recorded."""
+        """At start-up, before any sign-in: no device is connected yet, whatever the last
+        run recorded. From then on the presence this Registry records is the whole truth
+        about who is connected (``PresenceBook.take_ownership``). Returns how many devices
+        the file had online."""
+        self.flush_presence()
         now = self._clock()
-        with self._device_write() as conn:
-            return conn.execute(
+        with self.store.write() as conn:
+            changed = conn.execute(
                 "UPDATE devices SET online = 0, status_changed_at = ? WHERE online = 1", (now,)
             ).rowcount
+        self._device_writes += 1
+        self._device_cache.clear()  # once, before any sign-in
+        self.presence.take_ownership()
+        return int(changed)
+
+
+_BY_NAME = f"{_DEVICE_SELECT} WHERE d.product_key = ? AND d.device_name = ?"
+# Entries of the sign-in lookup cache at most (cleared when full).
+_DEVICE_CACHE_LIMIT = 100_000
+# Presence changes per transaction when flushed synchronously.
+_FLUSH_BATCH = 10_000

@@ -31,7 +31,16 @@ A full disk: no id may be issued past a lease that is not on disk, so once the l
 ``next_id`` raises ``StorageFull`` (the HTTP dialects answer 503, as for a full message store:
 README "Durability") and has issued nothing; every later call tries the write again, so ids
 flow again as soon as there is room, without a restart. A background extension that fails is
-retried at most every ``RENEW_RETRY_MS`` (not once per id), and logged once per episode.
+retried at most every ``RENEW_RETRY_MS`` (not once per id), and logged once per episode. The
+same holds for every write error that may heal (``health.heals``: SQLite's operational errors,
+such as a database the command line holds locked, and the OS's); ``Health`` shows the
+generator as degraded meanwhile.
+
+Any other error of a lease write (a bug, a damaged database) would fail again: the generator
+has *failed* for good (``failed``; ``/healthz`` 503 until the hub restarts; the traceback is
+logged once). It writes no lease any more and issues ids only below the lease already on disk,
+which is still safe; past it, ``next_id`` raises ``StoreUnavailable`` (503 in the dialects).
+Background extensions run under ``health.supervised`` on their ``thinghub-id-lease`` thread.
 
 RequestId
 ---------
@@ -48,11 +57,13 @@ from collections.abc import Callable
 from functools import partial
 from typing import NamedTuple, Protocol
 
-from .errors import StorageFull, is_disk_full
+from ..health import Health, heals, supervised
+from .errors import StorageFull, StoreUnavailable, is_disk_full
 
 log = logging.getLogger("thinghub.registry")
 
 __all__ = [
+    "COMPONENT",
     "EPOCH_MS",
     "MAX_NODE",
     "RENEW_RETRY_MS",
@@ -75,6 +86,8 @@ MAX_TIME = (1 << TIME_BITS) - 1
 # After a failed background extension, the next one is tried no sooner than this (of the
 # generator's milliseconds): a full disk must not cost a thread and a failing fsync per id.
 RENEW_RETRY_MS = 1000
+#: the generator's name in ``Health`` (``/healthz``, ``/metrics``)
+COMPONENT = "id-lease"
 
 
 def wall_clock_ms() -> int:
@@ -133,6 +146,7 @@ class MessageIdGenerator:
         clock: Callable[[], int] = wall_clock_ms,
         lease_ms: int = 10_000,
         renew: Callable[[Callable[[], None]], object] | None = None,
+        health: Health | None = None,
     ) -> None:
         if not 0 <= node <= MAX_NODE:
             raise ValueError(f"node must be 0..{MAX_NODE}, not {node}")
@@ -148,6 +162,10 @@ class MessageIdGenerator:
         # No background extension before this millisecond (set when one failed).
         self._renew_after = 0
         self._failing = False  # the last write of the lease failed (logged once)
+        #: why lease writes stopped for good (see the module notes), None while they work
+        self.failed: str | None = None
+        self._health = health if health is not None else Health()
+        self._health.register(COMPONENT)
         # Every id of an earlier run used a millisecond below its persisted lease, so this
         # run starts at the lease itself (start-up bump).
         self._last_ms = lease_store.load_id_lease() - 1
@@ -167,12 +185,17 @@ class MessageIdGenerator:
                 self._last_ms += 1
                 self._sequence = 0
             if self._last_ms >= self._lease:
+                if self.failed is not None:
+                    raise StoreUnavailable(self._why())
                 # Persist before issuing: no id at or past the old lease leaves this process
                 # until the store knows the new one.
                 lease = self._last_ms + self._lease_step
                 try:
                     self._store.save_id_lease(lease)
                 except Exception as error:
+                    if not heals(error):
+                        self.failed = self._health.fail(COMPONENT, error, _CONSEQUENCE)
+                        raise StoreUnavailable(self._why()) from error
                     self._note_failure(error)
                     if is_disk_full(error):
                         raise StorageFull(
@@ -190,7 +213,15 @@ class MessageIdGenerator:
             ):
                 # Half used: extend it in the background, before it runs out.
                 self._renewing = True
-                self._renew(partial(self._extend, self._lease + self._lease_step))
+                self._renew(
+                    supervised(
+                        self._health,
+                        COMPONENT,
+                        partial(self._extend, self._lease + self._lease_step),
+                        consequence=_CONSEQUENCE,
+                        on_failure=self._extension_failed,
+                    )
+                )
             offset = self._last_ms - EPOCH_MS
             if not 0 <= offset <= MAX_TIME:
                 raise OverflowError(f"clock {self._last_ms} ms is outside the MessageId range")
@@ -207,6 +238,8 @@ class MessageIdGenerator:
         try:
             self._store.save_id_lease(lease)
         except Exception as error:
+            if not heals(error):
+                raise  # it would fail again: ``_extension_failed`` (run by ``supervised``)
             # Not fatal: the lease is written on the caller's thread when it runs out.
             with self._lock:
                 self._note_failure(error)
@@ -218,12 +251,22 @@ class MessageIdGenerator:
             self._lease = max(self._lease, lease)
             self._renewing = False
 
+    def _extension_failed(self, reason: str) -> None:
+        """``renew``'s thread, once a background extension failed for good."""
+        with self._lock:
+            # ``_renewing`` stays True: no extension is tried again.
+            self.failed = reason
+
+    def _why(self) -> str:
+        return f"no MessageId can be issued now: its lease cannot be written ({self.failed})"
+
     def _note_failure(self, error: Exception) -> None:
         """Log the first failure of an episode (under the lock): one line for a full disk,
         the traceback for anything else."""
         if self._failing:
             return
         self._failing = True
+        self._health.degrade(COMPONENT, f"cannot write the MessageId lease: {error}")
         if is_disk_full(error):
             log.warning("cannot write the MessageId lease: the disk is full; retrying")
         else:
@@ -232,7 +275,14 @@ class MessageIdGenerator:
     def _note_success(self) -> None:
         if self._failing:
             self._failing = False
+            self._health.recover(COMPONENT)
             log.warning("the MessageId lease is written again")
+
+
+_CONSEQUENCE = (
+    "no MessageId lease is written any more; once the lease on disk is used up, MessageIds "
+    "are refused (503)"
+)
 
 
 def new_request_id() -> str:

@@ -138,8 +138,9 @@ class Device:
     last_online_at: int | None  # latest sign-in
     status_changed_at: int  # GetDeviceStatus ``Timestamp``
     ip_address: str | None = None  # peer address of the latest sign-in
-    # Bumped by every ``Registry.set_device_online``; ``set_device_offline`` with a stale
-    # epoch is ignored, so the old connection of a take-over cannot mark the new one offline.
+    # The epoch of the device's current connection (presence.py, kept in memory): the end of
+    # a connection with a stale epoch is ignored, so the old connection of a take-over cannot
+    # mark the new one offline. 0 when not connected to this hub.
     online_epoch: int = 0
 
 

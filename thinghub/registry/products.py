@@ -194,7 +194,7 @@ class ProductsMixin(RegistryBase):
         """DeleteProduct. Refused while the product has devices (``iot.prod.ProductHasDevices``,
         ThingHub's choice: the reference lists no code for it), so that deleting a product can
         never strand signed-in devices or their queued messages."""
-        with self._device_write() as conn:
+        with self.store.write() as conn:
             product = self._product(conn, account_id, instance_id, product_key)
             if product.device_count:
                 raise ConflictError(

@@ -17,8 +17,15 @@ only translates names.
 
 A few methods are *not* scoped, because the caller has no account yet: ``lookup_access_key``
 (the gateway, before the signature is checked), and ``lookup_device``,
-``set_device_online``/``offline``, ``topic_categories_for_product`` (the broker, for a device
-that signs in with ProductKey and DeviceName, which are globally unique).
+``device_signed_in``/``device_signed_out`` (presence), ``topic_categories_for_product`` (the
+broker, for a device that signs in with ProductKey and DeviceName, which are globally unique).
+
+Threads (docs/architecture.md "Threads"): reads may run on any thread; on the event loop they
+wait for no writer (``store.py``). In the running hub the API's writes run on the registry
+writer thread (``writer.py``, ``Registry.writer``), and presence is recorded on the event loop
+in memory (``presence.py``) and written by the presence writer thread
+(``presence_writer.py``). Without them (the command line, tests) every call does its own
+writing on the caller's thread.
 
 The operations live in one mixin per resource (``accounts``, ``products``, ``devices``,
 ``topics``) over ``_base.RegistryBase``, which holds the settings and the scoping lookups.
@@ -36,8 +43,10 @@ __all__ = ["DEFAULT_TOPIC_CATEGORIES", "ROOT_ACCOUNT_ID", "Registry"]
 
 
 class Registry(AccountsMixin, ProductsMixin, DevicesMixin, TopicsMixin):
-    """Registry operations over a ``RegistryStore``. Thread-safe (the store serialises).
+    """Registry operations over a ``RegistryStore``. Thread-safe (the store serialises
+    writes), except presence, which one thread records (the event loop's, in the hub).
 
     ``Registry(store, *, clock=wall_clock_ms, max_products_per_account=1000,
-    max_topic_categories_per_product=50, max_batch_register=1000, max_batch_status=50)``
+    max_topic_categories_per_product=50, max_batch_register=1000, max_batch_status=50,
+    cache_ttl_s=2.0, presence_max_pending=200_000)``
     """

@@ -12,17 +12,23 @@ Compatibility notes (the on-disk format carries a version, STYLE.md §3.14):
 
 Durability: WAL journal with ``synchronous=FULL``, so a committed registry change (an API call
 that answered success) survives a crash or power loss (docs/architecture.md "Acknowledged means
-durable"). Registry writes are rare; the cost is one fsync each.
+durable"). API writes are rare; the cost is one fsync each. Device presence, which changes at
+every sign-in, is written in coalesced batches, one fsync per batch (``presence_writer.py``).
 
-Threads: one connection guarded by a re-entrant lock. Calls are short (indexed lookups), so a
-lock is simpler than a pool and keeps the single-writer rule of SQLite explicit. ``":memory:"``
-gives a private in-memory database for tests.
+Threads: writes go through one connection guarded by a re-entrant lock, which keeps the
+single-writer rule of SQLite explicit (the hub's writers are the registry writer and the
+presence writer threads, ``writer.py`` and ``presence_writer.py``). Reads outside a write run on
+a connection of the reading thread's own, opened at its first read: in WAL mode a reader takes
+no lock a writer holds, so a read on the event loop never waits for a write's fsync or for
+the store's lock (docs/architecture.md "Threads"). ``":memory:"`` gives a private in-memory
+database for tests: there, the one connection serves reads too, under the lock.
 """
 
 from __future__ import annotations
 
 import sqlite3
 import threading
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -146,6 +152,14 @@ class RegistryStore:
         self.path = str(path)
         self._lock = threading.RLock()
         self._depth = 0
+        # Per thread: its read connection and how deep it is in read()/write() blocks.
+        self._local = threading.local()
+        # Every read connection opened, with its thread, to close them (store/close, or once
+        # their thread has ended).
+        self._readers: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        # Taken once per thread (at its first read) and at close: never on a hot path.
+        self._readers_lock = threading.Lock()
+        self._closed = False
         self._conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         self._conn.row_factory = sqlite3.Row
         try:
@@ -206,6 +220,8 @@ class RegistryStore:
                 return
             self._conn.execute("BEGIN IMMEDIATE")
             self._depth = 1
+            local = self._local
+            local.writing = True
             try:
                 # A full disk is StorageFull (503 in the HTTP dialects), not SQLite's error.
                 with full_disk_refuses("the registry cannot be changed now"):
@@ -219,24 +235,106 @@ class RegistryStore:
                         raise
             finally:
                 self._depth = 0
+                local.writing = False
 
     @contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        """The connection, for reads; several statements inside see one snapshot."""
-        with self._lock:
-            if self._depth:
-                yield self._conn
-                return
-            self._conn.execute("BEGIN")
-            self._depth = 1
+        """A connection for reads; several statements inside see one snapshot. Inside a
+        ``write()`` of the same thread, the write's connection (it sees its own changes);
+        otherwise the thread's read connection, which waits for no writer (module notes)."""
+        local = self._local
+        if getattr(local, "writing", False) or self.path == ":memory:":
+            with self._lock:
+                if self._depth:
+                    yield self._conn
+                    return
+                self._conn.execute("BEGIN")
+                self._depth = 1
+                try:
+                    yield self._conn
+                finally:
+                    self._depth = 0
+                    self._conn.execute("COMMIT")
+            return
+        depth: int = getattr(local, "read_depth", 0)
+        if depth:
+            local.read_depth = depth + 1
             try:
-                yield self._conn
+                yield local.reader
             finally:
-                self._depth = 0
-                self._conn.execute("COMMIT")
+                local.read_depth = depth
+            return
+        conn = self._reader()
+        conn.execute("BEGIN")
+        local.read_depth = 1
+        try:
+            yield conn
+        finally:
+            local.read_depth = 0
+            conn.execute("COMMIT")
+
+    def read_row(self, sql: str, args: tuple[object, ...]) -> sqlite3.Row | None:
+        """One row of one statement: ``read()`` without its BEGIN and COMMIT (a single
+        statement is its own snapshot), for the sign-in lookup, which runs for every device
+        connecting. Inside a ``read()`` block it reads that block's snapshot."""
+        if getattr(self._local, "writing", False) or self.path == ":memory:":
+            with self.read() as conn:
+                row: sqlite3.Row | None = conn.execute(sql, args).fetchone()
+                return row
+        row = self._reader().execute(sql, args).fetchone()
+        return row
+
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's read connection, opened at its first read."""
+        local = self._local
+        conn: sqlite3.Connection | None = getattr(local, "reader", None)
+        if conn is not None:
+            return conn
+        conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.execute("PRAGMA foreign_keys = ON")  # as the writer's, so reads see the same
+            conn.execute("PRAGMA query_only = ON")
+            # A WAL reader waits only while the file is being recovered (a rare moment after
+            # another process crashed); never for a writer.
+            conn.execute("PRAGMA busy_timeout = 1000")
+        except BaseException:
+            conn.close()
+            raise
+        with self._readers_lock:
+            if self._closed:
+                conn.close()
+                raise sqlite3.ProgrammingError("Cannot operate on a closed database.")
+            self._close_readers_of_ended_threads()
+            self._readers.append((weakref.ref(threading.current_thread()), conn))
+        local.reader = conn
+        return conn
+
+    def _close_readers_of_ended_threads(self) -> None:
+        # Threads come and go (executors, tests): their connections must not pile up. Called
+        # with _readers_lock held.
+        kept: list[tuple[weakref.ref[threading.Thread], sqlite3.Connection]] = []
+        for thread_ref, conn in list(self._readers):
+            thread = thread_ref()
+            if thread is None or not thread.is_alive():
+                conn.close()
+            else:
+                kept.append((thread_ref, conn))
+        self._readers = kept
+
+    def data_version(self) -> int:
+        """``PRAGMA data_version`` of the writing connection: it changes when another
+        connection (another process, such as the command line) committed to the file, and
+        not for this store's own writes (sqlite.org/pragma.html#pragma_data_version)."""
+        with self._lock:
+            return int(self._conn.execute("PRAGMA data_version").fetchone()[0])
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._readers_lock:
+            self._closed = True
+            readers, self._readers = self._readers, []
+            for _thread, conn in readers:
+                conn.close()
             self._conn.close()
 
     # --- counters -----------------------------------------------------------------------

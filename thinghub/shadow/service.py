@@ -26,6 +26,13 @@ Theory of operation
   full (``StorageFull``), the HTTP callers get that error instead, which the AWS dialect
   answers 503 ``ServiceUnavailableException`` like every full store (README "Durability"),
   and the service works again by itself once there is room.
+* **Supervised.** The writer's own loop runs under ``health.supervised``: anything that
+  escapes it (outside the per-batch handling above: a bug) is logged once with its traceback
+  and the service has *failed* for good (``failed``, ``/healthz`` 503 until the hub
+  restarts). Every request it held or that waits for it is answered at once: HTTP callers get
+  ``StoreUnavailable`` (503 ``ServiceUnavailableException``), MQTT requesters a ``/rejected``
+  500 "Internal service failure" (AWS's MQTT error documents have no 503); later requests are
+  answered so at once, without a writer to wait for.
 * **Bounds.** At most ``max_inflight_per_thing`` requests per thing wait at once (AWS IoT
   quota "Maximum number of in-flight, unacknowledged messages per thing": 10, beyond which
   "all new shadow requests are rejected with a 429 error code"), and ``max_pending`` in all.
@@ -45,6 +52,7 @@ from dataclasses import dataclass, field
 
 from ..broker.admission import HUB_SERVICE, PublishRefused
 from ..broker.broker import Broker
+from ..health import Health, supervised
 from ..message import Message
 from ..registry.errors import StorageFull, StoreUnavailable, is_disk_full
 from .document import (
@@ -72,9 +80,12 @@ from .names import (
 )
 from .store import ShadowKey, ShadowStore
 
-__all__ = ["ORIGIN", "TOMBSTONE_S", "ListPage", "ShadowService"]
+__all__ = ["COMPONENT", "ORIGIN", "TOMBSTONE_S", "ListPage", "ShadowService"]
 
 log = logging.getLogger("thinghub.shadow")
+
+#: the writer's name in ``Health`` (``/healthz``, ``/metrics``)
+COMPONENT = "shadows"
 
 #: ``Message.origin`` of the service's answers (never a requester's client id, so a No Local
 #: subscription of the device that asked still receives them)
@@ -130,6 +141,7 @@ class ShadowService:
         max_inflight_per_thing: int = 10,
         max_pending: int = 10_000,
         clock: Callable[[], float] = time.time,
+        health: Health | None = None,
     ) -> None:
         self.broker = broker
         self.store = store
@@ -145,13 +157,26 @@ class ShadowService:
         self._purged_at = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        # The batch the writer is applying (answered by ``_abandon`` if the writer fails).
+        self._in_hand: list[_Job] = []
+        #: why the writer stopped for good (see the module notes), None while it works
+        self.failed: str | None = None
+        self._health = health if health is not None else Health()
+        self._health.register(COMPONENT)
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
         """Start the writer and take the shadow request topics (call on the running loop)."""
         self._loop = asyncio.get_running_loop()
-        self._thread = threading.Thread(target=self._write_loop, name="shadow-writer", daemon=True)
+        run = supervised(
+            self._health,
+            COMPONENT,
+            self._write_loop,
+            consequence="device shadow requests are answered 503 (MQTT: /rejected 500)",
+            on_failure=self._writer_failed,
+        )
+        self._thread = threading.Thread(target=run, name="shadow-writer", daemon=True)
         self._thread.start()
         self.broker.intercept(TOPIC_ROOT, self._on_publish)
 
@@ -202,6 +227,8 @@ class ShadowService:
 
     async def _call(self, job: _Job) -> _Outcome:
         _check_names(job.key)
+        if self.failed is not None:
+            raise self._unavailable()
         self._admit(job.key)
         loop = asyncio.get_running_loop()
         job.future = loop.create_future()
@@ -223,6 +250,8 @@ class ShadowService:
         key = ShadowKey(message.account, request.thing, request.shadow)
         try:
             _check_names(key)
+            if self.failed is not None:
+                raise _internal_error()
             self._admit(key)
         except ShadowError as error:
             token = _token_of(message.payload, self.limits)
@@ -271,11 +300,39 @@ class ShadowService:
                 if not self._queue:
                     return
                 batch = [self._queue.popleft() for _ in range(min(len(self._queue), _MAX_BATCH))]
+            self._in_hand = batch
             self._apply(batch)
             try:
                 loop.call_soon_threadsafe(self._finish, batch)
             except RuntimeError:  # the loop is closed: nobody is left to answer
                 return
+            self._in_hand = []
+
+    def _writer_failed(self, reason: str) -> None:
+        """Writer thread, as it stops for good (``supervised``): refuse from now on, and
+        have the loop answer what waits (``_abandon``)."""
+        self.failed = reason
+        assert self._loop is not None
+        try:
+            self._loop.call_soon_threadsafe(self._abandon)
+        except RuntimeError:  # the loop is closed: nobody is left to answer
+            pass
+
+    def _abandon(self) -> None:
+        """Loop thread: answer every request the failed writer held or would have taken
+        (HTTP: 503; MQTT: /rejected 500). On the loop, where requests are taken, so none is
+        taken after this (``failed`` is already set)."""
+        with self._ready:
+            jobs, self._in_hand = [*self._in_hand, *self._queue], []
+            self._queue.clear()
+        now = self.now()
+        for job in jobs:
+            job.outcome = self._failed(job, _internal_error(), now)
+            job.outcome.unavailable = self._unavailable()
+        self._finish(jobs)
+
+    def _unavailable(self) -> StoreUnavailable:
+        return StoreUnavailable(f"the device shadow service failed ({self.failed})")
 
     def _apply(self, batch: list[_Job]) -> None:
         now = self.now()
@@ -292,9 +349,8 @@ class ShadowService:
                 log.warning("shadow store: %d requests refused: %s", len(batch), error)
             else:
                 log.exception("shadow store: a batch of %d requests failed to commit", len(batch))
-            failure = ShadowError(INTERNAL_ERROR, "Internal service failure")
             for job in batch:
-                job.outcome = self._failed(job, failure, now)
+                job.outcome = self._failed(job, _internal_error(), now)
                 if full:
                     job.outcome.unavailable = StorageFull(str(error))
 
@@ -315,7 +371,7 @@ class ShadowService:
                 # SQLite may have rolled back the whole transaction: the batch fails as one.
                 raise
             log.exception("shadow %s of %s failed", job.operation, job.key)
-            return self._failed(job, ShadowError(INTERNAL_ERROR, "Internal service failure"), now)
+            return self._failed(job, _internal_error(), now)
 
     def _failed(self, job: _Job, error: ShadowError, now: int) -> _Outcome:
         outcome = _Outcome(error=error)
@@ -408,6 +464,10 @@ class ShadowService:
             # No MessageId on a full disk (registry/ids.py): the same loss, and the answers
             # after it (and the HTTP caller waiting in ``_finish``) must still go out.
             log.warning("shadow answer on %s not published: %s", topic, error)
+
+
+def _internal_error() -> ShadowError:
+    return ShadowError(INTERNAL_ERROR, "Internal service failure")
 
 
 def _key(account: str, thing: str, shadow: str | None) -> ShadowKey:

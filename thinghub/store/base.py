@@ -84,7 +84,27 @@ class StoredState:
 QueuedDelivery = tuple[StoredDelivery, Message]
 
 
-class BrokerStore(Protocol):
+class StoreHealth(Protocol):
+    """What a store tells about itself besides its journal: whether its writer has failed
+    for good (``thinghub/health.py``), and who must hear of it."""
+
+    @property
+    def failed(self) -> str | None:
+        """Why the store stopped writing for good (it is not restarted), None while it
+        works. Once set, ``accepting`` is False and nothing reported is committed: no
+        ``after_commit`` callback runs any more, and ``read_queued`` answers an empty page."""
+        ...
+
+    def on_failed(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Run ``callback`` on the broker's thread when the store fails (on the next turn
+        if it already has), and again whenever something waits on a commit (``after_commit``)
+        after that: whoever waits on a commit then gives up (answers 503, disconnects the
+        client, MQTT 5 §4.13) instead of hanging, and acknowledges nothing. Returns the
+        function that removes ``callback``."""
+        ...
+
+
+class BrokerStore(StoreHealth, Protocol):
     @property
     def accepting(self) -> bool:
         """False while the store cannot promise to keep new work: its writer is behind past

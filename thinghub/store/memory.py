@@ -12,8 +12,9 @@ from .base import QueuedDelivery, StoredDelivery, StoredSession, StoredState, St
 
 
 class MemoryStore:
-    # Commits are immediate, so the store never falls behind.
+    # Commits are immediate, so the store never falls behind, and it has no writer to fail.
     accepting = True
+    failed: str | None = None
 
     def __init__(self) -> None:
         self._sessions: dict[str, StoredSession] = {}
@@ -134,6 +135,10 @@ class MemoryStore:
         self.sequence += 1
         self._retained.pop((account, topic), None)
 
+    def on_failed(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """Never called: this store cannot fail."""
+        return _nothing
+
     def after_commit(self, callback: Callable[[], None]) -> None:
         callback()
 
@@ -178,3 +183,7 @@ class MemoryStore:
         return StoredState(
             sessions=sessions, messages=messages, retained=list(self._retained.values())
         )
+
+
+def _nothing() -> None:
+    pass

@@ -37,6 +37,17 @@ Faults
   refuses new QoS 1/2 work instead of accepting what it might lose. Past the soft size limit
   there is headroom up to a hard limit (``PRAGMA max_page_count``) so that work accepted just
   before the refusal still commits.
+* Anything else the writer meets (a row read back that does not decode, a constraint
+  violated, a bug) is not retried: it would fail again. The writer thread stops (it runs under
+  ``health.supervised``), the traceback is logged once, and the store has *failed* for good
+  (``failed``; ``/healthz`` answers 503 until the hub restarts): ``accepting`` is False, the
+  open transaction is rolled back, nothing more is written, and no callback of a group that
+  was not committed ever runs (no publisher is acknowledged for a message not on disk). What
+  waited on a commit is told instead: pending page reads get an empty page (as for a read
+  that fails), and the ``on_failed`` listeners run on the loop, then again whenever something
+  waits on a commit after that, so that whoever waits gives up (an HTTP publisher gets its
+  503 at once; the broker disconnects the MQTT clients whose acknowledgements wait, MQTT 5
+  §4.13) instead of hanging.
 * A file that is not a SQLite database, cannot be opened, or holds a newer schema raises a
   ``StoreError`` at open, before anything is written.
 
@@ -67,6 +78,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
+from ..health import Health, heals, supervised
 from ..message import Message
 from ..mqtt.properties import NO_PROPERTIES, Properties
 from .base import QueuedDelivery, StoredDelivery, StoredSession, StoredState, StoredSubscription
@@ -74,11 +86,13 @@ from .errors import SchemaVersionError, StoreOpenError
 from .lock import DataDirLock
 from .schema import apply_migrations
 
-__all__ = ["FILE_NAME", "MIGRATIONS", "SQLiteStore", "StoreLimits"]
+__all__ = ["COMPONENT", "FILE_NAME", "MIGRATIONS", "SQLiteStore", "StoreLimits"]
 
 log = logging.getLogger("thinghub.store")
 
 FILE_NAME = "broker.db"
+#: the store's name in ``Health`` (``/healthz``, ``/metrics``)
+COMPONENT = "store"
 MIB = 1024 * 1024
 # Session Expiry Interval 0xFFFFFFFF: the session never expires (§3.1.2.11.2).
 NEVER_EXPIRES = 0xFFFFFFFF
@@ -223,6 +237,7 @@ class SQLiteStore:
         limits: StoreLimits | None = None,
         lock: DataDirLock | None = None,
         own_lock: bool = False,
+        health: Health | None = None,
     ) -> None:
         self.path = Path(path)
         self.limits = limits or StoreLimits()
@@ -251,8 +266,20 @@ class SQLiteStore:
         # Writer-thread state, read (never written) by other threads.
         self._done_calls = 0
         self._done_bytes = 0
-        self._failing = False
+        self._failing: str | None = None  # the write error while writing fails, else None
         self._over_size = False
+        # What the writer holds (taken from ``_batches``, and callbacks of groups that failed
+        # to commit): read by the loop once the writer has stopped (``_abandon``).
+        self._taken: list[Op] = []
+        self._held: list[AfterCommit] = []
+        # Why the writer stopped for good (see the module notes), None while it works.
+        self.failed: str | None = None
+        # Loop-thread state: the on_failed listeners.
+        self._listeners: dict[int, Callable[[], None]] = {}
+        self._listener_ids = 0
+        self._notify_scheduled = False
+        self._health = health if health is not None else Health()
+        self._health.register(COMPONENT)
         self._stopping = False
         self._closed = False
         self._refusing_logged = False
@@ -262,7 +289,15 @@ class SQLiteStore:
         self._update_size(self._conn)
         self._wake = threading.Event()
         self._progress = threading.Condition()
-        self._thread = threading.Thread(target=self._run, name="thinghub-store", daemon=True)
+        run = supervised(
+            self._health,
+            COMPONENT,
+            self._run,
+            consequence=f"{self.path} is not written any more and new QoS 1/2 messages are "
+            "refused; what waited for a commit is refused",
+            on_failure=self._writer_failed,
+        )
+        self._thread = threading.Thread(target=run, name="thinghub-store", daemon=True)
         self._thread.start()
 
     @classmethod
@@ -275,9 +310,11 @@ class SQLiteStore:
         wall: Callable[[], float] = time.time,
         limits: StoreLimits | None = None,
         lock: DataDirLock | None = None,
+        health: Health | None = None,
     ) -> SQLiteStore:
         """Open (creating if needed) ``<data_dir>/broker.db``. Without ``lock`` the data
-        directory is locked here (``DataDirLocked`` if another hub has it) until ``close``."""
+        directory is locked here (``DataDirLocked`` if another hub has it) until ``close``.
+        ``health``: where the writer reports (``thinghub/health.py``)."""
         directory = Path(data_dir)
         own = lock is None
         if lock is None:
@@ -291,6 +328,7 @@ class SQLiteStore:
                 limits=limits,
                 lock=lock,
                 own_lock=own,
+                health=health,
             )
         except BaseException:
             if own:
@@ -332,7 +370,7 @@ class SQLiteStore:
 
     @property
     def accepting(self) -> bool:
-        if self._failing or self._over_size:
+        if self._failing is not None or self._over_size or self.failed is not None:
             return False
         limits = self.limits
         calls = len(self._journal) + self._sealed_calls - self._done_calls
@@ -375,6 +413,9 @@ class SQLiteStore:
         self._append(op)
 
     def _append(self, op: Op) -> None:
+        if self.failed is not None:
+            self._after_failure(op)
+            return
         self._journal.append(op)
         if not self._seal_requested and self._loop is not None:
             self._seal_requested = True
@@ -467,7 +508,8 @@ class SQLiteStore:
             self._progress.wait_for(
                 lambda: (
                     self._done_calls >= target
-                    or (give_up_on_failure and self._failing)
+                    or (give_up_on_failure and self._failing is not None)
+                    or self.failed is not None
                     or not self._thread.is_alive()
                 ),
                 timeout,
@@ -481,6 +523,62 @@ class SQLiteStore:
         while self._ready:
             ready.append(self._ready.popleft())
         return ready
+
+    # ------------------------------------------------------------------ failure (loop thread)
+
+    def on_failed(self, callback: Callable[[], None]) -> Callable[[], None]:
+        """``BrokerStore.on_failed``: run ``callback`` on the loop when the writer has
+        failed (on the next turn if it already has), and again whenever something waits on a
+        commit after that. Returns the function that removes it."""
+        key = self._listener_ids = self._listener_ids + 1
+        self._listeners[key] = callback
+        if self.failed is not None:
+            self._later(callback)
+
+        def remove() -> None:
+            self._listeners.pop(key, None)
+
+        return remove
+
+    def _after_failure(self, op: Op) -> None:
+        """A journal call once the writer has failed: nothing will commit it. A page read
+        gets an empty page (the broker stops waiting for it, as for a read that fails); a
+        barrier is never run (what it would acknowledge is not on disk), its waiter is told
+        through the listeners; a write is dropped, so memory stays bounded."""
+        kind = op[0]
+        if kind == _READ:
+            self._later(partial(op[3], []))
+        elif kind == _BARRIER and not self._notify_scheduled:
+            self._notify_scheduled = True
+            self._later(self._notify)
+
+    def _abandon(self) -> None:
+        """Loop thread, once the writer has stopped for good: drop what it will never
+        write, answer the page reads waiting with an empty page, tell the listeners."""
+        pending: list[AfterCommit] = [*self._taken, *self._held, *self._journal]
+        while self._batches:
+            pending.extend(self._batches.popleft()[0])
+        self._taken, self._held, self._journal = [], [], []
+        self._journal_bytes = 0
+        for entry in pending:
+            if isinstance(entry, tuple) and entry[0] == _READ:
+                _run_callbacks([partial(entry[3], [])])
+        self._notify()
+
+    def _notify(self) -> None:
+        self._notify_scheduled = False
+        for listener in list(self._listeners.values()):
+            try:
+                listener()
+            except Exception:
+                log.exception("an on_failed listener of the store failed")
+
+    def _later(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` on the loop's next turn (without a loop: at the next flush)."""
+        if self._loop is not None:
+            self._loop.call_soon(callback)
+        else:
+            self._ready.append(callback)
 
     # ------------------------------------------------------------------ the writer thread
 
@@ -506,6 +604,7 @@ class SQLiteStore:
                 if self._stopping:
                     return
                 continue
+            self._taken, self._held = ops, held
             live, callbacks = _coalesce(ops)
             callbacks = held + callbacks
             # ``ready``: the callbacks with each read's page bound, filled inside the group's
@@ -513,7 +612,11 @@ class SQLiteStore:
             ready: list[Callable[[], None]] = []
             try:
                 self._commit(conn, live, callbacks, ready)
-            except sqlite3.Error as error:
+            except Exception as error:
+                if not heals(error):
+                    # It would fail again: the store has failed (``_writer_failed``, run by
+                    # ``supervised``), and this group's callbacks never run.
+                    raise
                 _rollback(conn)
                 # The file keeps its last commit. The calls are retried, so disk catches up
                 # with memory once there is room; their callbacks are held until then (the
@@ -530,7 +633,8 @@ class SQLiteStore:
                     held = [c for c in callbacks if not _is_read(c)]
                 else:
                     held = callbacks
-                if not self._failing:
+                self._taken, self._held = [], held
+                if self._failing is None:
                     log.error(
                         "cannot write %s (%s): refusing new QoS 1/2 messages; %d "
                         "acknowledgement(s) withheld; retrying",
@@ -538,7 +642,8 @@ class SQLiteStore:
                         error,
                         len(callbacks),
                     )
-                self._failing = True
+                self._failing = str(error)
+                self._report_degraded()
                 with self._progress:
                     self._progress.notify_all()
                 if self._stopping:
@@ -553,8 +658,10 @@ class SQLiteStore:
                 continue
             retry, retry_calls, retry_bytes, delay = [], 0, 0, 0.1
             held = []
-            if self._failing:
-                self._failing = False
+            self._taken, self._held = [], []
+            if self._failing is not None:
+                self._failing = None
+                self._report_degraded()
                 log.warning("writing %s works again: accepting QoS 1/2 messages", self.path)
             self._update_size(conn)
             if ready:
@@ -563,6 +670,16 @@ class SQLiteStore:
                 self._done_calls += calls
                 self._done_bytes += nbytes
                 self._progress.notify_all()
+
+    def _writer_failed(self, reason: str) -> None:
+        """Writer thread, as it stops for good (``supervised``): refuse from now on, and
+        have the loop tell whatever waits on a commit (``_abandon``)."""
+        _rollback(self._conn)  # the group's transaction, if it was open
+        with self._progress:
+            # Together, so that a flush() that sees ``failed`` finds ``_abandon`` ready.
+            self.failed = reason
+            self._dispatch([self._abandon])
+            self._progress.notify_all()  # flush() returns False now
 
     def _dispatch(self, callbacks: list[Callable[[], None]]) -> None:
         if self._loop is None:
@@ -582,6 +699,7 @@ class SQLiteStore:
         over = (pages - free) * self._page_size >= limit
         if over != self._over_size:
             self._over_size = over
+            self._report_degraded()
             if over:
                 log.warning(
                     "%s reached its size limit (%d bytes): refusing new QoS 1/2 messages",
@@ -590,6 +708,22 @@ class SQLiteStore:
                 )
             else:
                 log.warning("%s is below its size limit again", self.path)
+
+    def _report_degraded(self) -> None:
+        """Writer thread: tell ``Health`` whether the store refuses QoS 1/2 work for a
+        reason that passes (QoS 0 and everything else keep working meanwhile)."""
+        if self._failing is not None:
+            self._health.degrade(
+                COMPONENT,
+                f"cannot write {self.path} ({self._failing}): new QoS 1/2 messages are refused",
+            )
+        elif self._over_size:
+            self._health.degrade(
+                COMPONENT,
+                f"{self.path} reached its size limit: new QoS 1/2 messages are refused",
+            )
+        else:
+            self._health.recover(COMPONENT)
 
     def _commit(
         self,

@@ -9,6 +9,12 @@ Messages go through the hub's one publish path (``http.publishing.publish``) int
 account's topic space; a device's session is found by ``device_client_id`` (the key the
 device sign-in gives it). Tenancy: every lookup is scoped by the caller's account (and
 ``IotInstanceId``), so another account's ProductKey is "not found".
+
+Registry reads run on the event loop (a WAL reader waits for no writer:
+``registry/store.py``). Registry writes run on the registry writer thread
+(``registry/writer.py``, through ``_write``): the parameters are read on the loop first, the
+call and its transaction run on the thread, and the broker's part of the action (closing a
+deleted device's connection ...) happens on the loop once the write has returned.
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import functools
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from ...auth import topic_acl
 from ...auth.aliyun_device import device_client_id
@@ -82,6 +88,18 @@ class Call:
 
 
 Handler = Callable[[Call], Awaitable[Fields]]
+
+T = TypeVar("T")
+
+
+async def _write(call: Call, work: Callable[[], T]) -> T:
+    """``work()`` (a registry write, its arguments already read) on the registry writer
+    thread, or here when the hub runs none (tests). Raises what it raises; StoreUnavailable
+    (503) when the writer has too many writes waiting."""
+    writer = call.ctx.registry.writer
+    if writer is None:
+        return work()
+    return await writer.run(work)
 
 
 # ===== messaging (§2.1) ========================================================================
@@ -565,7 +583,8 @@ def _product_data(product: Product) -> Fields:
 
 async def create_product(call: Call) -> Fields:
     p = call.params
-    product = call.ctx.registry.create_product(
+    create = functools.partial(
+        call.ctx.registry.create_product,
         call.account_id,
         p.required("ProductName"),
         p.required("NodeType"),
@@ -577,6 +596,7 @@ async def create_product(call: Call) -> Fields:
         net_type=p.optional("NetType"),
         category_key=p.optional("CategoryKey"),
     )
+    product = await _write(call, create)
     return {"ProductKey": product.product_key, "Data": _product_data(product)}
 
 
@@ -634,20 +654,26 @@ async def query_product_list(call: Call) -> Fields:
 
 async def update_product(call: Call) -> Fields:
     p = call.params
-    call.ctx.registry.update_product(
+    update = functools.partial(
+        call.ctx.registry.update_product,
         call.account_id,
         p.required("ProductKey"),
         name=p.required("ProductName"),
         description=p.optional("Description"),
         instance_id=call.instance_id,
     )
+    await _write(call, update)
     return {}
 
 
 async def delete_product(call: Call) -> Fields:
-    call.ctx.registry.delete_product(
-        call.account_id, call.params.required("ProductKey"), instance_id=call.instance_id
+    delete = functools.partial(
+        call.ctx.registry.delete_product,
+        call.account_id,
+        call.params.required("ProductKey"),
+        instance_id=call.instance_id,
     )
+    await _write(call, delete)
     return {}
 
 
@@ -667,13 +693,15 @@ def _identity(call: Call) -> dict[str, str | None]:
 
 async def register_device(call: Call) -> Fields:
     p = call.params
-    device = call.ctx.registry.register_device(
+    register = functools.partial(
+        call.ctx.registry.register_device,
         call.account_id,
         p.required("ProductKey"),
         p.optional("DeviceName"),
         nickname=p.optional("Nickname"),
         instance_id=call.instance_id,
     )
+    device = await _write(call, register)
     return {
         "Data": {
             "IotId": device.iot_id,
@@ -687,12 +715,14 @@ async def register_device(call: Call) -> Fields:
 
 async def batch_register_device(call: Call) -> Fields:
     p = call.params
-    apply = call.ctx.registry.batch_register(
+    register = functools.partial(
+        call.ctx.registry.batch_register,
         call.account_id,
         p.required("ProductKey"),
         count=p.required("Count"),
         instance_id=call.instance_id,
     )
+    apply = await _write(call, register)
     return {"Data": {"ApplyId": apply.apply_id}}
 
 
@@ -704,12 +734,14 @@ async def batch_check_device_names(call: Call) -> Fields:
     names = p.repeat_list("DeviceName")
     if not names:
         raise ApiError(e.NONE_DEVICE_NAME_ELEMENT, "The device name list cannot be empty.")
-    apply = call.ctx.registry.batch_register(
+    register = functools.partial(
+        call.ctx.registry.batch_register,
         call.account_id,
         p.required("ProductKey"),
         device_names=names,
         instance_id=call.instance_id,
     )
+    apply = await _write(call, register)
     return {"Data": {"ApplyId": apply.apply_id}}
 
 
@@ -808,7 +840,8 @@ async def query_device(call: Call) -> Fields:
 
 async def delete_device(call: Call) -> Fields:
     """DeleteDevice; a connected device is disconnected and its session ended."""
-    device = call.ctx.registry.delete_device(call.account_id, **_identity(call))
+    delete = functools.partial(call.ctx.registry.delete_device, call.account_id, **_identity(call))
+    device = await _write(call, delete)
     call.ctx.broker.disconnect_client(
         call.account_id,
         device_client_id(device.product_key, device.device_name),
@@ -821,7 +854,10 @@ async def delete_device(call: Call) -> Fields:
 async def disable_thing(call: Call) -> Fields:
     """DisableThing; a connected device is disconnected. Its session is kept (it expires as
     usual), so QoS 1 messages queued for it are delivered if it is enabled again in time."""
-    device = call.ctx.registry.disable_device(call.account_id, **_identity(call))
+    disable = functools.partial(
+        call.ctx.registry.disable_device, call.account_id, **_identity(call)
+    )
+    device = await _write(call, disable)
     call.ctx.broker.disconnect_client(
         call.account_id,
         device_client_id(device.product_key, device.device_name),
@@ -832,7 +868,8 @@ async def disable_thing(call: Call) -> Fields:
 
 
 async def enable_thing(call: Call) -> Fields:
-    call.ctx.registry.enable_device(call.account_id, **_identity(call))
+    enable = functools.partial(call.ctx.registry.enable_device, call.account_id, **_identity(call))
+    await _write(call, enable)
     return {}
 
 
@@ -872,7 +909,8 @@ async def batch_get_device_state(call: Call) -> Fields:
 
 async def create_product_topic(call: Call) -> Fields:
     p = call.params
-    category = call.ctx.registry.create_topic_category(
+    create = functools.partial(
+        call.ctx.registry.create_topic_category,
         call.account_id,
         p.required("ProductKey"),
         p.required("TopicShortName"),
@@ -880,6 +918,7 @@ async def create_product_topic(call: Call) -> Fields:
         description=p.optional("Desc"),
         instance_id=call.instance_id,
     )
+    category = await _write(call, create)
     return {"TopicId": category.id}
 
 
@@ -907,7 +946,8 @@ async def query_product_topic(call: Call) -> Fields:
 
 async def update_product_topic(call: Call) -> Fields:
     p = call.params
-    call.ctx.registry.update_topic_category(
+    update = functools.partial(
+        call.ctx.registry.update_topic_category,
         call.account_id,
         p.required("TopicId"),
         p.required("TopicShortName"),
@@ -915,13 +955,18 @@ async def update_product_topic(call: Call) -> Fields:
         description=p.optional("Desc"),
         instance_id=call.instance_id,
     )
+    await _write(call, update)
     return {}
 
 
 async def delete_product_topic(call: Call) -> Fields:
-    call.ctx.registry.delete_topic_category(
-        call.account_id, call.params.required("TopicId"), instance_id=call.instance_id
+    delete = functools.partial(
+        call.ctx.registry.delete_topic_category,
+        call.account_id,
+        call.params.required("TopicId"),
+        instance_id=call.instance_id,
     )
+    await _write(call, delete)
     return {}
 
 

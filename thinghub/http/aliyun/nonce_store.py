@@ -44,10 +44,12 @@ Theory of operation
   batch (503; their requests changed nothing and may be sent again), is logged once per
   episode and shown in ``failing``; the next batch tries again, so the store recovers by
   itself when the disk does.
-* **Supervised.** Any other exception on the writer thread (a bug) is logged once with its
-  traceback, counted in ``failures``, and recorded in ``failed`` (for ``/healthz``); every
-  nonce waiting then, and every later one, is refused (503) instead of hanging. A failed
-  store stays failed until the hub restarts.
+* **Supervised.** The writer runs under ``health.supervised``: any other exception on its
+  thread (a bug, a violated constraint) is logged once with its traceback, counted in
+  ``failures``, and recorded in ``failed``, both here and in the hub's ``Health``
+  (``/healthz`` 503, ``/metrics``); every nonce waiting then, and every later one, is refused
+  (503) instead of hanging. A failed store stays failed until the hub restarts. A full disk
+  shows in ``Health`` as degraded while it lasts.
 
 Compatibility notes: ``PRAGMA user_version`` is the schema version (``MIGRATIONS[i]`` takes
 the file from ``i`` to ``i + 1``, append-only). The AccessKeyId and the nonce are stored as
@@ -67,12 +69,14 @@ from collections import deque
 from collections.abc import Callable
 from pathlib import Path
 
+from ...health import Health, supervised
 from ...store.errors import SchemaVersionError, StoreOpenError
 from ...store.schema import apply_migrations
 from .signing import NONCE_CACHE_ENTRIES, NonceCache
 
 __all__ = [
     "COMMIT_TIMEOUT_S",
+    "COMPONENT",
     "FILE_NAME",
     "MIGRATIONS",
     "NonceStore",
@@ -83,6 +87,8 @@ __all__ = [
 log = logging.getLogger("thinghub.http.aliyun.nonces")
 
 FILE_NAME = "nonces.db"
+#: the writer's name in ``Health`` (``/healthz``, ``/metrics``)
+COMPONENT = "nonces"
 #: nonces waiting for the writer, hub-wide, before new requests are answered 503
 MAX_PENDING = 10_000
 #: how long a request waits for its nonce's commit before it is answered 503
@@ -136,6 +142,7 @@ class NonceStore:
         max_pending: int = MAX_PENDING,
         max_rows: int = NONCE_CACHE_ENTRIES,
         wall: Callable[[], float] = time.time,
+        health: Health | None = None,
     ) -> None:
         if max_pending < 1 or max_rows < 1:
             raise ValueError("max_pending and max_rows must be at least 1")
@@ -171,6 +178,8 @@ class NonceStore:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._watchdog: asyncio.TimerHandle | None = None
         self._thread: threading.Thread | None = None
+        self._health = health if health is not None else Health()
+        self._health.register(COMPONENT)
 
     @classmethod
     def open(
@@ -180,11 +189,12 @@ class NonceStore:
         max_pending: int = MAX_PENDING,
         max_rows: int = NONCE_CACHE_ENTRIES,
         wall: Callable[[], float] = time.time,
+        health: Health | None = None,
     ) -> NonceStore:
         """Open (creating if needed) ``<data_dir>/nonces.db``. The caller holds the data
         directory lock (``thinghub/store/lock.py``)."""
         path = Path(data_dir) / FILE_NAME
-        return cls(path, max_pending=max_pending, max_rows=max_rows, wall=wall)
+        return cls(path, max_pending=max_pending, max_rows=max_rows, wall=wall, health=health)
 
     # ------------------------------------------------------------------ start-up and shutdown
 
@@ -211,7 +221,14 @@ class NonceStore:
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
         """Start the writer; ``loop`` is where :meth:`use` is awaited."""
         self._loop = loop
-        self._thread = threading.Thread(target=self._run, name="thinghub-nonces", daemon=True)
+        run = supervised(
+            self._health,
+            COMPONENT,
+            self._write,
+            consequence=f"{self.path}: Alibaba API calls are answered 503",
+            on_failure=self._writer_failed,
+        )
+        self._thread = threading.Thread(target=run, name="thinghub-nonces", daemon=True)
         self._thread.start()
         self._watchdog = loop.call_later(_WATCH_EVERY_S, self._watch)
 
@@ -332,23 +349,13 @@ class NonceStore:
 
     # ------------------------------------------------------------------ the writer thread
 
-    def _run(self) -> None:
-        try:
-            self._write()
-        except BaseException as error:  # supervised: whatever it was, say it once and refuse
-            self.failures += 1
-            self.failed = f"{type(error).__name__}: {error}"
-            log.error(
-                "the nonce writer of %s failed; Alibaba API calls are answered 503 until "
-                "the hub restarts",
-                self.path,
-                exc_info=True,
-            )
-            try:
-                self._conn.execute("ROLLBACK")
-            except sqlite3.Error:
-                pass  # no transaction was open
-            self._dispatch(self._refuse_waiting)
+    def _writer_failed(self, reason: str) -> None:
+        """Writer thread, as it stops for good (``supervised`` logged it): refuse every
+        nonce from now on, those waiting too."""
+        self.failures += 1
+        self.failed = reason
+        _rollback(self._conn)  # the batch's transaction, if it was open
+        self._dispatch(self._refuse_waiting)
 
     def _write_failed(self, error: sqlite3.Error) -> None:
         """Writer thread: a write that may work later failed; said once per episode."""
@@ -359,10 +366,12 @@ class NonceStore:
                 error,
             )
         self.failing = str(error)
+        self._health.degrade(COMPONENT, f"cannot write {self.path}: {error}")
 
     def _write_worked(self) -> None:
         if self.failing is not None:
             self.failing = None
+            self._health.recover(COMPONENT)
             log.warning("writing %s works again", self.path)
 
     def _write(self) -> None:
@@ -414,14 +423,15 @@ class NonceStore:
 
 
 async def open_nonce_store(
-    data_dir: str | Path, cache: NonceCache | None = None
+    data_dir: str | Path, cache: NonceCache | None = None, health: Health | None = None
 ) -> tuple[NonceStore, NonceCache]:
     """Open ``nonces.db``, load its unexpired nonces into ``cache`` (a new one by default)
-    and start the writer on the running loop. The file work runs on a worker thread."""
+    and start the writer on the running loop, reporting to ``health``. The file work runs on
+    a worker thread."""
     nonces = cache if cache is not None else NonceCache()
 
     def opened() -> NonceStore:
-        store = NonceStore.open(data_dir, max_rows=nonces.max_entries)
+        store = NonceStore.open(data_dir, max_rows=nonces.max_entries, health=health)
         try:
             loaded = store.load(nonces)
         except BaseException:
