@@ -217,6 +217,8 @@ class Hub:
             nonces=nonces,
             nonce_store=self.nonce_store,
             health=self.health,
+            presence_writer=self.presence_writer,
+            registry_writer=self.registry_writer,
         )
         runner = web.AppRunner(build_http_app(context, gate), access_log=None, handle_signals=False)
         await runner.setup()

@@ -83,7 +83,7 @@ def build_http_app(context: HubContext, gate: AdmissionGate | None = None) -> we
         return web.json_response(snapshot.as_json(), status=503 if snapshot.failed else 200)
 
     async def metrics(request: web.Request) -> web.Response:
-        body = {
+        body: dict[str, object] = {
             "connections": len(broker.clients),
             "sessions": len(broker.sessions),
             "subscriptions": sum(len(s.subscriptions) for s in broker.spaces.values()),
@@ -92,6 +92,24 @@ def build_http_app(context: HubContext, gate: AdmissionGate | None = None) -> we
             **(gate.as_dict() if gate is not None else {}),
             "component_failures": health.snapshot().failures,
         }
+        presence = context.presence_writer
+        if presence is not None:
+            body["presence"] = {
+                "pending": presence.pending,
+                "oldest_pending_s": round(presence.oldest_pending_s, 3),
+                "changes": presence.changes,
+                "batches": presence.batches,
+                "rows_written": presence.rows_written,
+                "write_failures": presence.write_failures,
+                "overflows": presence.overflows,
+            }
+        writer = context.registry_writer
+        if writer is not None:
+            body["registry_writes"] = {
+                "pending": writer.pending,
+                "done": writer.writes,
+                "refused": writer.refused,
+            }
         return web.json_response(body)
 
     app.router.add_get("/healthz", healthz)

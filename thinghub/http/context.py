@@ -7,7 +7,9 @@ from dataclasses import dataclass, field
 from ..broker.broker import Broker
 from ..config import Settings
 from ..health import Health
+from ..registry.presence_writer import PresenceWriter
 from ..registry.registry import Registry
+from ..registry.writer import RegistryWriter
 from ..shadow.service import ShadowService
 from .aliyun.nonce_store import NonceStore
 from .aliyun.signing import NonceCache
@@ -31,3 +33,6 @@ class HubContext:
     shadows: ShadowService | None = None
     # The hub's component health, shown by /healthz and /metrics (health.py).
     health: Health = field(default_factory=Health)
+    # The registry's writer threads, whose lag /metrics shows (None: not started).
+    presence_writer: PresenceWriter | None = None
+    registry_writer: RegistryWriter | None = None
