@@ -236,3 +236,32 @@ def test_api_writes_run_on_the_registry_writer_and_are_bounded(world: World) -> 
 
     asyncio.run(scenario())
     assert set(world.file_rows()) == {"dev-0", "dev-1", "dev-2", "wdev-1", "wdev-2"}
+
+
+def test_an_api_write_that_finds_the_file_locked_too_long_is_refused_as_unavailable(
+    world: World,
+) -> None:
+    """Another process holds registry.db past the busy timeout: the change is not made and
+    the caller gets StoreUnavailable (the API's 503, "try again"), not an internal error."""
+    registry = world.registry
+    world.store._conn.execute("PRAGMA busy_timeout = 200")  # 5 s in the hub; short here
+
+    async def scenario() -> None:
+        writer = RegistryWriter(max_pending=4)
+        writer.start(asyncio.get_running_loop())
+        locker = world.lock_file()
+        try:
+            with pytest.raises(StoreUnavailable, match="cannot be written now"):
+                await writer.run(
+                    lambda: registry.register_device(world.account, world.pk, "late-1")
+                )
+        finally:
+            locker.execute("ROLLBACK")
+            locker.close()
+        added = await writer.run(
+            lambda: registry.register_device(world.account, world.pk, "late-1")
+        )
+        assert added.device_name == "late-1" and writer.failed is None
+        await writer.close()
+
+    asyncio.run(scenario())

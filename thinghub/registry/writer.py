@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import queue
+import sqlite3
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -166,6 +167,12 @@ class RegistryWriter:
                 return
             try:
                 result = work()
+            except sqlite3.OperationalError as error:
+                # The file stayed locked past the busy timeout (another process writing) or
+                # could not be written: the change was not made, try again later (503).
+                self.writes += 1
+                refusal = StoreUnavailable(f"the registry cannot be written now: {error}")
+                self._dispatch(self._settle, False, refusal)
             except Exception as error:  # the call's own outcome: its request answers it
                 self.writes += 1
                 self._dispatch(self._settle, False, error)
