@@ -663,9 +663,11 @@ class SQLiteStore:
                 self._failing = None
                 self._report_degraded()
                 log.warning("writing %s works again: accepting QoS 1/2 messages", self.path)
-            self._update_size(conn)
+            # The group is committed: its acknowledgements go out before anything else can
+            # fail on this thread (measuring the file's size reads it too).
             if ready:
                 self._dispatch(ready)
+            self._update_size(conn)
             with self._progress:
                 self._done_calls += calls
                 self._done_bytes += nbytes
