@@ -163,14 +163,16 @@ def test_v5_server_caps_the_session_expiry(start_hub, raw):
 
 @pytest.mark.parametrize("disconnect_expiry", [None, 0, 60])
 @pytest.mark.parametrize("resume_expiry", [None, 0, 60])
+@pytest.mark.parametrize("clean_start", [False, True], ids=["resume", "clean"])
 def test_v5_resumed_session_delivers_its_queue_whatever_expiry_the_reconnect_asks(
-    client, raw, resume_expiry, disconnect_expiry
+    client, raw, clean_start, resume_expiry, disconnect_expiry
 ):
     """A session with expiry 99999 queues QoS 1 and 2 messages while offline; the client comes
-    back with Clean Start 0 and any Session Expiry Interval (absent means 0). The CONNACK says
-    Session Present, and the queue is delivered: the reconnect's expiry only decides what
+    back with any Session Expiry Interval (absent means 0). With Clean Start 0 the CONNACK says
+    Session Present and the queue is delivered: the reconnect's expiry only decides what
     happens at the *next* disconnect (§3.1.2.11.2), which the DISCONNECT may change again unless
-    the CONNECT said 0 ([MQTT-3.14.2-2])."""
+    the CONNECT said 0 ([MQTT-3.14.2-2]). With Clean Start 1 the old session and its queue are
+    gone (§3.1.2.4): Session Present 0 and nothing of it arrives."""
     t, cid = unique(), unique()
     first = raw(5)
     first.connect(cid, clean=True, properties={"session_expiry_interval": 99999})
@@ -181,11 +183,20 @@ def test_v5_resumed_session_delivers_its_queue_whatever_expiry_the_reconnect_ask
     pub.publish(f"{t}/B/C", b"qos2", 2)
     back = raw(5)
     props = {} if resume_expiry is None else {"session_expiry_interval": resume_expiry}
-    assert back.connect(cid, clean=False, properties=props).session_present
-    pub.publish(f"{t}/end", b"end", 1)
-    # Not a sentinel: MQTT orders messages per topic and QoS only (§4.6), and a QoS 2 copy to
-    # a persistent session leaves once its packet id is stored, so "end" may overtake "qos2".
-    assert sorted(receive_flows(back, {b"qos1", b"qos2", b"end"})) == [b"end", b"qos1", b"qos2"]
+    connack = back.connect(cid, clean=clean_start, properties=props)
+    assert connack.session_present == (not clean_start)
+    if clean_start:
+        # A fresh session: subscribed again, it gets only what is published from now on.
+        back.subscribe(f"{t}/#", 2)
+        pub.publish(f"{t}/end", b"end", 1)
+        assert receive_flows(back, {b"end"}) == [b"end"]
+    else:
+        pub.publish(f"{t}/end", b"end", 1)
+        # Not a sentinel: MQTT orders messages per topic and QoS only (§4.6), and a QoS 2 copy
+        # to a persistent session leaves once its packet id is stored, so "end" may overtake
+        # "qos2".
+        got = sorted(receive_flows(back, {b"qos1", b"qos2", b"end"}))
+        assert got == [b"end", b"qos1", b"qos2"]
     connect_said = resume_expiry or 0
     if disconnect_expiry is not None and connect_said == 0 and disconnect_expiry != 0:
         return  # a protocol error, tested above
