@@ -46,7 +46,7 @@ bench-backlog: $(STAMP)
 	$(BIN)/python -m bench.backlog
 
 bench-quick: $(STAMP)
-	$(BIN)/python -m bench --seconds 2 --runs 1
+	$(BIN)/python -m bench --seconds 2 --runs 1 --devices 2000
 
 clean:
 	rm -rf $(VENV) build *.egg-info .mypy_cache .pytest_cache .ruff_cache

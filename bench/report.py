@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bench import signin_report, targets
 from bench.scenarios import SCENARIOS, RunResult
 
 MEDIAN_FIELDS = (
@@ -38,6 +39,9 @@ class Summary:
     error: str | None = None
     median: dict[str, float | None] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    # The sign-in scenario: the median of each named figure, and every run's failures.
+    figures: dict[str, float | None] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
 
 def _median(values: Sequence[float | int | None]) -> float | None:
@@ -57,6 +61,9 @@ def summarize(scenario: str, broker: str, runs: Sequence[RunResult]) -> Summary:
     )
     for name in MEDIAN_FIELDS:
         s.median[name] = _median([getattr(r, name) for r in ok])
+    for name in dict.fromkeys(k for r in ok for k in r.figures):
+        s.figures[name] = _median([r.figures.get(name) for r in ok])
+    s.failures = list(dict.fromkeys(f for r in runs for f in r.failures))
     seen: set[str] = set()
     for r in runs:
         for w in r.warnings + ([r.error] if r.error and ok else []):
@@ -124,8 +131,8 @@ def results_table(summaries: Sequence[Summary]) -> list[str]:
     rows = []
     for s in summaries:
         sc = SCENARIOS[s.scenario]
-        if sc.http:
-            continue  # http_table
+        if sc.http or sc.signin:
+            continue  # http_table, signin_table
         if not s.available:
             rows.append([s.scenario, s.broker, "not available", "-", "-", "-", "-", "-", "-"])
             continue
@@ -259,9 +266,12 @@ def render(
             "lower = the null broker was the limit and the ceiling is higher still."
         )
         out.append("")
-    mqtt = [s for s in summaries if not SCENARIOS[s.scenario].http]
+    mqtt = [
+        s for s in summaries if not (SCENARIOS[s.scenario].http or SCENARIOS[s.scenario].signin)
+    ]
     http = [s for s in summaries if SCENARIOS[s.scenario].http]
-    if mqtt or not http:
+    signin = [s for s in summaries if SCENARIOS[s.scenario].signin]
+    if mqtt or not (http or signin):
         out.append("### Results (medians)")
         out.append("")
         out.extend(results_table(mqtt))
@@ -280,10 +290,37 @@ def render(
             "Publish=1000000, THINGHUB_API_ALIYUN_RATE_LIMITS=Pub=1000000,BatchPub=1000000)."
         )
         out.append("")
-    if "thinghub" in brokers and "mosquitto" in brokers:
+    for s in signin:
+        if not s.available:
+            out += ["### Sign-in (ThingHub only)", "", f"FAILED: {s.error}", ""]
+            continue
+        out.append(
+            f"### Sign-in: {s.figures.get('devices') or 0:,.0f} Alibaba devices "
+            f"(ThingHub only, medians of {s.ok_runs} run(s))"
+        )
+        out.append("")
+        out.extend(_table(signin_report.HEADER, signin_report.wave_rows(s)))
+        out.append("")
+        ceil = next((c for c in ceiling if c.scenario == s.scenario), None)
+        out.extend(signin_report.notes(s, ceil))
+        out.append("")
+    target_rows = targets.targets_rows(summaries)
+    if target_rows:
+        out.append("### Targets")
+        out.append("")
+        header = ["Figure", "ThingHub", "Target", "Verdict", "mosquitto"]
+        out.extend(_table(header, target_rows, first_num=1))
+        out.append("")
+        out.append(
+            "Medians over the runs; a MISSED target is reported, not fatal (2 shared cores: "
+            "noisy). FAILED (refused connects, wrong statuses) makes `python -m bench` exit 1."
+        )
+        out.append("")
+    ratios = ratio_table(summaries, "thinghub", "mosquitto")
+    if "thinghub" in brokers and "mosquitto" in brokers and len(ratios) > 2:
         out.append("### ThingHub / mosquitto")
         out.append("")
-        out.extend(ratio_table(summaries, "thinghub", "mosquitto"))
+        out.extend(ratios)
         out.append("")
         out.append("Throughput: higher is better; latency and memory: lower is better.")
         out.append("")

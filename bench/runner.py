@@ -13,7 +13,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import brokers, report
+from bench import brokers, report, signin
 from bench.brokers import BROKERS, Broker, BrokerUnavailable
 from bench.mqttload import SetupError, run_idle, run_stream
 from bench.scenarios import IDLE_CONNECTIONS, SCENARIOS, RunResult, Scenario
@@ -62,6 +62,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--connections", type=int, default=IDLE_CONNECTIONS, help="idle10k connection count"
     )
+    ap.add_argument(
+        "--devices",
+        type=int,
+        help=f"signin: devices registered and signed in (default {signin.DEFAULT_DEVICES:,}; "
+        f"{signin.QUICK_DEVICES:,} with --quick)",
+    )
+    ap.add_argument(
+        "--window", type=int, default=signin.WINDOW, help="signin: connects in flight at once"
+    )
     ap.add_argument("--no-ceiling", action="store_true", help="skip the null-broker ceiling")
     ap.add_argument("--no-pin", action="store_true", help="do not pin broker/generator to CPUs")
     ap.add_argument("--quick", action="store_true", help="smoke test: --seconds 1 --runs 1")
@@ -76,6 +85,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         ap.error("--runs must be in [1, 100]")
     if not 1 <= args.connections <= 1_000_000:
         ap.error("--connections must be in [1, 1000000]")
+    if args.devices is None:
+        args.devices = signin.QUICK_DEVICES if args.quick else signin.DEFAULT_DEVICES
+    if not 1 <= args.devices <= 1_000_000:
+        ap.error("--devices must be in [1, 1000000]")
+    if not 1 <= args.window <= 100_000:
+        ap.error("--window must be in [1, 100000]")
     if args.warmup is None:
         args.warmup = min(2.0, max(0.5, args.seconds * 0.2))
     args.scenario = list(dict.fromkeys(args.scenario or SCENARIOS))
@@ -200,6 +215,55 @@ def http_run(
     )
 
 
+def signin_run(
+    args: argparse.Namespace, cpus: tuple[int | None, int | None], ceiling: bool
+) -> tuple[RunResult, RunResult | None]:
+    """One run of the sign-in scenario (its own hubs); the generator ceiling with it when
+    ``ceiling``: (result, ceiling result or None)."""
+    try:
+        doc = signin.run(
+            args.devices,
+            window=args.window,
+            baseline_s=min(args.seconds, 5.0),
+            cpus=cpus,
+            binary=args.thinghub,
+            ceiling=ceiling,
+        )
+    except BrokerUnavailable as e:
+        return RunResult("signin", "thinghub", ok=False, error=str(e)), None
+    except signin.setup_errors() as e:
+        return RunResult("signin", "thinghub", ok=False, error=str(e) or type(e).__name__), None
+    f = doc["figures"]
+    result = RunResult(
+        "signin",
+        "thinghub",
+        ok=True,
+        rate=f["rate"],
+        p99_ms=f["storm_p99_ms"],
+        peak_rss_kb=f["peak_rss_kb"],
+        connections=f["devices"],
+        broker_cpu=f["hub_cpu"],
+        gen_cpu=f["gen_cpu"],
+        warnings=doc["notes"],
+        figures=f,
+        failures=doc["failures"],
+    )
+    c = doc["ceiling"]
+    top = None
+    if c is not None:
+        top = RunResult(
+            "signin",
+            "null",
+            ok=c["errors"] == 0,
+            error=None if c["errors"] == 0 else f"{c['errors']} connects failed",
+            rate=c["rate"],
+            gen_cpu=c["gen_cpu"],
+            broker_cpu=c["hub_cpu"],
+            figures=c,
+        )
+    return result, top
+
+
 def describe(r: RunResult, unit: str) -> str:
     if not r.ok:
         return f"FAILED: {r.error}"
@@ -215,6 +279,8 @@ def describe(r: RunResult, unit: str) -> str:
         parts.append(f"do-nothing endpoint {r.baseline_rate:,.0f} req/s")
     if r.lost:
         parts.append(f"lost {r.lost}")
+    if r.failures:
+        parts.append(f"FAILED: {'; '.join(r.failures[:3])}")
     return ", ".join(parts)
 
 
@@ -248,6 +314,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": args.runs,
         "pinning": pinning,
         "idle_connections": connections,
+        "signin_devices": args.devices,
+        "signin_window": args.window,
         "scenarios": args.scenario,
         "brokers": args.broker,
     }
@@ -267,8 +335,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             cs = min(args.seconds, 5.0)
             for name in args.scenario:
                 sc = SCENARIOS[name]
-                if sc.http:
-                    continue  # no null-broker equivalent
+                if sc.http or sc.signin:
+                    continue  # no null-broker equivalent; signin measures its own
                 r, _ = one_run(
                     sc, make_broker("null", broker_cpu, args), cs, args.warmup, connections
                 )
@@ -278,6 +346,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         unavailable: dict[str, str] = {}
         for name in args.scenario:
             sc = SCENARIOS[name]
+            if sc.signin:
+                if "thinghub" not in args.broker or "thinghub" in unavailable:
+                    continue  # the Alibaba sign-in is ThingHub's
+                signin_runs: list[RunResult] = []
+                for i in range(args.runs):
+                    want_ceiling = i == 0 and not args.no_ceiling
+                    r, top = signin_run(args, (broker_cpu, gen_cpu), want_ceiling)
+                    signin_runs.append(r)
+                    all_runs.append(r)
+                    log(f"  thinghub  {name:<11} run {i + 1}: {describe(r, sc.unit)}")
+                    if top is not None:
+                        log(f"  ceiling  {name:<11} {describe(top, sc.unit)}")
+                        ceiling.append(report.summarize(name, "null", [top]))
+                summaries.append(report.summarize(name, "thinghub", signin_runs))
+                continue
             if sc.http:
                 if "thinghub" not in args.broker or "thinghub" in unavailable:
                     continue  # ThingHub's own APIs: nothing to compare with
@@ -327,4 +410,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             report.to_json(machine, versions, settings, ceiling, summaries, all_runs)
         )
         log(f"bench: JSON written to {args.json}")
-    return 130 if interrupted else 0
+    if interrupted:
+        return 130
+    # Wrong, not slow: refused sign-ins or wrong device statuses (bench/signin.py).
+    failed = [
+        s for s in summaries if s.failures or (SCENARIOS[s.scenario].signin and not s.available)
+    ]
+    for s in failed:
+        log(f"bench: {s.scenario} FAILED: {'; '.join(s.failures) or s.error}")
+    return 1 if failed else 0

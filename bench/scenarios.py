@@ -22,6 +22,9 @@ class Scenario:
     # An HTTP API scenario (bench/http_publish.py, bench/aliyun_pub.py): ThingHub only, no
     # null-broker ceiling, reported in its own table beside the do-nothing endpoint.
     http: bool = False
+    # The sign-in scenario (bench/signin.py): ThingHub only, its own hubs and its own table;
+    # its generator ceiling is measured inside it.
+    signin: bool = False
 
 
 def _fanin() -> StreamSpec:
@@ -102,6 +105,13 @@ SCENARIOS: dict[str, Scenario] = {
         Scenario("topics1000", "topics1000: 1 pub -> 1,000 topics/subs", "msgs/s", _topics1000()),
         Scenario("idle10k", "idle10k: 10,000 idle connections", "connects/s", None),
         Scenario(
+            "signin",
+            "signin: Alibaba devices signing in, cold and in a reconnect storm",
+            "connects/s",
+            None,
+            signin=True,
+        ),
+        Scenario(
             "aws-publish",
             "aws-publish: AWS Publish (SigV4), QoS 0 -> 1 MQTT 5 subscriber",
             "req/s",
@@ -124,7 +134,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
     )
 }
-MQTT_SCENARIOS = [name for name, sc in SCENARIOS.items() if not sc.http]
+MQTT_SCENARIOS = [name for name, sc in SCENARIOS.items() if not (sc.http or sc.signin)]
 HTTP_SCENARIOS = [name for name, sc in SCENARIOS.items() if sc.http]
 
 
@@ -153,6 +163,10 @@ class RunResult:
     baseline_rate: float | None = None
     requests_rate: float | None = None
     warnings: list[str] = field(default_factory=list)
+    # The sign-in scenario: its named figures (bench/signin.py ``_figures``), and what makes it
+    # fail (connects refused, wrong device statuses) as opposed to missing a target.
+    figures: dict[str, float | None] = field(default_factory=dict)
+    failures: list[str] = field(default_factory=list)
 
     @classmethod
     def from_stream(cls, scenario: str, broker: str, r: StreamResult) -> RunResult:

@@ -21,7 +21,7 @@ def test_every_scenario_runs_against_thinghub(tmp_path: Path) -> None:
     proc = subprocess.run(
         [
             sys.executable, "-m", "bench", "--quick", "--broker", "thinghub", "--no-ceiling",
-            "--connections", "300", "--json", str(out),
+            "--connections", "300", "--devices", "200", "--json", str(out),
         ],
         cwd=ROOT,
         capture_output=True,
@@ -31,10 +31,10 @@ def test_every_scenario_runs_against_thinghub(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads(out.read_text())
     summary = {row["scenario"]: row for row in report["summary"]}
-    # The five MQTT scenarios and the HTTP APIs at least (other scenarios may join them).
+    # The five MQTT scenarios, the HTTP APIs and the sign-in at least (others may join them).
     mqtt = {"fan-in", "fan-out", "qos1", "topics1000", "idle10k"}
     http = {"aws-publish", "aliyun-pub", "aliyun-batchpub"}
-    assert mqtt | http <= set(summary), set(summary)
+    assert mqtt | http | {"signin"} <= set(summary), set(summary)
     for name, row in summary.items():
         assert row["available"] and row["ok_runs"] == 1, (name, row["error"])
         assert row["median"]["rate"] > 0, name
@@ -48,6 +48,52 @@ def test_every_scenario_runs_against_thinghub(tmp_path: Path) -> None:
     # The printed report is the table the README quotes.
     assert "| fan-in" in proc.stdout and "thinghub" in proc.stdout
     assert "| aliyun-pub" in proc.stdout and "Do-nothing" in proc.stdout
+    assert "### Sign-in: 200 Alibaba devices" in proc.stdout
+
+
+def test_the_signin_scenario_runs(tmp_path: Path) -> None:
+    """`python -m bench --scenario signin` with 300 devices: registered through the API, signed
+    in cold and in a reconnect storm over MQTT 3.1.1 and 5.0, beside as many anonymous clients,
+    with the QoS 0 stream timed throughout and the registry checked after; the generator
+    ceiling measured with it. Figures are reported, never judged here."""
+    out = tmp_path / "signin.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--scenario", "signin", "--quick", "--devices", "300",
+            "--broker", "thinghub", "--json", str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (row,) = [r for r in report["summary"] if r["scenario"] == "signin"]
+    assert row["available"] and row["ok_runs"] == 1 and row["failures"] == [], row
+    figures = row["figures"]
+    assert figures["devices"] == 300 and figures["register_calls"] > 0
+    for mode in ("signed", "anonymous"):
+        for version in (4, 5):
+            for wave in ("cold", "storm"):
+                key = f"{mode}.v{version}.{wave}"
+                # Every client got CONNACK 0, and the stream was timed through the wave.
+                assert figures[f"{key}.connected"] == 300 and figures[f"{key}.errors"] == 0, key
+                assert figures[f"{key}.rate"] > 0, key
+                assert figures[f"{key}.sent"] > 0 and figures[f"{key}.p99_ms"] is not None, key
+            assert figures[f"{mode}.v{version}.baseline.p99_ms"] is not None
+    # With everybody connected every device read ONLINE, and OFFLINE after a graceful stop.
+    for version in (4, 5):
+        assert figures[f"signed.v{version}.wrong_online"] == 0
+        assert figures[f"signed.v{version}.wrong_offline"] == 0
+    assert figures["wrong_statuses"] == 0 and figures["failed_connects"] == 0
+    assert figures["rate"] > 0 and figures["ratio"] > 0 and figures["storm_p99_ms"] > 0
+    (ceiling,) = [r for r in report["ceiling"] if r["scenario"] == "signin"]
+    assert ceiling["available"] and ceiling["median"]["rate"] > 0
+    # The report shows the waves beside their targets.
+    assert "### Sign-in: 300 Alibaba devices" in proc.stdout
+    assert "| storm | 5.0" in proc.stdout and "### Targets" in proc.stdout
+    assert "Signed-in connects/s (slowest wave)" in proc.stdout
 
 
 def test_the_backlog_benchmark_runs(tmp_path: Path) -> None:
@@ -66,3 +112,42 @@ def test_the_backlog_benchmark_runs(tmp_path: Path) -> None:
     assert figures["drained"] == 2000 and figures["drain_s"] > 0
     assert figures["restart_s"] > 0 and figures["rss_after_restart_mb"] > 0
     assert "restart after SIGKILL" in proc.stdout
+
+
+# Run in a child: under pytest the name ``bench`` is this directory, not the harness package.
+_REPORT_CHECK = """
+from bench import report, targets
+
+figures = {
+    "devices": 1000, "rate": 2500.0, "ratio": 0.7, "storm_p99_ms": 80.0,
+    "baseline_p99_ms": 3.0, "wrong_statuses": 2, "failed_connects": 0,
+    "signed.v4.cold.rate": 2500.0, "anonymous.v4.cold.rate": 3000.0, "ratio.v4.cold": 0.83,
+}
+signin = report.Summary(
+    "signin", "thinghub", 1, 1, True, figures=figures, failures=["2 devices not OFFLINE"]
+)
+medians = dict.fromkeys(report.MEDIAN_FIELDS)
+idle = report.Summary("idle10k", "thinghub", 1, 1, True, median={**medians, "kb_per_conn": 2.5})
+mosq = report.Summary("idle10k", "mosquitto", 1, 1, True, median={**medians, "kb_per_conn": 1.0})
+rows = {row[0]: row for row in targets.targets_rows([signin, idle, mosq])}
+assert rows["Signed-in connects/s (slowest wave)"][3] == "MISSED", rows
+assert rows["Signed-in / anonymous (lowest wave)"][3] == "met", rows
+assert rows["QoS 0 p99 during the storms (worst)"][3] == "MISSED", rows
+assert rows["Wrong device statuses"][3] == "FAILED", rows
+assert rows["Failed connects (every wave)"][3] == "met", rows
+idle_row = rows["Memory per idle connection (idle10k)"]
+assert idle_row[3] == "met" and "ThingHub/mosquitto 2.50" in idle_row[4], idle_row
+machine = dict.fromkeys(("cpu", "cores", "memory", "kernel", "python", "event_loop"), "x")
+settings = {"seconds": 1, "warmup": 0, "runs": 1, "pinning": "none"}
+text = report.render(machine, {"thinghub": "0"}, settings, [], [signin, idle], ["thinghub"])
+assert "2,500 (missed)" in text and "**FAILED**: 2 devices not OFFLINE" in text, text
+"""
+
+
+def test_the_report_marks_missed_targets_and_failures() -> None:
+    """A missed target is marked MISSED beside its figure, a wrong status FAILED (the report
+    code alone, no hub)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _REPORT_CHECK], cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
