@@ -34,6 +34,7 @@ import ipaddress
 import logging
 import os
 import resource
+import sys
 import time
 from collections.abc import Callable
 
@@ -143,29 +144,8 @@ class FileDescriptors:
         self._delta = 0
 
 
-class Ticket:
-    """One admitted connection's place in the counts; the transport calls ``connect_done``
-    once the broker has answered its CONNECT and ``release`` when it closes."""
-
-    __slots__ = ("_gate", "address", "pending", "released")
-
-    def __init__(self, gate: AdmissionGate, address: str) -> None:
-        self._gate = gate
-        self.address = address
-        self.pending = True
-        self.released = False
-
-    def connect_done(self) -> None:
-        if self.pending:
-            self.pending = False
-            self._gate._connect_done()
-
-    def release(self) -> None:
-        if not self.released:
-            self.released = True
-            self.connect_done()
-            self._gate._release(self.address)
-
+#: The key of every connection when connections are not counted per address.
+_UNCOUNTED = ""
 
 _FD = "fd"
 _ADDRESS = "address"
@@ -223,8 +203,13 @@ class AdmissionGate:
 
     # MQTT connections -----------------------------------------------------------------------
 
-    def admit(self, host: str) -> Ticket | None:
-        """A ticket for a new connection from ``host``, or None: close it at once."""
+    def admit(self, host: str) -> str | None:
+        """Admit a new connection from ``host``, or refuse it (None: close it at once).
+
+        An admitted connection is counted until it is given back with :meth:`release`, under
+        the key returned here, and waits for its CONNECT until :meth:`connect_done`. The key
+        is all a connection holds of the gate: one interned string per source address, shared
+        by all its connections ("" when connections are not counted per address)."""
         fds = self._fds
         if fds is not None:
             free = fds.free()
@@ -233,8 +218,10 @@ class AdmissionGate:
                 self._refused(_FD, self._fd_reserve)
                 return None
             self._accepting(_FD)
-        address = address_key(host)
+        address = _UNCOUNTED
+        held = 0
         if self._per_address:
+            address = address_key(host)
             held = self._by_address.get(address, 0)
             if held >= self._per_address:
                 self.refused_per_address += 1
@@ -252,27 +239,37 @@ class AdmissionGate:
             self.refused_pending += 1
             self._refused(_PENDING, self._max_pending)
             return None
-        self._by_address[address] = self._by_address.get(address, 0) + 1
+        if self._per_address:
+            address = sys.intern(address)
+            self._by_address[address] = held + 1
         self.connections += 1
         self.pending += 1
         if fds is not None:
             fds.opened()
-        return Ticket(self, address)
+        return address
 
-    def _connect_done(self) -> None:
+    def connect_done(self) -> None:
+        """An admitted connection's CONNECT was answered (accepted or refused): it no longer
+        counts as pending (MQTT 5.0 §3.1.4). Call it once per connection, and not after
+        ``release``."""
         self.pending -= 1
         if _PENDING in self._episodes and self.pending < self._max_pending:
             self._accepting(_PENDING)
 
-    def _release(self, address: str) -> None:
+    def release(self, address: str, *, pending: bool) -> None:
+        """An admitted connection closed; ``pending``: before :meth:`connect_done`."""
+        if pending:
+            self.connect_done()
         self.connections -= 1
+        if self._fds is not None:
+            self._fds.closed()
+        if not self._per_address:
+            return
         held = self._by_address[address] - 1
         if held:
             self._by_address[address] = held
         else:
             del self._by_address[address]
-        if self._fds is not None:
-            self._fds.closed()
         if self._refusing_addresses and held < self._per_address:
             refused = self._refusing_addresses.pop(address, None)
             if refused is not None:

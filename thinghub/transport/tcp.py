@@ -6,7 +6,14 @@ Every connection first passes the admission gate (``admission.py``): refused one
 at once, before the broker sees them. A TLS connection passes it before its handshake (the
 listener is plain TCP, and ``TLSAdmission`` wraps each admitted connection in the event loop's
 own TLS layer), so that silent sockets on the TLS port are bounded like any others and a
-handshake that does not finish within the CONNECT timeout ends the connection."""
+handshake that does not finish within the CONNECT timeout ends the connection.
+
+Most connections of a fleet sit idle, so what one holds between packets is kept small: the
+protocol object (nine slots; what all connections of a listener share sits in one
+``Listener``), its peer address, and nothing else of this module's: the write buffer exists
+only from a write to the flush in the same loop iteration, the local address is asked of the
+transport when wanted, and the place at the admission gate is the gate's interned address key,
+not an object. Timeouts are not timers of the connection either (broker/timeouts.py)."""
 
 from __future__ import annotations
 
@@ -19,56 +26,79 @@ from typing import Any
 
 from ..broker.broker import Broker
 from ..broker.client import Client
-from .admission import AdmissionGate, Ticket
+from .admission import AdmissionGate
 
 log = logging.getLogger("thinghub.transport")
 
 
+class Listener:
+    """What every connection of one listener shares: one reference per connection instead of
+    one per item (each slot of a connection costs 8 bytes, times every idle connection)."""
+
+    __slots__ = ("broker", "gate", "loop")
+
+    def __init__(
+        self, broker: Broker, loop: asyncio.AbstractEventLoop, gate: AdmissionGate | None
+    ) -> None:
+        self.broker = broker
+        self.loop = loop
+        self.gate = gate
+
+
 class MQTTStreamProtocol(asyncio.Protocol):
-    """One client connection; implements the broker's ``Link``."""
+    """One client connection; implements the broker's ``Link``.
+
+    It holds only what a connection needs while it is idle: no write buffer between writes
+    (``_pending`` exists from a write to the flush that follows in the same loop iteration),
+    no local address (asked of the transport when the HTTP APIs want it), and its place at the
+    admission gate as the address key the gate counts it under, not an object of its own."""
 
     __slots__ = (
+        "_address",
         "_awaiting_connect",
-        "_broker",
         "_client",
         "_close_after_flush",
-        "_gate",
-        "_loop",
+        "_listener",
         "_pending",
         "_pending_bytes",
-        "_ticket",
         "_transport",
-        "local",
         "peer",
     )
 
-    def __init__(
-        self,
-        broker: Broker,
-        loop: asyncio.AbstractEventLoop,
-        gate: AdmissionGate | None = None,
-        ticket: Ticket | None = None,
-    ) -> None:
-        self._broker = broker
-        self._loop = loop
+    def __init__(self, listener: Listener, address: str | None = None) -> None:
+        self._listener = listener
         self._transport: asyncio.Transport | None = None
         self._client: Client | None = None
-        self._pending: list[bytes] = []
+        self._pending: list[bytes] | None = None
         self._pending_bytes = 0
         self._close_after_flush = False
-        # Admission (admission.py): asked in connection_made unless a ticket came with the
-        # connection (TLS, admitted before its handshake).
-        self._gate = gate
-        self._ticket = ticket
-        self._awaiting_connect = ticket is not None
+        # Admission (admission.py): the key this connection is counted under at the gate, None
+        # when it is not counted (no gate, or released). Asked in connection_made unless the
+        # connection came admitted (TLS, admitted before its handshake).
+        self._address = address
+        # Counted as waiting for its CONNECT (mqtt.max_pending_connects).
+        self._awaiting_connect = address is not None
         self.peer = "?"
-        # The hub's own address of this connection ("ip:port"), for the HTTP APIs.
-        self.local = "?"
 
     @property
     def connected(self) -> bool:
         """Whether ``connection_made`` has run (a TLS connection: its handshake is done)."""
         return self._transport is not None
+
+    @property
+    def local(self) -> str:
+        """The hub's own address of this connection ("ip:port"), for the HTTP APIs; "?" when
+        the transport cannot tell (closed)."""
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return "?"
+        try:
+            sockname = transport.get_extra_info("sockname")
+        except OSError:
+            return "?"
+        if isinstance(sockname, tuple) and len(sockname) >= 2:
+            return f"{sockname[0]}:{sockname[1]}"
+        return "?"
 
     # asyncio.Protocol ---------------------------------------------------------
 
@@ -78,18 +108,17 @@ class MQTTStreamProtocol(asyncio.Protocol):
         peername = transport.get_extra_info("peername")
         if isinstance(peername, tuple) and len(peername) >= 2:
             self.peer = f"{peername[0]}:{peername[1]}"
-        sockname = transport.get_extra_info("sockname")
-        if isinstance(sockname, tuple) and len(sockname) >= 2:
-            self.local = f"{sockname[0]}:{sockname[1]}"
-        gate = self._gate
-        if gate is not None and self._ticket is None:
+        listener = self._listener
+        gate = listener.gate
+        if gate is not None and self._address is None:
             host = peername[0] if isinstance(peername, tuple) and peername else "?"
-            self._ticket = gate.admit(str(host))
-            if self._ticket is None:
+            address = gate.admit(str(host))
+            if address is None:
                 transport.close()  # refused: the broker never sees it
                 return
+            self._address = address
             self._awaiting_connect = True
-        self._client = self._broker.connection_made(self)
+        self._client = listener.broker.connection_made(self)
 
     def data_received(self, data: bytes) -> None:
         client = self._client
@@ -99,44 +128,51 @@ class MQTTStreamProtocol(asyncio.Protocol):
             # counts as waiting for CONNECT (the broker handles CONNECT synchronously).
             if self._awaiting_connect and (client.connected or client.closed):
                 self._awaiting_connect = False
-                if self._ticket is not None:
-                    self._ticket.connect_done()
+                gate = self._listener.gate
+                if gate is not None and self._address is not None:
+                    gate.connect_done()
 
     def eof_received(self) -> bool | None:
         return None  # close the transport; connection_lost follows
 
     def connection_lost(self, exc: Exception | None) -> None:
         client, self._client = self._client, None
-        self._pending.clear()
+        self._pending = None
         self._pending_bytes = 0
-        ticket, self._ticket = self._ticket, None
-        if ticket is not None:
-            ticket.release()
+        self.release()
         if client is not None:
             client.connection_lost()
+
+    def release(self) -> None:
+        """Give this connection's place at the admission gate back (once; later calls do
+        nothing)."""
+        address, self._address = self._address, None
+        gate = self._listener.gate
+        if address is not None and gate is not None:
+            gate.release(address, pending=self._awaiting_connect)
+        self._awaiting_connect = False
 
     # Link ---------------------------------------------------------------------
 
     def write(self, data: bytes) -> None:
         if self._close_after_flush or self._transport is None:
             return
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(data)
+        pending = self._pending
+        if pending is None:
+            self._pending = [data]
+            self._listener.loop.call_soon(self._flush)
+        else:
+            pending.append(data)
         self._pending_bytes += len(data)
 
     def _flush(self) -> None:
         transport = self._transport
-        pending = self._pending
+        pending, self._pending = self._pending, None
+        self._pending_bytes = 0
         if transport is None or transport.is_closing():
-            pending.clear()
-            self._pending_bytes = 0
             return
         if pending:
-            data = pending[0] if len(pending) == 1 else b"".join(pending)
-            pending.clear()
-            self._pending_bytes = 0
-            transport.write(data)
+            transport.write(pending[0] if len(pending) == 1 else b"".join(pending))
         if self._close_after_flush:
             transport.close()
 
@@ -144,8 +180,8 @@ class MQTTStreamProtocol(asyncio.Protocol):
         if self._transport is None or self._close_after_flush:
             return
         self._close_after_flush = True
-        if not self._pending:
-            self._loop.call_soon(self._flush)
+        if self._pending is None:
+            self._listener.loop.call_soon(self._flush)
 
     def buffered(self) -> int:
         transport = self._transport
@@ -157,57 +193,49 @@ class MQTTStreamProtocol(asyncio.Protocol):
 class TLSAdmission(asyncio.Protocol):
     """A new connection on the TLS port, admitted (or refused) before its handshake, then
     wrapped in the event loop's own TLS layer around an :class:`MQTTStreamProtocol` that
-    holds its ticket: exactly what ``loop.create_server(ssl=...)`` does for each connection
-    (uvloop's ``UVStreamServer._on_listen``, asyncio's ``_accept_connection2``), with the gate
-    in front. Done within ``connection_made``, so that no byte of the handshake can arrive
-    before the TLS layer is there (``loop.start_tls`` would start only on the next loop
-    iteration). The handshake must end within ``mqtt.connect_timeout``."""
+    holds its place at the gate: exactly what ``loop.create_server(ssl=...)`` does for each
+    connection (uvloop's ``UVStreamServer._on_listen``, asyncio's ``_accept_connection2``),
+    with the gate in front. Done within ``connection_made``, so that no byte of the handshake
+    can arrive before the TLS layer is there (``loop.start_tls`` would start only on the next
+    loop iteration). The handshake must end within ``mqtt.connect_timeout``."""
 
-    __slots__ = ("_broker", "_context", "_gate", "_loop")
+    __slots__ = ("_listener", "_ssl")
 
-    def __init__(
-        self,
-        broker: Broker,
-        loop: asyncio.AbstractEventLoop,
-        context: ssl.SSLContext,
-        gate: AdmissionGate | None,
-    ) -> None:
-        self._broker = broker
-        self._loop = loop
-        self._context = context
-        self._gate = gate
+    def __init__(self, listener: Listener, ssl_context: ssl.SSLContext) -> None:
+        self._listener = listener
+        self._ssl = ssl_context
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        ticket = None
-        if self._gate is not None:
+        listener = self._listener
+        address = None
+        if listener.gate is not None:
             peername = transport.get_extra_info("peername")
             host = peername[0] if isinstance(peername, tuple) and peername else "?"
-            ticket = self._gate.admit(str(host))
-            if ticket is None:
+            address = listener.gate.admit(str(host))
+            if address is None:
                 transport.close()
                 return
-        loop = self._loop
-        protocol = MQTTStreamProtocol(self._broker, loop, ticket=ticket)
+        loop = listener.loop
+        protocol = MQTTStreamProtocol(listener, address)
         waiter: asyncio.Future[None] = loop.create_future()
         tls = _ssl_protocol_class(loop)(
             loop,
             protocol,
-            self._context,
+            self._ssl,
             waiter,
             server_side=True,
-            ssl_handshake_timeout=self._broker.settings.connect_timeout,
+            ssl_handshake_timeout=listener.broker.settings.connect_timeout,
         )
         transport.set_protocol(tls)
         tls.connection_made(transport)
 
         def handshake_done(done: asyncio.Future[None]) -> None:
             # A failed handshake (or a connection lost during it) never reaches the MQTT
-            # protocol, whose connection_lost would release the ticket.
+            # protocol's connection_lost, which would give its place at the gate back.
             failed = done.cancelled() or done.exception() is not None
             if failed or not protocol.connected:
                 transport.close()
-                if ticket is not None:
-                    ticket.release()
+                protocol.release()
 
         waiter.add_done_callback(handshake_done)
 
@@ -231,17 +259,18 @@ async def start_tcp_listener(
     """Serve MQTT on ``host:port`` (TLS with ``ssl_context``), admitting connections through
     ``gate`` when given."""
     loop = asyncio.get_running_loop()
+    listener = Listener(broker, loop, gate)
     factory: Callable[[], asyncio.Protocol]
     if ssl_context is None:
 
         def factory() -> asyncio.Protocol:
-            return MQTTStreamProtocol(broker, loop, gate)
+            return MQTTStreamProtocol(listener)
 
     else:
         context = ssl_context
 
         def factory() -> asyncio.Protocol:
-            return TLSAdmission(broker, loop, context, gate)
+            return TLSAdmission(listener, context)
 
     return await loop.create_server(factory, host=host, port=port, reuse_address=True, backlog=4096)
 

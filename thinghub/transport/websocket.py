@@ -72,19 +72,23 @@ def websocket_handler(
     max_frame = broker.settings.max_packet_size + 8
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        ticket = None
+        # The key this connection is counted under at the gate, and whether it still waits
+        # for its CONNECT (see admission.py and tcp.py).
+        address = None
+        pending = False
         if gate is not None:
-            ticket = gate.admit(request.remote or "?")
-            if ticket is None:
+            address = gate.admit(request.remote or "?")
+            if address is None:
                 refused = web.Response(status=503, text="too many connections")
                 refused.force_close()
                 return refused
+            pending = True
         try:
             ws = web.WebSocketResponse(protocols=("mqtt",), max_msg_size=max_frame, autoping=True)
             await ws.prepare(request)
         except BaseException:
-            if ticket is not None:
-                ticket.release()
+            if gate is not None and address is not None:
+                gate.release(address, pending=pending)
             raise
         peer = f"ws:{request.remote}"
         link = WebSocketLink(ws, peer)
@@ -94,12 +98,10 @@ def websocket_handler(
             async for frame in ws:
                 if frame.type == WSMsgType.BINARY:
                     client.data_received(frame.data)
-                    if (
-                        ticket is not None
-                        and ticket.pending
-                        and (client.connected or client.closed)
-                    ):
-                        ticket.connect_done()  # CONNECT answered (see tcp.py)
+                    if pending and (client.connected or client.closed):
+                        pending = False
+                        if gate is not None:
+                            gate.connect_done()  # CONNECT answered (see tcp.py)
                     if client.closed:
                         break
                 elif frame.type == WSMsgType.TEXT:
@@ -111,8 +113,8 @@ def websocket_handler(
             # The client is gone first (its will must not wait for a closing handshake with
             # a peer that may have vanished), then the writer flushes and closes.
             client.connection_lost()
-            if ticket is not None:
-                ticket.release()
+            if gate is not None and address is not None:
+                gate.release(address, pending=pending)
             link.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer, timeout=5)
