@@ -116,7 +116,10 @@ class Hub:
         # Devices are offline until they sign in again, whatever the last run recorded.
         registry.mark_all_offline()
         self.presence_writer = PresenceWriter(
-            self._store, registry.presence, batch=settings.registry.presence_batch
+            self._store,
+            registry.presence,
+            batch=settings.registry.presence_batch,
+            interval_s=settings.registry.presence_interval,
         )
         self.presence_writer.start(loop)
         self.registry_writer = RegistryWriter(max_pending=settings.registry.max_pending_writes)

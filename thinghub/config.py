@@ -76,6 +76,9 @@ class MQTTSettings:
     # Connections that have not finished CONNECT yet, hub-wide: past it new connections are
     # closed at once (a flood of silent sockets cannot starve the hub of descriptors).
     max_pending_connects: int = 5000
+    # CONNECTs handled per turn of the event loop (0: no limit); the rest wait for the next
+    # turn, so a fleet signing in at once cannot hold up established clients' traffic.
+    connects_per_turn: int = 64
     # Connections from one source address (0: no limit); past it new ones are closed at once.
     max_connections_per_address: int = 10_000
     # File descriptors kept free for established clients, the HTTP port and the stores: new
@@ -160,8 +163,10 @@ class RegistrySettings:
     # batch rewrites every device's status from the hub's memory (statuses stay right; the
     # sign-in times of devices that came and went meanwhile are lost).
     presence_max_pending: int = 200_000
-    # Presence changes written in one transaction (one fsync).
+    # Presence changes written in one transaction (one fsync), and how long the writer lets
+    # changes gather before it takes a batch (seconds): how far registry.db may lag.
     presence_batch: int = 10_000
+    presence_interval: float = 0.1
     # Registry writes made through the APIs, waiting for the registry writer (503 beyond).
     max_pending_writes: int = 10_000
 
@@ -189,6 +194,7 @@ class Settings:
             (m.max_queued_messages >= 0, "mqtt.max_queued_messages must be >= 0"),
             (m.queue_page_messages >= 1, "mqtt.queue_page_messages must be >= 1"),
             (m.max_connections >= 1, "mqtt.max_connections must be >= 1"),
+            (m.connects_per_turn >= 0, "mqtt.connects_per_turn must be >= 0"),
             (
                 m.server_keep_alive is None or 0 <= m.server_keep_alive <= 65535,
                 "mqtt.server_keep_alive must be 0..65535",

@@ -169,6 +169,9 @@ class InMemoryHub:
         # The broker's rules are tested with anonymous clients unless a test says otherwise
         # (device credentials are the registry's business).
         settings.setdefault("allow_anonymous", True)
+        # Time moves only when a test says so: CONNECTs are not spread over loop turns here
+        # unless a test asks (test_broker_robustness.py tests that spreading).
+        settings.setdefault("connects_per_turn", 0)
         self.settings = MQTTSettings(**settings)
         self.clock = FakeClock()
         self.store: BrokerStore = MemoryStore() if store is None else store

@@ -46,7 +46,7 @@ def connected(
     connect = Connect(protocol_version=version, client_id="dev1")
     assert conn.receive_data(encode(connect, version)) == [connect]
     assert conn.version == version
-    assert conn.connect == connect
+    assert conn.connect_received
     return conn
 
 

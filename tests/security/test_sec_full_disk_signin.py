@@ -23,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sec_paho_device import PahoDevice
-from sechub import Filler, SecHub, publish_qos1
+from sechub import Filler, SecHub, publish_qos1, wait_for
 
 pytestmark = pytest.mark.thinghub_only
 
@@ -62,6 +62,11 @@ def test_device_signs_in_and_drains_its_queue_on_a_full_disk(hub: SecHub) -> Non
         assert not back.closed.is_set(), f"dropped with reason {back.disconnect_reason}"
         back.stop()
 
+    # The presence writer lets changes gather (registry.presence_interval) before it tries.
+    wait_for(
+        lambda: any("status cannot be written" in line for line in hub.output),
+        what="the presence writer to meet the full disk",
+    )
     warnings = [line for line in hub.output if "status cannot be written" in line]
     assert len(warnings) == 1, hub.log()
     assert "0x83" not in hub.log() and "Traceback" not in hub.log(), hub.log()

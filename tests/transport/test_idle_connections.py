@@ -262,10 +262,6 @@ def test_sockets_that_never_send_connect_are_closed_by_the_connect_timeout(
 # --------------------------------------------------------------------------- what one holds
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Client still sets a loop timer per connection (broker/timeouts.py not wired in)",
-)
 @pytest.mark.parametrize("version", [4, 5], ids=["v311", "v5"])
 def test_an_idle_connection_holds_no_timer_of_its_own(
     start: Callable[..., Running], sockets: list[socket.socket], version: int
@@ -278,10 +274,6 @@ def test_an_idle_connection_holds_no_timer_of_its_own(
     assert hub.on_loop(_live_timers) - before < 10
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Client still sets a loop timer per connection (broker/timeouts.py not wired in)",
-)
 def test_a_socket_waiting_for_connect_holds_no_timer_of_its_own(
     start: Callable[..., Running], sockets: list[socket.socket]
 ) -> None:

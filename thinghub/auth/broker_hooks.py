@@ -213,6 +213,10 @@ class RegistryHooks:
     def connected(self, client: ClientInfo) -> None:
         identity = client.subject
         key = session_key(client.account, client.client_id)
+        # The session's own key string as the dict key: one copy per session, not two.
+        session = self._broker.sessions.get(key) if self._broker is not None else None
+        if session is not None:
+            key = session.key
         if not isinstance(identity, DeviceIdentity):
             self.owners[key] = ANONYMOUS
             return

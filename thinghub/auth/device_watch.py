@@ -54,6 +54,10 @@ __all__ = ["BATCH_SIZE", "WATCH_INTERVAL_S", "DeviceWatch"]
 
 log = logging.getLogger("thinghub.auth")
 
+# The sign-in cache's TTL while the watch runs (Registry.device_cache_ttl_s): a safety net
+# only, the watch's poll is what notices other processes' writes.
+WATCHED_DEVICE_CACHE_TTL_S = 300.0
+
 # How often the registry file is checked for other processes' writes: a device deleted or
 # disabled from the command line loses its connection within about this long (plus one read).
 WATCH_INTERVAL_S = 0.5
@@ -137,6 +141,12 @@ class DeviceWatch:
         conn.execute("PRAGMA busy_timeout = 1000")
         self._version = self._registry.store.data_version()  # the baseline
         self._conn = conn
+        # From now on a write by another process empties the sign-in cache within a poll
+        # (_compare), so cached devices may live long: a fleet that reconnects minutes later
+        # signs in from memory.
+        self._registry.device_cache_ttl_s = max(
+            self._registry.device_cache_ttl_s, WATCHED_DEVICE_CACHE_TTL_S
+        )
 
     def _close(self) -> None:
         if self._conn is not None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -43,6 +44,7 @@ from .queue import DeliveryContext, Outgoing, deliver_now
 from .session import Session, SharedGroup, SubscriptionEntry, TimerHandle, Will
 from .space import RetainedBudget, TopicSpace, Watch
 from .stats import Stats
+from .timeouts import Deadlines
 
 log = logging.getLogger("thinghub.broker")
 
@@ -95,8 +97,16 @@ class Broker:
         # Sessions by Session.key (account and client id).
         self.sessions: dict[str, Session] = {}
         self.clients: set[Client] = set()
+        # The CONNECT timeouts and keep alives of every connection, on one timer
+        # (timeouts.py): a loop timer per connection would cost ~600 bytes each.
+        self.deadlines: Deadlines[Client] = Deadlines(Client.deadline_passed, clock)
         # One topic space per account: nothing crosses accounts (see space.py).
         self.spaces: dict[str, TopicSpace] = {}
+        # CONNECTs handled in this turn of the loop, and the clients whose CONNECT waits for
+        # a later turn (mqtt.connects_per_turn; see may_connect_now).
+        self._connects_this_turn = 0
+        self._turn_scheduled = False
+        self._waiting_connects: deque[Client] = deque()
         # Services answering requests on reserved topics, by topic prefix (see intercept).
         self._interceptors: dict[str, Callable[[Message], bool]] = {}
         self._intercepted_prefixes: tuple[str, ...] = ()
@@ -132,6 +142,41 @@ class Broker:
         self.clients.add(client)
         return client
 
+    def may_connect_now(self, client: Client) -> bool:
+        """Whether ``client`` may handle its CONNECT in this turn of the event loop. A sign-in
+        costs far more than a message (a signature to check, a session to open), and a fleet
+        coming back at once brings thousands in one turn: at most ``mqtt.connects_per_turn``
+        are handled per turn, the others wait, in order, for the next turns
+        (``Client.resume_connect``), while established clients' traffic flows in between."""
+        limit = self.settings.connects_per_turn
+        if not limit:
+            return True
+        self._schedule_turn()
+        if self._waiting_connects or self._connects_this_turn >= limit:
+            self._waiting_connects.append(client)
+            return False
+        self._connects_this_turn += 1
+        return True
+
+    def _schedule_turn(self) -> None:
+        if not self._turn_scheduled:
+            self._turn_scheduled = True
+            self.clock.call_later(0, self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._turn_scheduled = False
+        self._connects_this_turn = 0
+        waiting = self._waiting_connects
+        limit = self.settings.connects_per_turn
+        while waiting and self._connects_this_turn < limit:
+            client = waiting.popleft()
+            if client.closed:
+                continue
+            self._connects_this_turn += 1
+            client.resume_connect()
+        if waiting:
+            self._schedule_turn()
+
     def open_session(self, client: Client, clean_start: bool, expiry: int) -> tuple[Session, bool]:
         """Attach ``client`` to its session (§3.1.2.4), taking over any live connection.
         Returns the session and the Session Present flag."""
@@ -160,7 +205,8 @@ class Broker:
         present = session is not None
         if session is None:
             session = Session(client_id, expiry, client.account, self.delivery_context)
-            self.sessions[key] = session
+            # Keyed by the session's own key string: one copy per session, not two.
+            self.sessions[session.key] = session
         if present and expiry == 0 and session.persistent:
             # The expiry a CONNECT asks for decides what happens when *this* connection ends
             # (§3.1.2.11.2); the session it resumes is still what it was, with its queue on

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Protocol
 from ..message import Message
 from ..mqtt import codec
 from ..mqtt.connection import ServerConnection
-from ..mqtt.errors import MQTTError, ProtocolError
+from ..mqtt.errors import MQTTError, PacketTooLarge, ProtocolError
 from ..mqtt.packets import (
     Auth,
     ConnAck,
@@ -44,7 +44,7 @@ from ..topics import validate_topic_filter, validate_topic_name
 from .admission import PublishRefused, Refusal
 from .auth import ClientInfo
 from .queue import Outgoing, PubRecOutcome
-from .session import Session, TimerHandle, Will
+from .session import Session, Will
 
 if TYPE_CHECKING:
     from .broker import Broker
@@ -84,7 +84,7 @@ class Client:
     __slots__ = (
         "_acks_waiting",
         "_aliases_out",
-        "_keep_alive_timer",
+        "_held",
         "account",
         "alias_maximum_out",
         "broker",
@@ -131,22 +131,38 @@ class Client:
         self.window = settings.max_inflight
         self.max_packet_size = 268_435_460
         self.alias_maximum_out = 0
-        self._aliases_out: dict[str, int] = {}
+        # Topic aliases this client was given (§3.3.2.3.4); None until the first one (an
+        # empty dict costs 64 bytes on every idle connection).
+        self._aliases_out: dict[str, int] | None = None
         # Acknowledgements waiting for the store's commit (see _acknowledge).
         self._acks_waiting = 0
+        # Bytes received before the CONNECT's turn came (Broker.may_connect_now): None once
+        # the connection may be served, b"" (or more) while it waits.
+        self._held: bytes | None = b""
         self.will: Will | None = None
         self.will_delay = 0
         self.keep_alive = 0
         self.last_received = broker.clock.time()
-        self._keep_alive_timer: TimerHandle | None = broker.clock.call_later(
-            settings.connect_timeout, self._connect_timed_out
-        )
+        # The CONNECT timeout, then the keep alive: a deadline in the broker's wheel
+        # (broker/timeouts.py), not a timer per connection.
+        broker.deadlines.arm(self, self.last_received + settings.connect_timeout)
 
     # ------------------------------------------------------------------ transport events
 
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
+        held = self._held
+        if held is not None:
+            # Not served yet: its CONNECT waits for a turn of the loop with room for it.
+            if held or not self.broker.may_connect_now(self):
+                if len(held) + len(data) > self.broker.settings.max_packet_size + 5:
+                    # A client does not send more than a CONNECT before its CONNACK (§3.1.4).
+                    self._protocol_error(PacketTooLarge("too much data before the CONNACK"))
+                    return
+                self._held = held + data
+                return
+            self._held = None
         self.last_received = self.broker.clock.time()
         failure: MQTTError | None = None
         try:
@@ -173,11 +189,15 @@ class Client:
             self.broker.stats.protocol_errors += 1
             self.disconnect(ReasonCode.IMPLEMENTATION_SPECIFIC_ERROR)
 
+    def resume_connect(self) -> None:
+        """The CONNECT's turn has come (Broker.may_connect_now): serve what was received."""
+        held, self._held = self._held, None
+        if held:
+            self.data_received(held)
+
     def connection_lost(self) -> None:
         """The transport closed, for whatever reason: abnormal unless DISCONNECT came first."""
-        if self._keep_alive_timer is not None:
-            self._keep_alive_timer.cancel()
-            self._keep_alive_timer = None
+        self.broker.deadlines.disarm(self)
         self.broker.clients.discard(self)
         self.closed = True
         self._tell_disconnected()
@@ -250,7 +270,10 @@ class Client:
             return
         if new_alias is not None:
             # Only a packet that is really sent establishes an alias (§3.3.2.3.4).
-            self._aliases_out[new_alias] = len(self._aliases_out) + 1
+            aliases = self._aliases_out
+            if aliases is None:
+                aliases = self._aliases_out = {}
+            aliases[new_alias] = len(aliases) + 1
         self.broker.stats.messages_delivered += 1
         self.link.write(data)
 
@@ -267,12 +290,13 @@ class Client:
             changes["message_expiry_interval"] = message.remaining_expiry(self.broker.clock.time())
         new_alias: str | None = None
         if self.alias_maximum_out:
-            alias = self._aliases_out.get(topic)
+            aliases = self._aliases_out or {}
+            alias = aliases.get(topic)
             if alias is not None:
                 changes["topic_alias"] = alias
                 topic = ""
-            elif len(self._aliases_out) < self.alias_maximum_out:
-                changes["topic_alias"] = len(self._aliases_out) + 1
+            elif len(aliases) < self.alias_maximum_out:
+                changes["topic_alias"] = len(aliases) + 1
                 new_alias = topic
         if changes:
             props = replace(props, **changes)  # type: ignore[arg-type]
@@ -344,9 +368,7 @@ class Client:
         self.disconnect(ReasonCode.SESSION_TAKEN_OVER)
         self._tell_disconnected()
         self.connected = False
-        if self._keep_alive_timer is not None:
-            self._keep_alive_timer.cancel()
-            self._keep_alive_timer = None
+        self.broker.deadlines.disarm(self)
         self.broker.clients.discard(self)
         will, self.will = self.will, None
         if session is not None and session.client is self:
@@ -361,38 +383,35 @@ class Client:
 
     # ------------------------------------------------------------------ keep alive
 
-    def _connect_timed_out(self) -> None:
-        self._keep_alive_timer = None
-        if not self.connected and not self.closed:
-            log.info(
-                "closing %s: no CONNECT within %ss",
-                self.link.peer,
-                self.broker.settings.connect_timeout,
-            )
-            self._close()
-
-    def _check_keep_alive(self) -> None:
-        # Checked lazily: the timer fires once per interval and re-arms for the time left,
-        # so a busy connection costs no timer work per packet.
-        self._keep_alive_timer = None
+    def deadline_passed(self) -> None:
+        """The broker's deadline wheel (broker/timeouts.py) hands the client over: before
+        CONNECT, the CONNECT timeout has run out; after it, the keep alive may have. Checked
+        lazily: the deadline is armed once per keep-alive period, not per packet, and re-armed
+        here for the time left when packets came meanwhile."""
         if self.closed:
             return
-        limit = self.keep_alive * 1.5  # [MQTT-3.1.2-22]
-        idle = self.broker.clock.time() - self.last_received
-        if idle >= limit:
-            log.info("closing %s: keep alive of %ss expired", self.client_id, self.keep_alive)
-            self.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
+        broker = self.broker
+        if not self.connected:
+            log.info(
+                "closing %s: no CONNECT within %ss", self.link.peer, broker.settings.connect_timeout
+            )
+            self._close()
             return
-        self._keep_alive_timer = self.broker.clock.call_later(limit - idle, self._check_keep_alive)
+        if not self.keep_alive:
+            return
+        due = self.last_received + self.keep_alive * 1.5  # [MQTT-3.1.2-22]
+        if broker.clock.time() < due:
+            broker.deadlines.arm(self, due)
+            return
+        log.info("closing %s: keep alive of %ss expired", self.client_id, self.keep_alive)
+        self.disconnect(ReasonCode.KEEP_ALIVE_TIMEOUT)
 
     # ------------------------------------------------------------------ handlers
 
     def _handle_connect(self, packet: Connect) -> None:
         broker = self.broker
         settings = broker.settings
-        if self._keep_alive_timer is not None:
-            self._keep_alive_timer.cancel()
-            self._keep_alive_timer = None
+        broker.deadlines.disarm(self)  # the CONNECT came in time
         self.version = packet.protocol_version
         self.is_v5 = is_v5 = packet.protocol_version == ProtocolVersion.V5
         props = packet.properties
@@ -536,9 +555,7 @@ class Client:
         self.connected_at_ms = int(time.time() * 1000)
         self._notify_observers(info, connected=True)
         if keep_alive:
-            self._keep_alive_timer = broker.clock.call_later(
-                keep_alive * 1.5, self._check_keep_alive
-            )
+            broker.deadlines.arm(self, self.last_received + keep_alive * 1.5)
         session.delivery.resume(self)
 
     def resend(self, out: Outgoing) -> None:

@@ -933,9 +933,10 @@ class Decoder:
         self._version: ProtocolVersion | None = None
         # What each possible first byte means in the current state (fixed_header).
         self._verdicts: Verdicts = BEFORE_CONNECT
-        # Unconsumed bytes as chunks, their total length, and how many bytes must be
-        # buffered before another packet can possibly complete.
-        self._pending: list[bytes] = []
+        # Unconsumed bytes as chunks (None when there are none: most connections sit idle
+        # between whole packets, and an empty list costs 56 bytes each), their total length,
+        # and how many bytes must be buffered before another packet can possibly complete.
+        self._pending: list[bytes] | None = None
         self._pending_len = 0
         self._need = 0
 
@@ -972,7 +973,7 @@ class Decoder:
             if self._pending_len < self._need:
                 return []
             buf = b"".join(self._pending)
-            self._pending = []
+            self._pending = None
             self._pending_len = 0
         else:
             buf = bytes(data)  # no copy for bytes; snapshots a caller's bytearray

@@ -54,7 +54,7 @@ class ServerConnection:
         "_decoder",
         "_error",
         "_inflight",
-        "connect",
+        "connect_received",
         "receive_maximum",
         "topic_alias_maximum",
     )
@@ -67,10 +67,14 @@ class ServerConnection:
         self._decoder = Decoder(max_packet_size, server=True)
         self.receive_maximum = receive_maximum
         self.topic_alias_maximum = topic_alias_maximum
-        self.connect: Connect | None = None
-        self._aliases: dict[int, str] = {}
-        # Packet ids of QoS 1/2 PUBLISHes received and not completed by the server yet.
-        self._inflight: set[int] = set()
+        # Whether the CONNECT came (only that: the packet itself, with its password, is not
+        # kept for the life of the connection).
+        self.connect_received = False
+        # Inbound Topic Aliases, and the packet ids of QoS 1/2 PUBLISHes received and not
+        # completed by the server yet: both None until first used, since an idle connection
+        # has neither (an empty dict costs 64 bytes, an empty set 216).
+        self._aliases: dict[int, str] | None = None
+        self._inflight: set[int] | None = None
         self._error: MQTTError | None = None
 
     # -- state ------------------------------------------------------------------------------
@@ -93,7 +97,7 @@ class ServerConnection:
     def inbound_inflight(self) -> int:
         """QoS 1/2 PUBLISHes received and not yet completed by the server. On 3.1.1, which has
         no Receive Maximum, this is only reported, so the broker can stop reading instead."""
-        return len(self._inflight)
+        return len(self._inflight) if self._inflight else 0
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -131,7 +135,7 @@ class ServerConnection:
         # second CONNECT ([MQTT-3.1.0-2]) and every packet type a client may not send, from
         # the first byte (fixed_header); what is left to note here is the CONNECT itself.
         if isinstance(packet, Connect):
-            self.connect = packet
+            self.connect_received = True
 
     def _receive_publish(self, packet: Publish) -> Publish:
         props = packet.properties
@@ -148,11 +152,14 @@ class ServerConnection:
                     ReasonCode.TOPIC_ALIAS_INVALID,
                 )
             topic = packet.topic
+            aliases = self._aliases
             if topic:
                 # §3.3.2.3.4: a non-empty name with an alias (re)defines the mapping.
-                self._aliases[alias] = topic
+                if aliases is None:
+                    aliases = self._aliases = {}
+                aliases[alias] = topic
             else:
-                known = self._aliases.get(alias)
+                known = aliases.get(alias) if aliases else None
                 if known is None:
                     # §3.3.4: an empty name with an alias that has no mapping: Protocol Error.
                     raise ProtocolError(f"unknown Topic Alias {alias}")
@@ -164,6 +171,8 @@ class ServerConnection:
             packet_id = packet.packet_id
             assert packet_id is not None  # the codec guarantees an id for QoS > 0
             inflight = self._inflight
+            if inflight is None:
+                inflight = self._inflight = set()
             # A retransmission (DUP) of a PUBLISH that is still uncompleted does not take a
             # second slot (§4.3.3: the receiver must not process it as a new message).
             if packet_id not in inflight:
@@ -177,6 +186,11 @@ class ServerConnection:
 
     # -- sending ----------------------------------------------------------------------------
 
+    def _completed(self, packet_id: int) -> None:
+        inflight = self._inflight
+        if inflight:
+            inflight.discard(packet_id)
+
     def _version_for_send(self) -> ProtocolVersion:
         version = self.version
         if version is None:
@@ -187,26 +201,26 @@ class ServerConnection:
         """Encode ``packet`` in the negotiated version and account for acknowledgements."""
         version = self._version_for_send()
         if isinstance(packet, PubAck | PubComp):
-            self._inflight.discard(packet.packet_id)
+            self._completed(packet.packet_id)
         elif isinstance(packet, PubRec) and packet.reason_code >= 0x80:
             # §4.9: a PUBREC with an error reason code ends the QoS 2 exchange.
-            self._inflight.discard(packet.packet_id)
+            self._completed(packet.packet_id)
         return encode(packet, version)
 
     def puback_bytes(self, packet_id: int, reason_code: int = 0) -> bytes:
         """PUBACK for a received QoS 1 PUBLISH; completes it for Receive Maximum."""
-        self._inflight.discard(packet_id)
+        self._completed(packet_id)
         return self._short_ack(0x40, packet_id, reason_code)
 
     def pubrec_bytes(self, packet_id: int, reason_code: int = 0) -> bytes:
         """PUBREC for a received QoS 2 PUBLISH; completes it only if ``reason_code`` >= 0x80."""
         if reason_code >= 0x80:
-            self._inflight.discard(packet_id)
+            self._completed(packet_id)
         return self._short_ack(0x50, packet_id, reason_code)
 
     def pubcomp_bytes(self, packet_id: int, reason_code: int = 0) -> bytes:
         """PUBCOMP answering a PUBREL; completes the QoS 2 PUBLISH."""
-        self._inflight.discard(packet_id)
+        self._completed(packet_id)
         return self._short_ack(0x70, packet_id, reason_code)
 
     def pubrel_bytes(self, packet_id: int, reason_code: int = 0) -> bytes:
@@ -245,7 +259,7 @@ class ServerConnection:
         * After the CONNECT, v5 gets a DISCONNECT with the reason code (§3.14.2.1), 3.1.1
           nothing (3.1.1 §4.8 says the server closes the connection).
         """
-        if self.connect is None:
+        if not self.connect_received:
             level = protocol_version_of(exc)
             if level is None:
                 return b""

@@ -99,6 +99,11 @@ class RegistryBase:
         # change made by another process on the same file (the `thinghub` command line beside
         # a running hub) is seen within ``cache_ttl_s``.
         self.cache_ttl_s = cache_ttl_s
+        # The sign-in lookups' own TTL. A hub running a DeviceWatch (auth/device_watch.py)
+        # raises it: the watch drops the whole device cache within half a second of any write
+        # by another process, so the TTL is only a safety net there, and a fleet reconnecting
+        # minutes later signs in without reading the file.
+        self.device_cache_ttl_s = cache_ttl_s
         self._category_cache: dict[str, tuple[float, tuple[TopicCategory, ...]]] = {}
         self._key_cache: dict[str, tuple[float, AccessKey | None]] = {}
         # The sign-in lookup cache (``lookup_device``), by (ProductKey, DeviceName). Presence

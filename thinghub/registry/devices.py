@@ -349,14 +349,14 @@ class DevicesMixin(RegistryBase):
 
         Cached (sign-in and every Pub ask; a hit reads no file): a device write through this
         Registry evicts the device's entry, a presence change updates it in place, and a
-        change made by another process is seen within ``cache_ttl_s`` (or at once, when the
-        device watch notices it: ``forget_cached_devices``). The status is the latest the hub
-        knows, written to the file or not."""
+        change made by another process is seen within ``device_cache_ttl_s`` (or within half
+        a second, when the hub's device watch notices it: ``forget_cached_devices``). The
+        status is the latest the hub knows, written to the file or not."""
         now = time.monotonic()
         key = (product_key, device_name)
         cache = self._device_cache
         cached = cache.get(key)
-        if cached is not None and now - cached[0] < self.cache_ttl_s:
+        if cached is not None and now - cached[0] < self.device_cache_ttl_s:
             return cached[1]
         writes = self._device_writes
         row = self.store.read_row(_BY_NAME, (product_key, device_name))

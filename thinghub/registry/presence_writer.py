@@ -63,6 +63,7 @@ class PresenceWriter:
         *,
         batch: int = 10_000,
         retry_s: float = RETRY_S,
+        interval_s: float = 0.1,
     ) -> None:
         if batch < 1:
             raise ValueError("batch must be at least 1")
@@ -70,6 +71,10 @@ class PresenceWriter:
         self._book = book
         self._batch = batch
         self._retry_s = retry_s
+        # After a wake-up the thread waits this long before it takes a batch: a fleet
+        # signing in becomes a few large batches, not one small transaction (and a round of
+        # thread hand-overs with the loop) per device.
+        self._interval_s = interval_s
         #: why the thread stopped ("ExceptionType: message"), None while it works
         self.failed: str | None = None
         #: the thread's unexpected failures (0 or 1: it is not restarted)
@@ -172,6 +177,8 @@ class PresenceWriter:
                 stopping = self._wake.get(timeout=timeout) == _STOP
             except queue.Empty:
                 pass  # time to try the failed batch again
+            if not stopping and self._interval_s:
+                time.sleep(self._interval_s)  # let the burst gather
             while True:  # every wake-up sent meanwhile is answered by the drain below
                 try:
                     stopping = self._wake.get_nowait() == _STOP or stopping
