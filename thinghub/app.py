@@ -261,6 +261,8 @@ class Hub:
                 await asyncio.wait_for(server.wait_closed(), timeout=5)
             except TimeoutError:
                 log.warning("some MQTT connections did not close in time")
+        if self.broker is not None:
+            self.broker.finish_pending()  # sessions of connections that ended just now
         if self._http_runner is not None:
             await self._http_runner.cleanup()
         if self.registry_writer is not None:

@@ -79,6 +79,9 @@ class MQTTSettings:
     # CONNECTs handled per turn of the event loop (0: no limit); the rest wait for the next
     # turn, so a fleet signing in at once cannot hold up established clients' traffic.
     connects_per_turn: int = 64
+    # Connection ends (a socket closed or reset) whose session work (will, expiry, presence)
+    # is done per turn (0: no limit): a fleet dropping at once is wound down over a few turns.
+    disconnects_per_turn: int = 256
     # Connections from one source address (0: no limit); past it new ones are closed at once.
     max_connections_per_address: int = 10_000
     # File descriptors kept free for established clients, the HTTP port and the stores: new
@@ -195,6 +198,7 @@ class Settings:
             (m.queue_page_messages >= 1, "mqtt.queue_page_messages must be >= 1"),
             (m.max_connections >= 1, "mqtt.max_connections must be >= 1"),
             (m.connects_per_turn >= 0, "mqtt.connects_per_turn must be >= 0"),
+            (m.disconnects_per_turn >= 0, "mqtt.disconnects_per_turn must be >= 0"),
             (
                 m.server_keep_alive is None or 0 <= m.server_keep_alive <= 65535,
                 "mqtt.server_keep_alive must be 0..65535",

@@ -172,6 +172,7 @@ class InMemoryHub:
         # Time moves only when a test says so: CONNECTs are not spread over loop turns here
         # unless a test asks (test_broker_robustness.py tests that spreading).
         settings.setdefault("connects_per_turn", 0)
+        settings.setdefault("disconnects_per_turn", 0)
         self.settings = MQTTSettings(**settings)
         self.clock = FakeClock()
         self.store: BrokerStore = MemoryStore() if store is None else store

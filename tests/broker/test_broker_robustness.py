@@ -6,7 +6,7 @@ import pytest
 from harness import V5, InMemoryHub
 
 from thinghub.broker.auth import ClientInfo, Decision
-from thinghub.mqtt.packets import ConnAck, Connect, Disconnect
+from thinghub.mqtt.packets import ConnAck, Connect, Disconnect, Will
 from thinghub.mqtt.types import ReasonCode
 
 
@@ -69,3 +69,45 @@ def test_a_client_waiting_for_its_connect_turn_cannot_send_unbounded_data() -> N
     assert waiting.closed
     hub.advance(0)
     assert hub.broker.session_of("", "waiting") is None
+
+
+def test_connection_ends_beyond_the_turn_budget_are_wound_down_in_the_next_turns() -> None:
+    """``mqtt.disconnects_per_turn``: a fleet dropping at once has its sessions wound down a
+    few per turn (wills, expiry, observers), in order, and none is forgotten."""
+    hub = InMemoryHub(disconnects_per_turn=2)
+    watcher = hub.connect("watcher")
+    watcher.subscribe("wills/#")
+    devices = [
+        hub.connect(f"dev-{n}", will=Will(topic=f"wills/{n}", payload=b"gone")) for n in range(5)
+    ]
+    hub.advance(0)
+    for device in devices:
+        device.drop()
+    hub.settle()  # every connection_lost arrives in this one turn
+    assert [p.topic for p in watcher.publishes()] == ["wills/0", "wills/1"]
+    assert hub.broker.session_of("", "dev-4") is not None  # not wound down yet
+    hub.advance(0)  # the next turns (the test clock runs every turn due now at once)
+    assert [p.topic for p in watcher.publishes()] == ["wills/2", "wills/3", "wills/4"]
+    assert all(hub.broker.session_of("", f"dev-{n}") is None for n in range(5))
+
+
+def test_a_client_back_before_its_old_connection_was_wound_down_takes_the_session_over() -> None:
+    hub = InMemoryHub(disconnects_per_turn=1)
+    other = hub.connect("other")
+    old = hub.connect("dev", session_expiry=60)
+    old.subscribe("t")
+    hub.advance(0)
+    other.drop()
+    old.drop()
+    hub.settle()  # "other" used this turn's budget: "dev" waits for the next turn
+    session = hub.broker.session_of("", "dev")
+    assert session is not None and session.client is old.server  # not wound down yet
+    back = hub.client(V5)
+    ack = back.connect("dev", clean_start=False, session_expiry=60)
+    assert ack.session_present
+    hub.advance(0)  # the old connection's late wind-down does not end the resumed session
+    session = hub.broker.session_of("", "dev")
+    assert session is not None and session.client is not None
+    publisher = hub.connect("pub")
+    publisher.publish("t", b"still subscribed", qos=1)
+    assert [p.payload for p in back.publishes()] == [b"still subscribed"]

@@ -107,6 +107,9 @@ class Broker:
         self._connects_this_turn = 0
         self._turn_scheduled = False
         self._waiting_connects: deque[Client] = deque()
+        # Ended connections whose session work waits for a later turn (may_end_now).
+        self._ends_this_turn = 0
+        self._waiting_ends: deque[Client] = deque()
         # Services answering requests on reserved topics, by topic prefix (see intercept).
         self._interceptors: dict[str, Callable[[Message], bool]] = {}
         self._intercepted_prefixes: tuple[str, ...] = ()
@@ -158,6 +161,29 @@ class Broker:
         self._connects_this_turn += 1
         return True
 
+    def may_end_now(self, client: Client) -> bool:
+        """Whether the session work of ``client``'s ended connection (its will, the session's
+        expiry, the observers) is done in this turn. A fleet whose network drops closes
+        thousands of sockets at once: at most ``mqtt.disconnects_per_turn`` are wound down
+        per turn, the others in the next turns (``Client.end_connection``), in order. A
+        client that comes back meanwhile takes its session over as from a live connection."""
+        limit = self.settings.disconnects_per_turn
+        if not limit:
+            return True
+        self._schedule_turn()
+        if self._waiting_ends or self._ends_this_turn >= limit:
+            self._waiting_ends.append(client)
+            return False
+        self._ends_this_turn += 1
+        return True
+
+    def finish_pending(self) -> None:
+        """At shutdown: wind down every ended connection still waiting for its turn (their
+        sessions' state must reach the store before it closes)."""
+        waiting = self._waiting_ends
+        while waiting:
+            waiting.popleft().end_connection()
+
     def _schedule_turn(self) -> None:
         if not self._turn_scheduled:
             self._turn_scheduled = True
@@ -166,6 +192,13 @@ class Broker:
     def _next_turn(self) -> None:
         self._turn_scheduled = False
         self._connects_this_turn = 0
+        self._ends_this_turn = 0
+        # Ends first: a client coming back finds its old connection wound down.
+        ends = self._waiting_ends
+        end_limit = self.settings.disconnects_per_turn
+        while ends and self._ends_this_turn < end_limit:
+            self._ends_this_turn += 1
+            ends.popleft().end_connection()
         waiting = self._waiting_connects
         limit = self.settings.connects_per_turn
         while waiting and self._connects_this_turn < limit:
@@ -174,7 +207,7 @@ class Broker:
                 continue
             self._connects_this_turn += 1
             client.resume_connect()
-        if waiting:
+        if waiting or ends:
             self._schedule_turn()
 
     def open_session(self, client: Client, clean_start: bool, expiry: int) -> tuple[Session, bool]:

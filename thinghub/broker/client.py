@@ -197,9 +197,18 @@ class Client:
 
     def connection_lost(self) -> None:
         """The transport closed, for whatever reason: abnormal unless DISCONNECT came first."""
-        self.broker.deadlines.disarm(self)
-        self.broker.clients.discard(self)
+        broker = self.broker
+        broker.deadlines.disarm(self)
+        broker.clients.discard(self)
         self.closed = True
+        if self.connected and not broker.may_end_now(self):
+            return  # its session is wound down in a later turn (Broker.may_end_now)
+        self.end_connection()
+
+    def end_connection(self) -> None:
+        """The session's side of a connection's end: observers told, the will and the
+        session's expiry started (Broker.close_session). Once per connection; nothing if the
+        session was taken over meanwhile."""
         self._tell_disconnected()
         session = self.session
         if session is None or session.client is not self:

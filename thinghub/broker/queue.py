@@ -94,6 +94,22 @@ class Clock(Protocol):
     def time(self) -> float: ...
 
 
+class _EndedSession:
+    """Stands in for the session once it has ended (``SessionQueue.clear``): the queue no
+    longer refers to it, so a session and its queue, which refer to each other, are freed by
+    reference counting the moment the session goes, rather than left for the cyclic garbage
+    collector, whose full passes stall the loop (a fleet reconnecting ends thousands of
+    sessions at once). Callbacks still pending (a commit, a page read) find nobody to serve."""
+
+    client: Receiver | None = None
+    persistent = False
+    key = ""
+    client_id = ""
+
+
+_ENDED = _EndedSession()
+
+
 class DeliveryContext:
     """What every session queue of one broker shares."""
 
@@ -139,7 +155,7 @@ class SessionQueue:
     )
 
     def __init__(self, session: Session, ctx: DeliveryContext) -> None:
-        self._session = session
+        self._session: Session | _EndedSession = session
         self._ctx = ctx
         # Insertion-ordered: redelivery after a reconnect keeps the original order (§4.6).
         self.inflight: dict[int, Outgoing] = {}
@@ -512,6 +528,7 @@ class SessionQueue:
         self._ack_waiters = None
         self.inflight.clear()
         self.ended = True
+        self._session = _ENDED
 
     def restore(self, out: Outgoing) -> None:
         """At start-up: a stored delivery, in flight (packet id set) or queued, in order."""

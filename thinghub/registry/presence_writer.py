@@ -25,6 +25,7 @@ Theory of operation
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import queue
 import sqlite3
@@ -51,6 +52,14 @@ PRESENCE_FAILURES = (StoreUnavailable, sqlite3.Error, OSError)
 
 _WAKE: Final = "wake"
 _STOP: Final = "stop"
+
+
+class _Round(enum.Enum):
+    """How a round of writing ended (PresenceWriter._drain)."""
+
+    EMPTY = "nothing left"
+    MORE = "caught up; changes may have arrived meanwhile"
+    FAILED = "a write failed"
 
 
 class PresenceWriter:
@@ -171,41 +180,51 @@ class PresenceWriter:
 
     def _work(self) -> None:
         stopping = False
+        more = False  # the last round left changes behind (it wrote a batch)
         while not stopping:
-            timeout = self._retry_s if self.failing is not None else None
-            try:
-                stopping = self._wake.get(timeout=timeout) == _STOP
-            except queue.Empty:
-                pass  # time to try the failed batch again
+            if not more:
+                timeout = self._retry_s if self.failing is not None else None
+                try:
+                    stopping = self._wake.get(timeout=timeout) == _STOP
+                except queue.Empty:
+                    pass  # time to try the failed batch again
             if not stopping and self._interval_s:
                 time.sleep(self._interval_s)  # let the burst gather
-            while True:  # every wake-up sent meanwhile is answered by the drain below
+            while True:  # every wake-up sent meanwhile is answered by the round below
                 try:
                     stopping = self._wake.get_nowait() == _STOP or stopping
                 except queue.Empty:
                     break
-            self._drain()
+            # One round: batches back to back only while they come full (a backlog); a
+            # partial batch means the writer has caught up, and what arrives meanwhile waits
+            # for the next round, one interval later, rather than a transaction (and two
+            # hand-overs with the loop) each for a handful of rows.
+            more = self._drain(until_empty=False) is _Round.MORE
         deadline = time.monotonic() + STOP_DEADLINE_S
-        while not self._drain() and time.monotonic() < deadline:
+        while self._drain(until_empty=True) is _Round.FAILED and time.monotonic() < deadline:
             time.sleep(min(self._retry_s, 0.2))
 
-    def _drain(self) -> bool:
-        """Write batches until none is left (True) or a write fails (False)."""
+    def _drain(self, *, until_empty: bool) -> _Round:
+        """Write batches: until none is left (EMPTY), or with ``until_empty`` False until one
+        is not full (MORE: changes may be left for the next round), or until a write fails
+        (FAILED)."""
         while True:
             batch = self._take()
             if batch is None:
-                return True
+                return _Round.EMPTY
             try:
                 with self._store.write() as conn:
                     write_batch(conn, batch)
             except PRESENCE_FAILURES as error:
                 self._write_failed(error)
-                return False
+                return _Round.FAILED
             self.batches += 1
             self.rows_written += len(batch.changes) + len(batch.resync or ())
             self._write_worked()
             if not self._call(self._written, batch):
-                return True  # the loop is gone: nobody records any more
+                return _Round.EMPTY  # the loop is gone: nobody records any more
+            if not until_empty and len(batch.changes) < self._batch:
+                return _Round.MORE
 
     def _take(self) -> PresenceBatch | None:
         """Ask the loop for the next batch; None when there is none (or no loop)."""
