@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import logging
 import signal
 from pathlib import Path
@@ -11,7 +10,7 @@ from typing import Any
 
 import click
 
-from . import __version__
+from . import __version__, gcpolicy
 from .app import Hub
 from .cli_backup import backup
 from .cli_registry import COMMANDS
@@ -94,29 +93,13 @@ def serve(
         raise click.ClickException(f"cannot start: {error}") from None
 
 
-# Young-generation collections every this many allocations (CPython's default is 700). A
-# fleet signing in allocates a few dozen objects per connection; at the default, the
-# collector ran hundreds of times a second during a sign-in storm.
-_GC_YOUNG_THRESHOLD = 50_000
-
-
-def quiet_collector() -> None:
-    """Keep the cyclic garbage collector from stalling the event loop: what start-up built
-    (modules, classes, the registry's caches) lives as long as the process and is moved out of
-    the collector's sight (``gc.freeze``), so a full collection walks only what connections
-    and messages created since; and young collections run less often. Reference counting
-    still frees everything without a cycle at once."""
-    gc.freeze()
-    _young, middle, old = gc.get_threshold()
-    gc.set_threshold(_GC_YOUNG_THRESHOLD, middle, old)
-
-
 async def _serve(settings: Settings) -> None:
     hub = Hub(settings)
     registry = hub.open_registry()
     demo = ensure_demo(registry)
     endpoints = await hub.start()
-    quiet_collector()
+    gcpolicy.start_quietly()
+    collector = asyncio.create_task(gcpolicy.keep_collector_quiet())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -141,4 +124,5 @@ async def _serve(settings: Settings) -> None:
     print("\n".join(lines), flush=True)
     await stop.wait()
     logging.getLogger("thinghub").info("shutting down")
+    collector.cancel()
     await hub.stop()
