@@ -6,10 +6,8 @@ break their handshakes in different ways before honest TLS clients take the thre
 from __future__ import annotations
 
 import re
-import shutil
 import socket
 import ssl
-import subprocess
 import time
 import uuid
 from collections.abc import Callable
@@ -23,25 +21,6 @@ pytestmark = pytest.mark.thinghub_only
 
 TIMEOUT = 10.0
 PLACES = 3
-
-
-@pytest.fixture(scope="module")
-def tls_files(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    if shutil.which("openssl") is None:
-        pytest.skip("openssl is not installed")
-    d = tmp_path_factory.mktemp("tls-admission")
-    cert, key = d / "cert.pem", d / "key.pem"
-    subprocess.run(
-        [
-            "openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
-            "-keyout", str(key), "-out", str(cert), "-days", "1",
-            "-subj", "/CN=localhost",
-            "-addext", "subjectAltName=IP:127.0.0.1,DNS:localhost",
-        ],
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return cert, key
 
 
 def _tls_port(hub: Any) -> int:
@@ -84,9 +63,9 @@ def _read_exactly(sock: socket.socket, n: int) -> bytes:
 
 
 def test_broken_handshakes_give_their_place_back(
-    start_hub: Callable[..., Any], tls_files: tuple[Path, Path]
+    start_hub: Callable[..., Any], certificate: tuple[Path, Path]
 ) -> None:
-    cert, key = tls_files
+    cert, key = certificate
     hub = start_hub(
         TLS_CERT=str(cert), TLS_KEY=str(key), TLS_PORT=0, MAX_CONNECTIONS_PER_ADDRESS=PLACES
     )
