@@ -446,3 +446,36 @@ def test_failed_writer_is_reported_once_and_refuses_instead_of_hanging(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is not None
     assert [nonce for _, nonce, _ in _rows(tmp_path / FILE_NAME)] == ["before"]
+
+
+def test_captured_pub_replayed_on_a_hub_restored_from_a_backup_is_refused(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """``thinghub backup`` copies ``nonces.db`` too: a hub started from the backup refuses a
+    request captured before the backup, as the original hub would."""
+    hub = Hub(data_dir)
+    device = Device(hub)
+    recorder = Recorder(hub.http_port)
+    try:
+        endpoint = f"127.0.0.1:{recorder.port}"
+        assert pub_v1(endpoint, hub, "before the backup")["Success"] is True
+        assert device.next() == b"before the backup"
+    finally:
+        recorder.close()
+        device.stop()
+    copy = tmp_path / "restored"
+    done = subprocess.run(
+        [str(ROOT / ".venv/bin/thinghub"), "backup", str(copy), "--data-dir", str(data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "nonces.db" in done.stdout
+    hub.stop()
+    restored = Hub(copy)
+    try:
+        for raw in recorder.captured:
+            assert gateway_code(send_raw(restored.http_port, raw)) == (400, "SignatureNonceUsed")
+    finally:
+        restored.stop()

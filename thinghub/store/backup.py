@@ -3,11 +3,12 @@
 Each file is copied with SQLite's online backup API (``Connection.backup``), which reads a
 consistent snapshot of the source however the running hub writes to it (WAL mode lets the
 copy and the hub's writer proceed side by side), and writes a self-contained database: the
-copy has no ``-wal`` file to go with it. The two files are copied one after the other, so
-they are each consistent, not consistent with each other (the registry and the broker's
-sessions do not refer to each other's rows). The copy is written next to its destination and
-renamed into place, so an interrupted backup never leaves a half-written file under the
-final name. Issue 5, "Faults": "``thinghub backup`` makes a consistent copy while the hub runs".
+copy has no ``-wal`` file to go with it. The files are copied one after the other, so they
+are each consistent, not consistent with each other (the registry, the broker's sessions and
+the used Alibaba signature nonces do not refer to each other's rows). The copy is written
+next to its destination and renamed into place, so an interrupted backup never leaves a
+half-written file under the final name. ``nonces.db`` is copied too: a hub restored from the
+backup must still refuse a request captured before it (http/aliyun/nonce_store.py).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from .errors import StoreError
 __all__ = ["DATABASES", "backup"]
 
 # The files of a data directory that hold state (registry first: it is the smaller).
-DATABASES = ("registry.db", "broker.db")
+DATABASES = ("registry.db", "broker.db", "nonces.db")
 # Pages copied per step; between steps the hub's writer may commit.
 _PAGES_PER_STEP = 1024
 

@@ -459,10 +459,9 @@ def _open(path: Path) -> sqlite3.Connection:
 def _configure(conn: sqlite3.Connection, path: Path) -> None:
     """WAL + NORMAL (see the module notes), then the migrations. A file that is not a
     database, or holds a newer schema, is refused untouched."""
-    # Only this hub opens the file (the data directory lock, thinghub/store/lock.py): an
-    # exclusive lock taken once, and the WAL index in the heap instead of a shared-memory
-    # file, saves every transaction its file-lock system calls. Set before the first read.
-    conn.execute("PRAGMA locking_mode = EXCLUSIVE")
+    # Normal locking, not EXCLUSIVE: the hub writes the file alone (the data directory lock,
+    # thinghub/store/lock.py), but ``thinghub backup`` reads it while the hub runs, and the
+    # writer commits in batches, so the file-lock system calls cost little.
     try:
         version = int(conn.execute("PRAGMA user_version").fetchone()[0])
         conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
