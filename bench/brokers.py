@@ -328,10 +328,15 @@ class ThingHub(Broker):
         env["THINGHUB_MQTT_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
         return env
 
-    def command(self, workdir: Path) -> list[str]:
-        self.http_port = free_port()
+    def data_dir(self, workdir: Path) -> Path:
+        """Where the hub keeps its data: a fresh directory per run."""
         data = workdir / "data"
         data.mkdir()
+        return data
+
+    def command(self, workdir: Path) -> list[str]:
+        self.http_port = free_port()
+        data = self.data_dir(workdir)
         return [
             self.binary,
             "serve",

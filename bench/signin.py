@@ -101,20 +101,11 @@ class SignInHub(KeyedThingHub):
             "THINGHUB_MQTT_MAX_CONNECTIONS_PER_ADDRESS": "0",
         }
         super().__init__(cpu, key_id, secret, env, binary)
-        self.data_dir = data_dir
+        self.devices_dir = data_dir
 
-    def command(self, workdir: Path) -> list[str]:
-        self.http_port = brokers.free_port()
-        return [
-            self.binary,
-            "serve",
-            "--mqtt-port",
-            str(self.port),
-            "--http-port",
-            str(self.http_port),
-            "--data-dir",
-            str(self.data_dir),
-        ]
+    def data_dir(self, workdir: Path) -> Path:
+        # Every round starts a hub on the same data: the devices registered once.
+        return self.devices_dir
 
     def target(self) -> Target:
         return Target(brokers.HOST, self.http_port, self.port, self.key_id, self.secret)
