@@ -80,6 +80,8 @@ class Hub:
     # The threads that write registry.db: device presence in batches, and the API's changes.
     presence_writer: PresenceWriter | None = None
     registry_writer: RegistryWriter | None = None
+    # Filling the sign-in cache at start (Registry.preload_sign_ins), on an executor thread.
+    _preload: asyncio.Future[None] | None = None
     # What every writer thread reports to; /healthz and /metrics read it (health.py).
     health: Health = field(default_factory=Health)
     # How far ahead the MessageId lease is written (registry/ids.py); tests shorten it.
@@ -171,6 +173,10 @@ class Hub:
         # Before any connection: binds the restored sessions to their devices.
         self.device_watch = DeviceWatch(registry, broker, hooks)
         await self.device_watch.start()
+        if settings.registry.preload_devices:
+            self._preload = loop.run_in_executor(
+                None, self._preload_sign_ins, settings.registry.preload_devices
+            )
         shadow = settings.shadow
         self.shadows = shadows = ShadowService(
             broker,
@@ -280,6 +286,9 @@ class Hub:
         if self.device_watch is not None:
             await self.device_watch.stop()
             self.device_watch = None
+        if self._preload is not None:
+            await self._preload  # it reads registry.db, closed below; it never raises
+            self._preload = None
         if self.presence_writer is not None:
             await self.presence_writer.close()  # every connection has ended: the last statuses
         if self._store is not None:
@@ -287,6 +296,19 @@ class Hub:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _preload_sign_ins(self, limit: int) -> None:
+        """On an executor thread: a failure leaves the cache to fill as devices sign in (a
+        degraded start, not a failed hub)."""
+        registry = self.registry
+        assert registry is not None
+        try:
+            loaded = registry.preload_sign_ins(limit)
+        except Exception as error:
+            log.warning("reading devices into the sign-in cache failed: %s", error)
+            self.health.degrade("device-preload", f"reading devices at start failed: {error}")
+            return
+        log.debug("%d devices read into the sign-in cache", loaded)
 
 
 def _in_thread(work: Callable[[], None]) -> None:

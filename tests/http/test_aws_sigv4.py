@@ -67,7 +67,10 @@ def _wire(prepared: AWSPreparedRequest) -> WireRequest:
         (name, value.decode() if isinstance(value, bytes) else value)
         for name, value in prepared.headers.items()
     ]
-    headers.append(("Host", parts.netloc))  # what urllib3 sends
+    if not any(name.lower() == "host" for name, _ in headers):
+        # What urllib3 sends; botocore signing with the CRT (awscrt installed, as beside
+        # awsiotsdk) has set the header itself, and urllib3 then sends that one.
+        headers.append(("Host", parts.netloc))
     return WireRequest(prepared.method, path, query, headers, data)
 
 

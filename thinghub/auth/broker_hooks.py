@@ -96,7 +96,7 @@ class RegistryHooks:
     def authenticate(self, connect: Connect, peer: str) -> Decision:
         if uses_device_sign_in(connect):
             result = verify_sign_in(
-                connect.client_id, connect.username, connect.password, self._registry.lookup_device
+                connect.client_id, connect.username, connect.password, self._registry.lookup_sign_in
             )
             if isinstance(result, SignInRefused):
                 log.info("device sign-in refused from %s: %s", peer, result.detail or result.reason)

@@ -75,6 +75,9 @@ class Broker:
         self._new_message_id = new_message_id or _counter()
         self.clock = clock
         self.stats = Stats()
+        # The CONNACK every MQTT 5 client gets unless its own expiry or an assigned client id
+        # shows in it, by Session Present: encoded at the first connect (Client._handle_connect).
+        self.v5_connacks: dict[bool, bytes] = {}
         if authenticator is None:
             authenticator = AllowAnonymous() if settings.allow_anonymous else RequireCredentials()
         self.authenticator = authenticator

@@ -47,6 +47,7 @@ from .queue import Outgoing, PubRecOutcome
 from .session import Session, Will
 
 if TYPE_CHECKING:
+    from ..config import MQTTSettings
     from .broker import Broker
 
 log = logging.getLogger("thinghub.client")
@@ -545,21 +546,19 @@ class Client:
         self.session = session
         broker.stats.connections_total += 1
 
-        ack_props = NO_PROPERTIES
-        if is_v5:
-            ack_props = Properties(
-                session_expiry_interval=expiry if expiry != requested else None,
-                assigned_client_identifier=assigned,
-                server_keep_alive=keep_alive if server_keep_alive is not None else None,
-                receive_maximum=settings.receive_maximum
-                if settings.receive_maximum < 65535
-                else None,
-                maximum_qos=settings.max_qos if settings.max_qos < 2 else None,
-                retain_available=None if settings.retain_available else 0,
-                maximum_packet_size=settings.max_packet_size,
-                topic_alias_maximum=settings.topic_alias_maximum or None,
-            )
-        self._send(ConnAck(session_present=present, reason_code=0, properties=ack_props))
+        if not is_v5:
+            self._send(ConnAck(session_present=present, reason_code=0))
+        elif expiry == requested and assigned is None:
+            # What the hub tells every client alike (§3.2.2.3): encoded once.
+            connack = broker.v5_connacks.get(present)
+            if connack is None:
+                connack = broker.v5_connacks[present] = self.conn.send(
+                    _v5_connack(settings, present, None, None)
+                )
+            self.link.write(connack)
+        else:
+            expiry_shown = expiry if expiry != requested else None
+            self._send(_v5_connack(settings, present, expiry_shown, assigned))
         self.connected = True
         self.connected_at_ms = int(time.time() * 1000)
         self._notify_observers(info, connected=True)
@@ -873,3 +872,24 @@ _HANDLERS: dict[type, Callable[[Client, Packet], None]] = {
     Disconnect: Client._handle_disconnect,  # type: ignore[dict-item]
     Auth: Client._handle_auth,  # type: ignore[dict-item]
 }
+
+
+def _v5_connack(
+    settings: MQTTSettings, present: bool, expiry: int | None, assigned: str | None
+) -> ConnAck:
+    """A successful MQTT 5 CONNACK: the limits the hub holds every client to (§3.2.2.3), the
+    Session Expiry Interval when the hub changed the client's, an assigned client id."""
+    return ConnAck(
+        session_present=present,
+        reason_code=0,
+        properties=Properties(
+            session_expiry_interval=expiry,
+            assigned_client_identifier=assigned,
+            server_keep_alive=settings.server_keep_alive,
+            receive_maximum=settings.receive_maximum if settings.receive_maximum < 65535 else None,
+            maximum_qos=settings.max_qos if settings.max_qos < 2 else None,
+            retain_available=None if settings.retain_available else 0,
+            maximum_packet_size=settings.max_packet_size,
+            topic_alias_maximum=settings.topic_alias_maximum or None,
+        ),
+    )

@@ -106,9 +106,13 @@ class RegistryBase:
         self.device_cache_ttl_s = cache_ttl_s
         self._category_cache: dict[str, tuple[float, tuple[TopicCategory, ...]]] = {}
         self._key_cache: dict[str, tuple[float, AccessKey | None]] = {}
-        # The sign-in lookup cache (``lookup_device``), by (ProductKey, DeviceName). Presence
-        # changes update their entry in place; a device write evicts the entries it touched.
+        # Two lookup caches by (ProductKey, DeviceName); a device write evicts the entries it
+        # touched in both. ``lookup_device``'s records carry presence, updated in place when it
+        # changes. The sign-in cache (``lookup_sign_in``) holds the records as the file has
+        # them: sign-in needs the secret and whether the device is disabled, never presence,
+        # so a reconnect storm builds no record per connect and disconnect.
         self._device_cache: dict[tuple[str, str], tuple[float, Device | None]] = {}
+        self._sign_in_cache: dict[tuple[str, str], tuple[float, Device | None]] = {}
         # Bumped after every device write commits: a lookup that read the file meanwhile
         # does not cache what it read (it may predate the write).
         self._device_writes = 0
@@ -128,9 +132,10 @@ class RegistryBase:
                 yield conn
         finally:
             self._device_writes += 1
-            cache = self._device_cache
+            cache, sign_in_cache = self._device_cache, self._sign_in_cache
             for key in touched:
                 cache.pop(key, None)
+                sign_in_cache.pop(key, None)
 
     # ===== scoping helpers ====================================================================
 

@@ -64,9 +64,12 @@ class DevicesMixin(RegistryBase):
             listener(device, deleted)
 
     def forget_cached_devices(self) -> None:
-        """Drop the sign-in lookup cache (``lookup_device``), e.g. when another process wrote
-        the registry file, so the next sign-in reads the device afresh."""
+        """Drop the device lookup caches (``lookup_device``, ``lookup_sign_in``), e.g. when
+        another process wrote the registry file, so the next sign-in reads the device afresh."""
+        # Counted as a device write: a lookup or preload that read before it caches nothing.
+        self._device_writes += 1
         self._device_cache.clear()
+        self._sign_in_cache.clear()
 
     def register_device(
         self,
@@ -345,22 +348,40 @@ class DevicesMixin(RegistryBase):
     # --- the broker's side: sign-in and presence (not scoped) ---------------------------------
 
     def lookup_device(self, product_key: str, device_name: str) -> Device | None:
-        """The device a CONNECT names (``deviceName&productKey``), in any account, or None.
+        """The device ``deviceName&productKey`` names, in any account, or None; its status is
+        the latest the hub knows, written to the file or not.
 
-        Cached (sign-in and every Pub ask; a hit reads no file): a device write through this
-        Registry evicts the device's entry, a presence change updates it in place, and a
-        change made by another process is seen within ``device_cache_ttl_s`` (or within half
-        a second, when the hub's device watch notices it: ``forget_cached_devices``). The
-        status is the latest the hub knows, written to the file or not."""
+        Cached (every Pub asks; a hit reads no file): a device write through this Registry
+        evicts the device's entry, a presence change updates it in place, and a change made
+        by another process is seen within ``device_cache_ttl_s`` (or within half a second,
+        when the hub's device watch notices it: ``forget_cached_devices``)."""
+        return self._cached_device(self._device_cache, product_key, device_name, overlay=True)
+
+    def lookup_sign_in(self, product_key: str, device_name: str) -> Device | None:
+        """``lookup_device`` for a CONNECT's sign-in, cached the same way but in a cache of
+        its own whose records are the file's, presence not laid over them: the secret and
+        whether the device is disabled are current (a write evicts the entry), its
+        ONLINE/OFFLINE status and last sign-in may not be."""
+        return self._cached_device(self._sign_in_cache, product_key, device_name, overlay=False)
+
+    def _cached_device(
+        self,
+        cache: dict[tuple[str, str], tuple[float, Device | None]],
+        product_key: str,
+        device_name: str,
+        *,
+        overlay: bool,
+    ) -> Device | None:
         now = time.monotonic()
         key = (product_key, device_name)
-        cache = self._device_cache
         cached = cache.get(key)
         if cached is not None and now - cached[0] < self.device_cache_ttl_s:
             return cached[1]
         writes = self._device_writes
         row = self.store.read_row(_BY_NAME, (product_key, device_name))
-        device = None if row is None else self.presence.overlay(_device(row))
+        device = None if row is None else _device(row)
+        if overlay and device is not None:
+            device = self.presence.overlay(device)
         if self._device_writes == writes:  # no device write committed since the read began
             if len(cache) >= _DEVICE_CACHE_LIMIT:
                 cache.clear()  # bounded; unknown names from a flood must not grow it
@@ -368,6 +389,35 @@ class DevicesMixin(RegistryBase):
             if self._device_writes != writes:  # one committed meanwhile (another thread)
                 cache.pop(key, None)
         return device
+
+    def preload_sign_ins(self, limit: int, *, chunk: int = 2_000) -> int:
+        """Fill the sign-in cache with up to ``limit`` devices, the most recently online
+        first; returns how many. For a hub that has just started, on a thread of its own:
+        a fleet coming back after a restart then signs in without a read of the file per
+        device on the event loop, and one scan costs far less than as many lookups. An entry
+        a sign-in has cached meanwhile is kept; once a device write commits, what was read
+        before it is dropped and the preload stops (the read may predate the write), as in
+        ``_cached_device``."""
+        cache = self._sign_in_cache
+        limit = min(limit, _DEVICE_CACHE_LIMIT - len(cache))
+        loaded = 0
+        # Before the read's snapshot is taken: a write committed after it shows here.
+        writes = self._device_writes
+        with self.store.read() as conn:
+            rows = conn.execute(_PRELOAD, (limit,))
+            while batch := rows.fetchmany(chunk):
+                now = time.monotonic()
+                added = []
+                for row in batch:
+                    key, device = (row["product_key"], row["device_name"]), _device(row)
+                    if cache.setdefault(key, (now, device))[1] is device:
+                        added.append(key)
+                if self._device_writes != writes:
+                    for key in added:
+                        cache.pop(key, None)
+                    break  # the rest of the snapshot may predate the write too
+                loaded += len(added)
+        return loaded
 
     # Presence, recorded in memory on the event loop (see the module notes). -------------------
 
@@ -470,12 +520,14 @@ class DevicesMixin(RegistryBase):
                 "UPDATE devices SET online = 0, status_changed_at = ? WHERE online = 1", (now,)
             ).rowcount
         self._device_writes += 1
-        self._device_cache.clear()  # once, before any sign-in
+        self.forget_cached_devices()  # once, before any sign-in
         self.presence.take_ownership()
         return int(changed)
 
 
 _BY_NAME = f"{_DEVICE_SELECT} WHERE d.product_key = ? AND d.device_name = ?"
+# Devices that were online most recently first; those never online last.
+_PRELOAD = f"{_DEVICE_SELECT} ORDER BY d.last_online_at IS NULL, d.last_online_at DESC LIMIT ?"
 # Entries of the sign-in lookup cache at most (cleared when full).
 _DEVICE_CACHE_LIMIT = 100_000
 # Presence changes per transaction when flushed synchronously.
