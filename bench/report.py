@@ -295,7 +295,8 @@ def render(
             out += ["### Sign-in (ThingHub only)", "", f"FAILED: {s.error}", ""]
             continue
         out.append(
-            f"### Sign-in: {s.figures.get('devices') or 0:,.0f} Alibaba devices "
+            f"### Sign-in: {s.figures.get('devices') or 0:,.0f} Alibaba devices signing in, "
+            f"{s.figures.get('registered') or s.figures.get('devices') or 0:,.0f} registered "
             f"(ThingHub only, medians of {s.ok_runs} run(s))"
         )
         out.append("")

@@ -85,7 +85,8 @@ def notes(s: Summary, ceiling: Summary | None) -> list[str]:
             + " KiB (3.1.1 / 5.0)"
         )
     out.append(
-        f"- Registration: {_n(f.get('devices'))} devices in {_n(f.get('register_s'), 1)} s "
+        f"- Registration: {_n(f.get('registered') or f.get('devices'))} devices in "
+        f"{_n(f.get('register_s'), 1)} s "
         f"({_n(f.get('register_calls'))} API calls: BatchRegisterDevice, QueryPageByApplyId)"
     )
     wrong_on = [f.get(f"signed.v{v}.wrong_online") for v, _ in VERSIONS]
