@@ -5,9 +5,13 @@ people who would rather not write code. Each command opens the registry in the d
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import json
+import sqlite3
+import sys
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,16 +20,25 @@ from typing import Any, TypeVar
 import click
 
 from .auth.aliyun_device import build_credentials
+from .progress import Progress
 from .registry.accounts import ROOT_ACCOUNT_ID
-from .registry.errors import RegistryError
+from .registry.bulk import (
+    DEFAULT_BATCH_SIZE,
+    DeviceRow,
+    ImportResult,
+    register_devices,
+    withdraw,
+)
+from .registry.device_csv import DEFAULT_MAX_ROWS, SecretsFile, read_devices, write_secrets
+from .registry.errors import RegistryError, StoreUnavailable
 from .registry.registry import Registry
 from .registry.store import RegistryStore
 
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def _common(func: F) -> F:
-    func = click.option(
+def _data_dir_option(func: F) -> F:
+    return click.option(
         "--data-dir",
         type=click.Path(path_type=Path),
         default=Path("./data"),
@@ -33,6 +46,10 @@ def _common(func: F) -> F:
         show_default=True,
         help="The hub's data directory.",
     )(func)
+
+
+def _common(func: F) -> F:
+    func = _data_dir_option(func)
     func = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")(
         func
     )
@@ -309,6 +326,125 @@ def device_enable(
     with _registry(data_dir) as registry:
         registry.enable_device(account, product_key=product_key, device_name=device_name)
         _done(f"enabled device {product_key}/{device_name}", as_json)
+
+
+@device.command("import")
+@click.argument(
+    "csv_file", metavar="FILE.csv", type=click.Path(exists=True, dir_okay=False, path_type=Path)
+)
+@click.option(
+    "--product-key",
+    default=None,
+    help="The product of every device; the file then needs no ProductKey column.",
+)
+@click.option(
+    "--secrets-out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write ProductKey,DeviceName,DeviceSecret,IotId to this file (mode 0600) instead of "
+    "to standard output.",
+)
+@click.option(
+    "--skip-existing",
+    is_flag=True,
+    help="Leave out devices already registered instead of refusing the file.",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(1, 100_000),
+    default=DEFAULT_BATCH_SIZE,
+    show_default=True,
+    help="Devices per write transaction.",
+)
+@click.option(
+    "--max-rows",
+    type=click.IntRange(1),
+    default=DEFAULT_MAX_ROWS,
+    show_default=True,
+    help="The most devices one file may hold (all are checked in memory first).",
+)
+@_account_option
+@_data_dir_option
+def device_import(
+    csv_file: Path,
+    product_key: str | None,
+    secrets_out: Path | None,
+    skip_existing: bool,
+    batch_size: int,
+    max_rows: int,
+    account: str,
+    data_dir: Path,
+) -> None:
+    """Register the devices of a CSV file (columns ProductKey, DeviceName, optional Nickname
+    and DeviceSecret; a header row is required), all or none of them, beside a running hub or
+    not, and print their secrets as CSV."""
+    # registry/bulk.py says how (batches, undo), registry/device_csv.py what the files hold.
+    started = time.monotonic()
+    rows = _read_device_rows(csv_file, product_key, max_rows)
+    # Opened before anything is registered: a path that cannot be written fails first.
+    try:
+        out = SecretsFile(secrets_out) if secrets_out is not None else None
+    except OSError as error:
+        raise click.ClickException(f"cannot write {secrets_out}: {error.strerror}") from None
+    with contextlib.ExitStack() as stack:
+        if out is not None:
+            stack.enter_context(out)
+        registry = stack.enter_context(_registry(data_dir))
+        try:
+            with Progress("registering") as bar:
+                result = register_devices(
+                    registry,
+                    account,
+                    rows,
+                    skip_existing=skip_existing,
+                    batch_size=batch_size,
+                    on_batch=bar.update,
+                )
+        except (StoreUnavailable, sqlite3.Error) as error:
+            raise click.ClickException(f"{error}; nothing was registered") from None
+        try:
+            if out is None:
+                write_secrets(sys.stdout, result.registered)
+                sys.stdout.flush()
+            else:
+                write_secrets(out.stream, result.registered)
+                out.commit()
+        except OSError as error:
+            # All or nothing: devices whose secrets nobody received are of no use.
+            withdraw(registry, result)
+            where = "standard output" if secrets_out is None else str(secrets_out)
+            raise click.ClickException(
+                f"cannot write the secrets to {where} ({error.strerror}); nothing was registered"
+            ) from None
+    click.echo(_import_summary(result, time.monotonic() - started, secrets_out), err=True)
+
+
+def _read_device_rows(csv_file: Path, product_key: str | None, max_rows: int) -> list[DeviceRow]:
+    try:
+        # utf-8-sig: a byte order mark, as spreadsheets write, is not part of the header.
+        with csv_file.open(encoding="utf-8-sig", newline="") as stream:
+            return read_devices(stream, product_key=product_key, max_rows=max_rows)
+    except UnicodeDecodeError as error:
+        raise click.ClickException(
+            f"{csv_file} is not UTF-8 text (byte {error.start}); nothing was registered"
+        ) from None
+    except OSError as error:
+        raise click.ClickException(f"cannot read {csv_file}: {error.strerror}") from None
+    except RegistryError as error:
+        raise click.ClickException(str(error)) from None
+
+
+def _import_summary(result: ImportResult, seconds: float, secrets_out: Path | None) -> str:
+    registered = len(result.registered)
+    text = f"registered {registered:,} device{'' if registered == 1 else 's'}"
+    if result.apply_ids:
+        ids = ", ".join(str(i) for i in sorted(result.apply_ids.values()))
+        text += f" (ApplyId {ids})"
+    text += f" in {seconds:.1f} s"
+    if result.skipped:
+        text += f"; skipped {len(result.skipped):,} already registered"
+    where = "standard output" if secrets_out is None else str(secrets_out)
+    return text + f"; secrets written to {where}"
 
 
 # ------------------------------------------------------------------------------ topics
