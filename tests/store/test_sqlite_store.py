@@ -608,3 +608,24 @@ def test_backup_copies_both_databases_while_they_are_open(
     assert RegistryStore.open(tmp_path / "copy").get_meta("probe") == 42
     with pytest.raises(StoreError, match="holds no ThingHub database"):
         backup(tmp_path / "nothing", tmp_path / "copy2")
+
+
+def test_backup_copies_the_hub_certificate_authority_with_its_key_kept_private(
+    tmp_path: Path,
+) -> None:
+    """A hub restored from a backup keeps its CA: the certificates it issued still verify."""
+    data = tmp_path / "data"
+    RegistryStore.open(data).close()
+    ca = data / "ca"
+    ca.mkdir(mode=0o700)
+    (ca / "ca.pem").write_bytes(b"-----BEGIN CERTIFICATE-----\n")
+    key = ca / "ca.key"
+    key.write_bytes(b"-----BEGIN PRIVATE KEY-----\n")
+    key.chmod(0o600)
+    written = backup(data, tmp_path / "copy")
+    copied = tmp_path / "copy" / "ca"
+    assert {p.name for p in written} >= {"registry.db", "ca.pem", "ca.key"}
+    assert (copied / "ca.key").read_bytes() == key.read_bytes()
+    assert (copied / "ca.key").stat().st_mode & 0o777 == 0o600
+    assert copied.stat().st_mode & 0o777 == 0o700
+    assert not list(copied.glob(".*.partial"))

@@ -8,7 +8,10 @@ are each consistent, not consistent with each other (the registry, the broker's 
 the used Alibaba signature nonces do not refer to each other's rows). The copy is written
 next to its destination and renamed into place, so an interrupted backup never leaves a
 half-written file under the final name. ``nonces.db`` is copied too: a hub restored from the
-backup must still refuse a request captured before it (http/aliyun/nonce_store.py).
+backup must still refuse a request captured before it (http/aliyun/nonce_store.py). The hub's
+certificate authority (``ca/``: identity/ca.py) is copied as well, its private files kept
+readable by their owner only: a hub restored without it would make a new CA, and the
+certificates devices hold would no longer be trusted.
 
 Progress: SQLite's backup copies ``_PAGES_PER_STEP`` pages per step and tells how many of the
 file's pages remain after each (the ``progress`` callback of ``Connection.backup``). A
@@ -32,6 +35,9 @@ __all__ = ["DATABASES", "Progress", "backup"]
 
 # The files of a data directory that hold state (registry first: it is the smaller).
 DATABASES = ("registry.db", "broker.db", "nonces.db")
+# The directory of the hub's certificate authority (identity/ca.py ``CA_DIR``): its key and
+# certificates, copied as they are.
+CA_DIR = "ca"
 # Pages copied per step; between steps the hub's writer may commit.
 _PAGES_PER_STEP = 1024
 
@@ -88,6 +94,33 @@ def backup(
         size = target.stat().st_size
         tally.step(index, size, size)
         written.append(target)
+    written.extend(_copy_ca(source_dir / CA_DIR, target_dir / CA_DIR))
+    return written
+
+
+def _copy_ca(source: Path, target: Path) -> list[Path]:
+    """The CA's files, each written beside its final name, synced and renamed into place,
+    with the permissions they had (the key: 0600, the directory 0700)."""
+    if not source.is_dir():
+        return []
+    written = []
+    try:
+        target.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(target, 0o700)
+        for path in sorted(p for p in source.iterdir() if p.is_file()):
+            final = target / path.name
+            partial = target / f".{path.name}.partial"
+            partial.unlink(missing_ok=True)
+            mode = path.stat().st_mode & 0o777
+            fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+            with os.fdopen(fd, "wb") as out:
+                out.write(path.read_bytes())
+                out.flush()
+                os.fsync(out.fileno())
+            os.replace(partial, final)
+            written.append(final)
+    except OSError as error:
+        raise StoreError(f"cannot back up {source} to {target}: {error}") from None
     return written
 
 
