@@ -118,7 +118,7 @@ def test_forgetting_the_caches_stops_a_preload_from_keeping_what_it_read_before(
     preload that read before that must not put its older records back."""
     reg, _account, pk = world
     reg.forget_cached_devices()
-    original = reg._device_writes  # noqa: SLF001 - the counter the race check compares
+    original = reg._device_writes
     real_read = reg.store.read
 
     def read_then_another_process_writes():  # type: ignore[no-untyped-def]
@@ -133,7 +133,7 @@ def test_forgetting_the_caches_stops_a_preload_from_keeping_what_it_read_before(
         assert reg.preload_sign_ins(100) == 0
     finally:
         reg.store.read = real_read  # type: ignore[method-assign]
-    assert reg._device_writes == original + 1  # noqa: SLF001
+    assert reg._device_writes == original + 1
     delete_behind_its_back(tmp_path, pk, ["meter-0"])
     assert reg.lookup_sign_in(pk, "meter-0") is None
 

@@ -99,7 +99,11 @@ class RegistryHooks:
                 connect.client_id, connect.username, connect.password, self._registry.lookup_sign_in
             )
             if isinstance(result, SignInRefused):
-                log.info("device sign-in refused from %s: %s", peer, result.detail or result.reason)
+                # DEBUG: a flood of refusals must not fill the log; the audit log has them,
+                # rate-limited (observe/audit.py), and /metrics counts them.
+                log.debug(
+                    "device sign-in refused from %s: %s", peer, result.detail or result.reason
+                )
                 return Decision.deny(result.reason_code, result.reason)
             identity = result.identity
             self._claim(identity, result.device)
@@ -114,7 +118,7 @@ class RegistryHooks:
             if self._reserved_for_a_device(connect.client_id):
                 # 0x85 rather than 0x87: what is refused is the identifier, and the client can
                 # connect with another; 3.1.1 gets return code 2, "identifier rejected".
-                log.info("anonymous CONNECT from %s with a device's client id refused", peer)
+                log.debug("anonymous CONNECT from %s with a device's client id refused", peer)
                 return Decision.deny(
                     ReasonCode.CLIENT_IDENTIFIER_NOT_VALID,
                     "this client id belongs to a device: sign in as the device, or use another",
