@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ./data
 
-.PHONY: run test test-all crash lint bench bench-quick bench-backlog clean
+.PHONY: run test test-all crash cluster-test lint bench bench-quick bench-backlog clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test-all: $(STAMP)
 ## The long crash loop: kill -9 the hub 25 times under load; nothing acknowledged is lost.
 crash: $(STAMP)
 	$(BIN)/pytest -m slow tests/durability
+
+## The cluster tests alone (also part of `make test`): a real 3-server NATS cluster with
+## JetStream, a PostgreSQL, and ThingHub nodes on loopback.
+cluster-test: $(STAMP)
+	$(BIN)/pytest tests/cluster
 
 lint: $(STAMP)
 	$(BIN)/ruff check thinghub tests bench

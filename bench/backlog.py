@@ -81,6 +81,7 @@ class Hub:
             THINGHUB_MQTT_ALLOW_ANONYMOUS="true",
             THINGHUB_MQTT_MAX_QUEUED_MESSAGES=str(self.queue_limit),
             THINGHUB_MQTT_MAX_QUEUED_BYTES=str(1 << 40),
+            THINGHUB_MQTT_TLS_PORT="0",  # a free port: runs must not clash
         )
         cmd = [
             self.binary, "serve", "--host", HOST, "--mqtt-port", str(self.port),

@@ -326,6 +326,8 @@ class ThingHub(Broker):
         # Every generator client comes from 127.0.0.1: the per-address bound would cap the
         # idle-connections scenario at its default (10,000), which mosquitto does not have.
         env["THINGHUB_MQTT_MAX_CONNECTIONS_PER_ADDRESS"] = "0"
+        # The TLS listener (on by default at 8883) on a free port: runs must not clash.
+        env.setdefault("THINGHUB_MQTT_TLS_PORT", "0")
         return env
 
     def data_dir(self, workdir: Path) -> Path:

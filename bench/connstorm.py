@@ -32,6 +32,7 @@ import _socket
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 import time
 from collections.abc import Sequence
@@ -177,12 +178,15 @@ class Fleet:
         *,
         window: int = 512,
         sources: Sequence[str] | None = None,
+        contexts: Sequence[ssl.SSLContext] | None = None,
     ) -> None:
         if window < 1:
             raise ValueError("window must be at least 1")
         self.loop = asyncio.get_running_loop()
         self.address = (host, port)
         self.packets = packets
+        # TLS, one client context (its own certificate) per client: bench/mtls.py.
+        self.contexts = contexts
         self.window = window
         self.sources = list(sources or source_addresses(len(packets)))
         self.conns: list[_Conn | None] = [None] * len(packets)
@@ -220,9 +224,15 @@ class Fleet:
             sock.close()
             raise
         packet = self.packets[index]
-        _, conn = await self.loop.create_connection(  # type: ignore[call-overload]
-            lambda: _Conn(self, packet), sock=sock
-        )
+        contexts = self.contexts
+        if contexts is None:
+            _, conn = await self.loop.create_connection(  # type: ignore[call-overload]
+                lambda: _Conn(self, packet), sock=sock
+            )
+        else:  # the CONNECT goes once the handshake is done (connection_made)
+            _, conn = await self.loop.create_connection(  # type: ignore[call-overload]
+                lambda: _Conn(self, packet), sock=sock, ssl=contexts[index], server_hostname=""
+            )
         self.conns[index] = conn
         code = await conn.waiter
         if code != 0:

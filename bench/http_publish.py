@@ -450,6 +450,7 @@ class KeyedThingHub(brokers.ThingHub):
         env["THINGHUB_ROOT_ACCESS_KEY_SECRET"] = self.secret
         # The subscriber connects anonymously; anonymous clients live in the root account.
         env["THINGHUB_MQTT_ALLOW_ANONYMOUS"] = "true"
+        env.setdefault("THINGHUB_MQTT_TLS_PORT", "0")  # a free port: runs must not clash
         env.update(self.extra_env)
         return env
 

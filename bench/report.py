@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from bench import signin_report, targets
+from bench import mtls_report, signin_report, targets
 from bench.scenarios import SCENARIOS, RunResult
 
 MEDIAN_FIELDS = (
@@ -131,8 +131,8 @@ def results_table(summaries: Sequence[Summary]) -> list[str]:
     rows = []
     for s in summaries:
         sc = SCENARIOS[s.scenario]
-        if sc.http or sc.signin:
-            continue  # http_table, signin_table
+        if sc.http or sc.signin or sc.mtls:
+            continue  # http_table, signin_table, the mtls section
         if not s.available:
             rows.append([s.scenario, s.broker, "not available", "-", "-", "-", "-", "-", "-"])
             continue
@@ -267,11 +267,16 @@ def render(
         )
         out.append("")
     mqtt = [
-        s for s in summaries if not (SCENARIOS[s.scenario].http or SCENARIOS[s.scenario].signin)
+        s
+        for s in summaries
+        if not (
+            SCENARIOS[s.scenario].http or SCENARIOS[s.scenario].signin or SCENARIOS[s.scenario].mtls
+        )
     ]
+    mutual = [s for s in summaries if SCENARIOS[s.scenario].mtls]
     http = [s for s in summaries if SCENARIOS[s.scenario].http]
     signin = [s for s in summaries if SCENARIOS[s.scenario].signin]
-    if mqtt or not (http or signin):
+    if mqtt or not (http or signin or mutual):
         out.append("### Results (medians)")
         out.append("")
         out.extend(results_table(mqtt))
@@ -305,6 +310,8 @@ def render(
         ceil = next((c for c in ceiling if c.scenario == s.scenario), None)
         out.extend(signin_report.notes(s, ceil))
         out.append("")
+    for s in mutual:
+        out.extend(mtls_report.section(s))
     target_rows = targets.targets_rows(summaries)
     if target_rows:
         out.append("### Targets")

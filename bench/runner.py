@@ -13,7 +13,7 @@ from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from bench import brokers, report, signin
+from bench import brokers, mtls, report, signin
 from bench.brokers import BROKERS, Broker, BrokerUnavailable
 from bench.mqttload import SetupError, run_idle, run_stream
 from bench.scenarios import IDLE_CONNECTIONS, SCENARIOS, RunResult, Scenario
@@ -71,6 +71,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     ap.add_argument(
         "--window", type=int, default=signin.WINDOW, help="signin: connects in flight at once"
     )
+    ap.add_argument(
+        "--mtls-devices",
+        type=int,
+        help=f"mtls: devices with client certificates (default {mtls.DEFAULT_DEVICES:,}; "
+        f"{mtls.QUICK_DEVICES:,} with --quick)",
+    )
     ap.add_argument("--no-ceiling", action="store_true", help="skip the null-broker ceiling")
     ap.add_argument("--no-pin", action="store_true", help="do not pin broker/generator to CPUs")
     ap.add_argument("--quick", action="store_true", help="smoke test: --seconds 1 --runs 1")
@@ -89,6 +95,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.devices = signin.QUICK_DEVICES if args.quick else signin.DEFAULT_DEVICES
     if not 1 <= args.devices <= 1_000_000:
         ap.error("--devices must be in [1, 1000000]")
+    if args.mtls_devices is None:
+        args.mtls_devices = mtls.QUICK_DEVICES if args.quick else mtls.DEFAULT_DEVICES
+    if not 1 <= args.mtls_devices <= 1_000_000:
+        ap.error("--mtls-devices must be in [1, 1000000]")
     if not 1 <= args.window <= 100_000:
         ap.error("--window must be in [1, 100000]")
     if args.warmup is None:
@@ -264,6 +274,38 @@ def signin_run(
     return result, top
 
 
+def mtls_run(args: argparse.Namespace, cpus: tuple[int | None, int | None]) -> RunResult:
+    """One run of the mutual-TLS sign-in scenario: ThingHub, and mosquitto beside it when it
+    is one of the brokers asked for."""
+    try:
+        doc = mtls.run(
+            args.mtls_devices,
+            window=min(args.window, mtls.WINDOW),
+            cpus=cpus,
+            binary=args.thinghub,
+            mosquitto=args.mosquitto if "mosquitto" in args.broker else None,
+            with_mosquitto="mosquitto" in args.broker,
+        )
+    except BrokerUnavailable as e:
+        return RunResult("mtls", "thinghub", ok=False, error=str(e))
+    except mtls.setup_errors() as e:
+        return RunResult("mtls", "thinghub", ok=False, error=str(e) or type(e).__name__)
+    f = doc["figures"]
+    return RunResult(
+        "mtls",
+        "thinghub",
+        ok=f.get("rate") is not None,
+        error=None if f.get("rate") is not None else "no wave measured",
+        rate=f.get("rate"),
+        connections=int(f["devices"] or 0),
+        broker_cpu=f.get("thinghub.cold.hub_cpu"),
+        gen_cpu=f.get("thinghub.cold.gen_cpu"),
+        warnings=doc["notes"],
+        figures=f,
+        failures=doc["failures"],
+    )
+
+
 def describe(r: RunResult, unit: str) -> str:
     if not r.ok:
         return f"FAILED: {r.error}"
@@ -316,6 +358,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "idle_connections": connections,
         "signin_devices": args.devices,
         "signin_window": args.window,
+        "mtls_devices": args.mtls_devices,
         "scenarios": args.scenario,
         "brokers": args.broker,
     }
@@ -335,7 +378,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             cs = min(args.seconds, 5.0)
             for name in args.scenario:
                 sc = SCENARIOS[name]
-                if sc.http or sc.signin:
+                if sc.http or sc.signin or sc.mtls:
                     continue  # no null-broker equivalent; signin measures its own
                 r, _ = one_run(
                     sc, make_broker("null", broker_cpu, args), cs, args.warmup, connections
@@ -360,6 +403,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                         log(f"  ceiling  {name:<11} {describe(top, sc.unit)}")
                         ceiling.append(report.summarize(name, "null", [top]))
                 summaries.append(report.summarize(name, "thinghub", signin_runs))
+                continue
+            if sc.mtls:
+                if "thinghub" not in args.broker or "thinghub" in unavailable:
+                    continue  # ThingHub beside mosquitto, inside each run
+                mtls_runs: list[RunResult] = []
+                for i in range(args.runs):
+                    r = mtls_run(args, (broker_cpu, gen_cpu))
+                    mtls_runs.append(r)
+                    all_runs.append(r)
+                    log(f"  thinghub  {name:<11} run {i + 1}: {describe(r, sc.unit)}")
+                summaries.append(report.summarize(name, "thinghub", mtls_runs))
                 continue
             if sc.http:
                 if "thinghub" not in args.broker or "thinghub" in unavailable:
@@ -414,7 +468,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     # Wrong, not slow: refused sign-ins or wrong device statuses (bench/signin.py).
     failed = [
-        s for s in summaries if s.failures or (SCENARIOS[s.scenario].signin and not s.available)
+        s
+        for s in summaries
+        if s.failures
+        or ((SCENARIOS[s.scenario].signin or SCENARIOS[s.scenario].mtls) and not s.available)
     ]
     for s in failed:
         log(f"bench: {s.scenario} FAILED: {'; '.join(s.failures) or s.error}")

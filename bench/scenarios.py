@@ -25,6 +25,9 @@ class Scenario:
     # The sign-in scenario (bench/signin.py): ThingHub only, its own hubs and its own table;
     # its generator ceiling is measured inside it.
     signin: bool = False
+    # The mutual-TLS sign-in scenario (bench/mtls.py): its own hub and mosquitto, its own
+    # table.
+    mtls: bool = False
 
 
 def _fanin() -> StreamSpec:
@@ -112,6 +115,13 @@ SCENARIOS: dict[str, Scenario] = {
             signin=True,
         ),
         Scenario(
+            "mtls",
+            "mtls: AWS IoT devices signing in with client certificates, beside mosquitto",
+            "connects/s",
+            None,
+            mtls=True,
+        ),
+        Scenario(
             "aws-publish",
             "aws-publish: AWS Publish (SigV4), QoS 0 -> 1 MQTT 5 subscriber",
             "req/s",
@@ -134,7 +144,7 @@ SCENARIOS: dict[str, Scenario] = {
         ),
     )
 }
-MQTT_SCENARIOS = [name for name, sc in SCENARIOS.items() if not (sc.http or sc.signin)]
+MQTT_SCENARIOS = [name for name, sc in SCENARIOS.items() if not (sc.http or sc.signin or sc.mtls)]
 HTTP_SCENARIOS = [name for name, sc in SCENARIOS.items() if sc.http]
 
 

@@ -17,6 +17,7 @@ SIGNIN_RATE = 10_000.0  # signed-in connects/s, the slowest wave
 SIGNIN_RATIO = 0.6  # signed-in / anonymous connects/s, the lowest wave
 STORM_P99_MS = 50.0  # QoS 0 latency p99 during a reconnect storm, the worst storm
 IDLE_KIB_PER_CONN = 3.0  # idle10k: hub memory per idle connection (RSS is counted in KiB)
+MTLS_RATIO = 0.5  # mutual-TLS sign-ins/s, ThingHub / mosquitto, the lowest wave
 
 
 def at_least(target: float) -> Callable[[float], bool]:
@@ -88,6 +89,26 @@ def targets_rows(summaries: Sequence[Summary]) -> list[list[str]]:
             ],
             [
                 "Failed connects (every wave)",
+                _fmt(f.get("failed_connects"), 0),
+                "0",
+                _zero(f.get("failed_connects")),
+                "-",
+            ],
+        ]
+    mutual = by.get(("mtls", "thinghub"))
+    if mutual is not None:
+        f = mutual.figures
+        ratio, other = f.get("ratio"), f.get("mosquitto.rate")
+        rows += [
+            [
+                "mTLS sign-ins/s (slowest wave) / mosquitto's",
+                _fmt(f.get("rate"), 0) + ("" if ratio is None else f" ({ratio:.2f}x)"),
+                f">= {MTLS_RATIO}x",
+                verdict(ratio, at_least(MTLS_RATIO)),
+                _fmt(other, 0),
+            ],
+            [
+                "Failed mTLS connects (every wave)",
                 _fmt(f.get("failed_connects"), 0),
                 "0",
                 _zero(f.get("failed_connects")),

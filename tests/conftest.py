@@ -76,6 +76,11 @@ if TARGET not in ("thinghub", "mosquitto"):
 ROOT = Path(__file__).resolve().parent.parent
 READY_TIMEOUT = 15.0
 STOP_TIMEOUT = 10.0
+# Every hub the tests start, as a subprocess or in this process (load_settings reads the
+# environment), takes a free port for its TLS listener: on by default at 8883, it would
+# clash between hubs running side by side. A test that wants a port says so.
+os.environ.setdefault("THINGHUB_MQTT_TLS_PORT", "0")
+
 READY_LINE = re.compile(r"ready mqtt=([\d.]+):(\d+) http=([\d.]+):(\d+)")
 
 # ThingHub's documented defaults; the mosquitto config spells them out so both targets agree.

@@ -1,6 +1,7 @@
 """Wires the hub into one process with one start/stop lifecycle: the registry (SQLite in the
-data directory), the broker with the registry's hooks, the MQTT listeners (TCP, TLS when
-configured) and the HTTP server (health, metrics, MQTT over WebSocket, the cloud APIs)."""
+data directory), the broker with the registry's hooks, the MQTT listeners (TCP, and TLS unless
+``mqtt.tls`` is off: client certificates, MQTT over WebSocket) and the HTTP server (health,
+metrics, MQTT over WebSocket, the cloud APIs)."""
 
 from __future__ import annotations
 
@@ -8,19 +9,24 @@ import asyncio
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from aiohttp import web
 
+from .auth.aws_device import AwsDevices
 from .auth.broker_hooks import RegistryHooks
 from .auth.device_watch import DeviceWatch
+from .auth.signed_url import SignedUrls
 from .broker.auth import DenyList
 from .broker.broker import Broker
 from .config import Settings
 from .health import Health
 from .http.aliyun.nonce_store import NonceStore, open_nonce_store
 from .http.app import build_http_app
+from .http.aws_control.api import IDENTITY
 from .http.context import HubContext
 from .http.fastpath import FastSite, ReadTimeouts
 from .http.ratelimit import (
@@ -31,6 +37,15 @@ from .http.ratelimit import (
     RateLimiter,
     parse_rate_overrides,
 )
+from .identity import server_cert
+from .identity.ca import HubCA
+from .identity.service import IdentityService
+from .observe.audit import AuditLog
+from .observe.logs import LogPipe
+from .observe.requests import ApiRequests
+from .observe.sources import Sources
+from .observe.sysaccess import SysReaders
+from .observe.systopics import SysTopics
 from .registry.ids import MessageIdGenerator
 from .registry.models import AccessKey
 from .registry.presence_writer import PresenceWriter
@@ -42,8 +57,14 @@ from .shadow.service import ShadowService
 from .shadow.store import ShadowStore
 from .store.lock import DataDirLock
 from .store.sqlite import SQLiteStore, StoreLimits
+from .trace.recorder import TraceRecorder
 from .transport.admission import AdmissionGate, raise_file_limit
-from .transport.tcp import make_tls_context, start_tcp_listener
+from .transport.tcp import start_tcp_listener
+from .transport.tls import ServerTLS
+from .transport.websocket import HANDSHAKE_SIGN_IN
+
+if TYPE_CHECKING:
+    from .cluster.node import ClusterNode
 
 log = logging.getLogger("thinghub")
 
@@ -84,8 +105,22 @@ class Hub:
     _preload: asyncio.Future[None] | None = None
     # What every writer thread reports to; /healthz and /metrics read it (health.py).
     health: Health = field(default_factory=Health)
+    # The hub's CA (data_dir/ca, made at the first start) and the AWS IoT identities (things,
+    # certificates, policies) the control plane manages: thinghub/identity. The TLS sign-in
+    # reads ``identity.reader`` and watches certificate status changes.
+    ca: HubCA | None = None
+    identity: IdentityService | None = None
+    # AWS IoT devices' sign-in (client certificates, signed WebSocket URLs) and policies.
+    aws_devices: AwsDevices | None = None
+    # The log pipeline (``thinghub serve`` starts it; /metrics counts what it dropped), the
+    # audit log (log.audit) and the $SYS topics (mqtt.sys_interval): thinghub/observe.
+    log_pipe: LogPipe | None = None
+    audit: AuditLog | None = None
+    sys_topics: SysTopics | None = None
     # How far ahead the MessageId lease is written (registry/ids.py); tests shorten it.
     id_lease_ms: int = 10_000
+    # This hub's node of a cluster ([cluster] nats_urls; thinghub/cluster), else None.
+    cluster: ClusterNode | None = None
 
     def open_registry(self) -> Registry:
         """Open the registry and make sure the root account has an access key."""
@@ -111,10 +146,19 @@ class Hub:
 
     async def start(self) -> Endpoints:
         loop = asyncio.get_running_loop()
+        started_at, started = time.time(), time.monotonic()
         settings = self.settings
         mqtt = settings.mqtt
         registry = self.registry or self.open_registry()
         assert self._store is not None
+        self.ca = HubCA.load_or_create(settings.data_dir)
+        self.identity = identity = IdentityService(self._store, self.ca, region=settings.aws.region)
+        identity.bind(loop)  # CA certificate changes are told on the loop
+        self.aws_devices = AwsDevices(
+            identity,
+            cache_size=settings.aws.sign_in_cache,
+            topic_cache=settings.aws.policy_topic_cache,
+        )
         # Devices are offline until they sign in again, whatever the last run recorded.
         registry.mark_all_offline()
         self.presence_writer = PresenceWriter(
@@ -145,6 +189,7 @@ class Hub:
             anonymous_account=registry.ensure_root_account().account_id,
             deny=deny,
             max_subscriptions_per_device=mqtt.max_subscriptions_per_device,
+            aws=self.aws_devices,
         )
         limits = settings.store
         if limits.backend == "sqlite":
@@ -164,12 +209,30 @@ class Hub:
             mqtt,
             loop,
             authenticator=hooks,
-            authorizer=hooks,
+            # $SYS: only mqtt.sys_readers of the root account read it, nobody writes it.
+            authorizer=SysReaders(hooks, mqtt.sys_readers, hooks.anonymous_account, deny),
             observers=(hooks,),
             store=self.broker_store,
             new_message_id=ids.next_id,
+            trace=_trace_recorder(settings),
         )
         broker.restore()
+        if settings.cluster.enabled:
+            # Imported here: only a clustered hub loads the NATS client.
+            from .cluster.node import ClusterNode
+
+            self.cluster = ClusterNode(settings.cluster, broker, self.health)
+            await self.cluster.start()
+        if settings.log.audit:
+            self.audit = AuditLog(
+                settings.log.audit_rate, settings.log.audit_burst, call_later=loop.call_later
+            )
+            broker.stats.on_connect_refused = self.audit.signin_refused
+        # Before any connection: the $SYS values of an earlier run are replaced or deleted.
+        self.sys_topics = SysTopics(broker, hooks.anonymous_account, mqtt.sys_interval, started)
+        self.sys_topics.forget_stale()
+        if mqtt.sys_interval:
+            self.sys_topics.start(loop)
         # Before any connection: binds the restored sessions to their devices.
         self.device_watch = DeviceWatch(registry, broker, hooks)
         await self.device_watch.start()
@@ -197,16 +260,24 @@ class Hub:
         tcp = await start_tcp_listener(broker, mqtt.host, mqtt.port, gate=gate)
         self._servers.append(tcp)
         mqtts = None
-        if mqtt.tls_cert and mqtt.tls_key:
+        if mqtt.tls:
             tls = await start_tcp_listener(
                 broker,
                 mqtt.host,
                 mqtt.tls_port,
-                make_tls_context(mqtt.tls_cert, mqtt.tls_key),
+                self._server_tls(),
                 gate=gate,
+                http=self._http_protocol,
             )
             self._servers.append(tls)
             mqtts = _bound(tls)
+            if not mqtt.tls_cert:
+                log.info(
+                    "MQTT over TLS on port %d, its certificate signed by the hub's CA, as the "
+                    "devices' are: thinghub ca show --data-dir %s > ca.pem",
+                    mqtts[1],
+                    settings.data_dir,
+                )
 
         api = settings.api
         self.nonce_store, nonces = await open_nonce_store(settings.data_dir, health=self.health)
@@ -229,7 +300,23 @@ class Hub:
             presence_writer=self.presence_writer,
             registry_writer=self.registry_writer,
         )
-        runner = web.AppRunner(build_http_app(context, gate), access_log=None, handle_signals=False)
+        sources = Sources(
+            context,
+            gate,
+            requests=ApiRequests(self.audit),
+            logs=self.log_pipe,
+            audit=self.audit,
+            sys_topics=self.sys_topics,
+            started_at=started_at,
+            started=started,
+        )
+        http_app = build_http_app(context, gate, sources)
+        http_app[IDENTITY] = self.identity  # the AWS IoT control plane (http/aws_control)
+        # SigV4-signed MQTT over WebSocket URLs (auth/signed_url.py, transport/websocket.py).
+        http_app[HANDSHAKE_SIGN_IN] = SignedUrls(registry.lookup_access_key)
+        if self.cluster is not None:
+            http_app.router.add_get("/thinghub/cluster", _cluster_status(self.cluster))
+        runner = web.AppRunner(http_app, access_log=None, handle_signals=False)
         await runner.setup()
         # A TCPSite whose connections serve the hot API calls on the fast path (http/fastpath.py).
         http = settings.http
@@ -256,6 +343,8 @@ class Hub:
     async def stop(self) -> None:
         """Stop accepting, tell every client the server is going away (v5 DISCONNECT 0x8B),
         flush, and close."""
+        if self.sys_topics is not None:
+            self.sys_topics.stop()
         for server in self._servers:
             server.close()
         if self.broker is not None:
@@ -280,6 +369,9 @@ class Hub:
             # Answers what it has taken (its answers may still reach the broker's store).
             await self.shadows.close()
             self.shadows = None
+        if self.cluster is not None:
+            await self.cluster.stop()  # after the last wills and answers were routed
+            self.cluster = None
         if self.broker_store is not None:
             # Commits what the last connections changed, then stops the writer thread.
             self.broker_store.close()
@@ -297,6 +389,35 @@ class Hub:
             self._lock.release()
             self._lock = None
 
+    def _server_tls(self) -> ServerTLS:
+        """The TLS listener's contexts: the configured certificate, or the one the hub's CA
+        signs for ``mqtt.tls_hosts`` (identity/server_cert.py); client certificates of the
+        hub's CA and of the registered CAs (transport/tls.py)."""
+        mqtt = self.settings.mqtt
+        ca, identity = self.ca, self.identity
+        assert ca is not None and identity is not None
+        if mqtt.tls_cert and mqtt.tls_key:
+            cert_file, key_file = mqtt.tls_cert, mqtt.tls_key
+        else:
+            hosts = mqtt.tls_hosts or server_cert.default_hosts()
+            cert_path, key_path = server_cert.ensure(ca, self.settings.data_dir, hosts)
+            cert_file, key_file = str(cert_path), str(key_path)
+        changes = identity.changes
+        return ServerTLS(
+            cert_file,
+            key_file,
+            ca_pem=ca.pem,
+            anchors=identity.reader.trust_anchors,
+            generation=lambda: changes.trust,
+        )
+
+    def _http_protocol(self) -> asyncio.Protocol | None:
+        """A protocol of the HTTP server for a TLS connection that is an HTTP request (MQTT
+        over WebSocket on the TLS port: transport/tcp.py); None until it serves."""
+        runner = self._http_runner
+        server = None if runner is None else runner.server
+        return None if server is None else server()
+
     def _preload_sign_ins(self, limit: int) -> None:
         """On an executor thread: a failure leaves the cache to fill as devices sign in (a
         degraded start, not a failed hub)."""
@@ -309,6 +430,27 @@ class Hub:
             self.health.degrade("device-preload", f"reading devices at start failed: {error}")
             return
         log.debug("%d devices read into the sign-in cache", loaded)
+
+
+def _trace_recorder(settings: Settings) -> TraceRecorder | None:
+    """The delivery trace ([trace]; thinghub/trace), None when it is off."""
+    trace = settings.trace
+    if not trace.enabled:
+        return None
+    return TraceRecorder(
+        max_messages=trace.max_messages,
+        max_age_s=trace.max_age_s,
+        max_sessions=trace.max_sessions,
+    )
+
+
+def _cluster_status(node: ClusterNode) -> Callable[[web.Request], Awaitable[web.Response]]:
+    """``GET /thinghub/cluster``: this node's view of the cluster (cluster/node.py, status)."""
+
+    async def status(_request: web.Request) -> web.Response:
+        return web.json_response(node.status())
+
+    return status
 
 
 def _in_thread(work: Callable[[], None]) -> None:

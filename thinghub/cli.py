@@ -13,9 +13,12 @@ import click
 from . import __version__, gcpolicy
 from .app import Hub
 from .cli_backup import backup
+from .cli_ca import ca
 from .cli_registry import COMMANDS
+from .cli_trace import trace
 from .config import ConfigError, Settings, load_settings
 from .demo import describe, ensure_demo
+from .observe.logs import LogPipe, start_logging
 from .registry.errors import RegistryError, SchemaVersionError
 from .store.errors import StoreError
 
@@ -26,7 +29,7 @@ def main() -> None:
     """ThingHub: a self-hosted IoT messaging hub."""
 
 
-for _command in (*COMMANDS, backup):
+for _command in (*COMMANDS, backup, trace, ca):
     main.add_command(_command)
 
 
@@ -55,6 +58,21 @@ for _command in (*COMMANDS, backup):
     help="A TOML settings file.",
 )
 @click.option("--log-level", default=None, help="DEBUG, INFO, WARNING or ERROR.")
+@click.option(
+    "--cluster",
+    "nats_urls",
+    default=None,
+    metavar="NATS_URLS",
+    help="Join a cluster: its NATS servers, comma-separated (nats://h1:4222,nats://h2:4222).",
+)
+@click.option("--node-name", default=None, help="This node's name in the cluster (host name).")
+@click.option(
+    "--registry",
+    "registry_url",
+    default=None,
+    metavar="POSTGRES_URL",
+    help="A PostgreSQL registry shared by the cluster's nodes (not yet supported).",
+)
 def serve(
     mqtt_port: int | None,
     http_port: int | None,
@@ -62,6 +80,9 @@ def serve(
     data_dir: Path | None,
     config_file: Path | None,
     log_level: str | None,
+    nats_urls: str | None,
+    node_name: str | None,
+    registry_url: str | None,
 ) -> None:
     """Run the hub until SIGINT or SIGTERM."""
     overrides: dict[str, Any] = {
@@ -71,14 +92,23 @@ def serve(
         "http.host": host,
         "data_dir": data_dir,
         "log_level": log_level,
+        "cluster.nats_urls": nats_urls,
+        "cluster.node_name": node_name,
+        "registry.url": registry_url,
     }
     try:
         settings = load_settings(config_file, overrides=overrides)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    if settings.registry.url:
+        # Kept in the settings for when it is: the nodes of a cluster share the registry there.
+        raise click.ClickException(
+            "registry.url: a PostgreSQL registry is not yet supported; each node keeps its "
+            "registry in registry.db in its data directory"
+        )
+    # Records reach stderr through the log writer thread, never from the event loop.
+    logs = start_logging(
+        settings.log_level, settings.log.format, settings.log.queue, audit=settings.log.audit
     )
     runner: Any = asyncio.run
     try:
@@ -88,13 +118,15 @@ def serve(
     except ImportError:  # pragma: no cover - uvloop is a dependency where it builds
         pass
     try:
-        runner(_serve(settings))
+        runner(_serve(settings, logs))
     except (OSError, StoreError, RegistryError, SchemaVersionError) as error:
         raise click.ClickException(f"cannot start: {error}") from None
+    finally:
+        logs.close()  # the last records are written before the process ends
 
 
-async def _serve(settings: Settings) -> None:
-    hub = Hub(settings)
+async def _serve(settings: Settings, logs: LogPipe) -> None:
+    hub = Hub(settings, log_pipe=logs)
     registry = hub.open_registry()
     demo = ensure_demo(registry)
     endpoints = await hub.start()
@@ -112,9 +144,16 @@ async def _serve(settings: Settings) -> None:
     ]
     if endpoints.mqtts:
         lines.append(f"  MQTT over TLS   mqtts://{endpoints.mqtts[0]}:{endpoints.mqtts[1]}")
+    if hub.cluster is not None:
+        nats_urls = ",".join(settings.cluster.nats_urls)
+        lines.append(
+            f"  Cluster         node {hub.cluster.name} on {nats_urls}  "
+            f"(its view: http://{http_host}:{http_port}/thinghub/cluster)"
+        )
     lines += [
         f"  MQTT/WebSocket  ws://{http_host}:{http_port}/mqtt",
-        f"  HTTP            http://{http_host}:{http_port}  (health: /healthz, counters: /metrics)",
+        f"  HTTP            http://{http_host}:{http_port}  "
+        "(health: /healthz, metrics: /metrics, stats: /api/stats)",
         *describe(demo, mqtt=endpoints.mqtt, http=endpoints.http, new_root_key=hub.new_root_key),
         "",
         "Stop with Ctrl-C.",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import tomllib
 import types
 import typing
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .cluster.settings import ClusterSettings
 from .http.ratelimit import parse_rate_overrides
 
 KIB = 1024
@@ -34,10 +36,18 @@ class MQTTSettings:
 
     host: str = "0.0.0.0"
     port: int = 1883
-    # TLS listener, enabled when both files are given.
+    # The TLS listener: MQTT over TLS, also with client certificates (AWS IoT devices), and
+    # MQTT over WebSocket with TLS at /mqtt (transport/tcp.py). On by default; ``tls = false``
+    # turns it off. Port 0 picks a free port (the ready line says which).
+    tls: bool = True
     tls_port: int = 8883
+    # Its certificate and key (PEM files). When not given, the hub's CA signs one at start for
+    # ``tls_hosts``, kept in data_dir/ca/server.pem: devices trust ``thinghub ca show``.
     tls_cert: str | None = None
     tls_key: str | None = None
+    # The host names and addresses that certificate is for; empty: localhost, 127.0.0.1 and
+    # the machine's host name.
+    tls_hosts: tuple[str, ...] = ()
     # Largest packet accepted and advertised in CONNACK (Alibaba's 256 KB message limit).
     max_packet_size: int = 256 * KIB
     # 2 is full MQTT; 1 behaves like AWS IoT Core and Alibaba IoT (QoS 2 downgraded/refused).
@@ -101,6 +111,12 @@ class MQTTSettings:
     deny_subscribe: tuple[str, ...] = ()
     # Seconds a new connection may take to send CONNECT before it is closed.
     connect_timeout: float = 10.0
+    # $SYS/broker/... topics (thinghub/observe/systopics.py): published, retained, in the root
+    # account every this many seconds (0: not at all), readable by the root account's clients
+    # that ``sys_readers`` names: "anonymous" (clients without device credentials),
+    # "client:<glob>" (client ids), "user:<glob>" (user names). Nobody else may subscribe.
+    sys_interval: float = 10.0
+    sys_readers: tuple[str, ...] = ("anonymous",)
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +192,87 @@ class RegistrySettings:
     # first (at most the cache's 100,000 entries; 0: none): a fleet reconnecting after a
     # restart signs in without a file read per device on the event loop.
     preload_devices: int = 100_000
+    # A PostgreSQL registry shared by the nodes of a cluster (``serve --registry URL``):
+    # accepted and kept, but ``serve`` refuses to start with it until it is supported.
+    url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AWSSettings:
+    """The AWS IoT control plane (thinghub/http/aws_control): what the hub calls itself in ARNs
+    and in DescribeEndpoint answers."""
+
+    # The region in every ARN (arn:aws:iot:<region>:<account>:...); any region a client signs
+    # with is accepted, as on the data plane.
+    region: str = "us-east-1"
+    # The host DescribeEndpoint answers (None: the host the request came to, without its port).
+    endpoint_host: str | None = None
+    # Client certificates whose sign-in records (certificate, things, policies) are kept in
+    # memory (auth/aws_device.py); past it the oldest go, and come back with one WAL read.
+    sign_in_cache: int = 100_000
+    # Answers per action each AWS IoT device connection keeps by topic (publish, subscribe,
+    # receive); past it they are forgotten and worked out again.
+    policy_topic_cache: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class TraceSettings:
+    """Delivery traces (thinghub/trace): what became of each recent message, per session,
+    read with ``thinghub trace MESSAGE_ID`` or ``GET /thinghub/trace/{MessageId}``. Kept in
+    memory only; see the README, *Delivery trace*."""
+
+    enabled: bool = False
+    # Messages traced: past it, or past the age, the oldest traces go first.
+    max_messages: int = 10_000
+    max_age_s: float = 3600.0
+    # Sessions whose events are kept per message (the first ones handed a copy, and the first
+    # ones with an event); beyond them a message keeps counts by event only.
+    max_sessions: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    """The hub's log (thinghub/observe/logs.py) and its audit lines (observe/audit.py). The
+    level is the top-level ``log_level``."""
+
+    # "text" (one readable line per record) or "json" (one JSON object per line).
+    format: str = "text"
+    # Records waiting for the thread that writes them (past it they are dropped and counted),
+    # so that the event loop never waits on the terminal, a pipe or the disk.
+    queue: int = 10_000
+    # One line per API call and per refused sign-in on the "thinghub.audit" logger, at most
+    # ``audit_rate`` lines a second, ``audit_burst`` at once; beyond, they are counted and
+    # summarised ("N audit lines suppressed"), so a flood cannot fill the disk.
+    audit: bool = True
+    audit_rate: float = 50.0
+    audit_burst: int = 500
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleSettings:
+    """The web console at ``/console`` on the HTTP port (thinghub/console): sign-in with an
+    access key, server-side sessions, the live tail. See the README, *The console*."""
+
+    enabled: bool = True
+    # A session ends after this long without a request, and this long after its sign-in
+    # whatever it does (seconds); at most ``max_sessions`` live at once (past it, signing in
+    # ends the least recently used one).
+    session_idle_s: float = 1800.0
+    session_max_s: float = 12 * 3600.0
+    max_sessions: int = 100
+    # Sign-in attempts per client address: a burst of this many, then this many a minute.
+    signin_per_minute: int = 10
+    # Live tails (WebSockets at /console/ws/tail): per session and hub-wide; messages waiting
+    # for one browser (past it they are dropped and counted), and the payload bytes a tail
+    # shows of each message.
+    max_tails_per_session: int = 4
+    max_tails: int = 64
+    tail_queue: int = 500
+    tail_payload_bytes: int = 4096
+
+
+#: What ``mqtt.sys_readers`` entries look like.
+SYS_READER = re.compile(r"anonymous|(client|user):.+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +285,12 @@ class Settings:
     store: StoreSettings = field(default_factory=StoreSettings)
     shadow: ShadowSettings = field(default_factory=ShadowSettings)
     registry: RegistrySettings = field(default_factory=RegistrySettings)
+    aws: AWSSettings = field(default_factory=AWSSettings)
+    trace: TraceSettings = field(default_factory=TraceSettings)
+    log: LogSettings = field(default_factory=LogSettings)
+    console: ConsoleSettings = field(default_factory=ConsoleSettings)
+    # Several hubs as one, on NATS (thinghub/cluster/settings.py); off unless nats_urls is set.
+    cluster: ClusterSettings = field(default_factory=ClusterSettings)
 
     def validate(self) -> Settings:
         m = self.mqtt
@@ -207,7 +310,19 @@ class Settings:
                 m.server_keep_alive is None or 0 <= m.server_keep_alive <= 65535,
                 "mqtt.server_keep_alive must be 0..65535",
             ),
-            (0 <= m.port <= 65535 and 0 <= self.http.port <= 65535, "ports must be 0..65535"),
+            (
+                0 <= m.port <= 65535 and 0 <= m.tls_port <= 65535 and 0 <= self.http.port <= 65535,
+                "ports must be 0..65535",
+            ),
+            (
+                (m.tls_cert is None) == (m.tls_key is None),
+                "mqtt.tls_cert and mqtt.tls_key are given together (or neither: the hub's CA "
+                "signs the TLS certificate)",
+            ),
+            (
+                min(self.aws.sign_in_cache, self.aws.policy_topic_cache) >= 1,
+                "aws.sign_in_cache and aws.policy_topic_cache must be at least 1",
+            ),
             (self.store.backend in ("sqlite", "memory"), "store.backend must be sqlite or memory"),
             (
                 min(
@@ -229,10 +344,57 @@ class Settings:
                 "registry settings must be at least 1",
             ),
             (self.registry.preload_devices >= 0, "registry.preload_devices must be at least 0"),
+            (
+                min(self.trace.max_messages, self.trace.max_sessions) >= 1
+                and self.trace.max_age_s > 0,
+                "trace.max_messages and trace.max_sessions must be at least 1, "
+                "trace.max_age_s above 0",
+            ),
+        ]
+        checks.append(
+            (
+                re.fullmatch(r"[a-z]{2}(-[a-z]+)+-[0-9]+", self.aws.region) is not None,
+                "aws.region must look like us-east-1",
+            )
+        )
+        log = self.log
+        checks += [
+            (
+                m.sys_interval == 0 or m.sys_interval >= 0.1,
+                "mqtt.sys_interval must be 0 (no $SYS topics) or at least 0.1 seconds",
+            ),
+            (
+                all(SYS_READER.fullmatch(entry) for entry in m.sys_readers),
+                'mqtt.sys_readers entries must be "anonymous", "client:<glob>" or "user:<glob>"',
+            ),
+            (log.format in ("text", "json"), "log.format must be text or json"),
+            (log.queue >= 1, "log.queue must be at least 1"),
+            (
+                min(
+                    self.console.session_idle_s,
+                    self.console.session_max_s,
+                    self.console.max_sessions,
+                    self.console.signin_per_minute,
+                    self.console.max_tails_per_session,
+                    self.console.max_tails,
+                    self.console.tail_queue,
+                    self.console.tail_payload_bytes,
+                )
+                > 0,
+                "console settings must be above 0",
+            ),
+            (log.audit_rate > 0, "log.audit_rate must be above 0"),
+            (log.audit_burst >= 1, "log.audit_burst must be at least 1"),
+            (
+                self.log_level.upper() in ("DEBUG", "INFO", "WARN", "WARNING", "ERROR", "CRITICAL"),
+                "log_level must be DEBUG, INFO, WARNING or ERROR",
+            ),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        for problem in self.cluster.problems():
+            raise ConfigError(problem)
         for name in ("aliyun_rate_limits", "aws_rate_limits"):
             try:
                 parse_rate_overrides(getattr(self.api, name))
@@ -248,7 +410,15 @@ _SECTIONS = {
     "store": StoreSettings,
     "shadow": ShadowSettings,
     "registry": RegistrySettings,
+    "aws": AWSSettings,
+    "trace": TraceSettings,
+    "log": LogSettings,
+    "console": ConsoleSettings,
+    "cluster": ClusterSettings,
 }
+#: Top-level keys whose name starts like a section's (THINGHUB_LOG_LEVEL is ``log_level``,
+#: not ``[log] level``).
+_TOP_LEVEL = {"log_level"}
 
 
 def _convert(name: str, raw: Any, annotation: Any) -> Any:
@@ -324,7 +494,7 @@ def load_settings(
         if key.startswith("test_"):
             continue  # the test suite's own switches
         section = key.split("_", 1)[0]
-        if section in _SECTIONS and "_" in key:
+        if section in _SECTIONS and "_" in key and key not in _TOP_LEVEL:
             env_layer.setdefault(section, {})[key.split("_", 1)[1]] = value
         else:
             env_layer[key] = value

@@ -150,10 +150,10 @@ def test_a_storm_of_sign_ins_and_outs_leaves_every_status_right(hub: SecHub) -> 
         return all(rows[d.iot_id][0] == (d.iot_id in online) for d in devices)
 
     wait_for(file_right, what="registry.db to catch up")
-    # /metrics shows the writer's work: coalesced (fewer rows than changes), nothing left
+    # /api/stats shows the writer's work: coalesced (fewer rows than changes), nothing left
     # waiting once it has caught up.
-    wait_for(lambda: hub.metrics()["presence"]["pending"] == 0, what="the writer to catch up")
-    presence = hub.metrics()["presence"]
+    wait_for(lambda: hub.stats()["presence"]["pending"] == 0, what="the writer to catch up")
+    presence = hub.stats()["presence"]
     assert presence["write_failures"] == 0
     assert 0 < presence["rows_written"] <= presence["changes"]
     rows = file_states(hub)

@@ -5,6 +5,7 @@ hub is (speed is for `make bench`, never for a timed test)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,6 +95,40 @@ def test_the_signin_scenario_runs(tmp_path: Path) -> None:
     assert "### Sign-in: 300 Alibaba devices" in proc.stdout
     assert "| storm | 5.0" in proc.stdout and "### Targets" in proc.stdout
     assert "Signed-in connects/s (slowest wave)" in proc.stdout
+
+
+def test_the_mtls_scenario_runs(tmp_path: Path) -> None:
+    """`python -m bench --scenario mtls` with 100 devices: certificates made and registered
+    through the AWS IoT API, then cold and storm waves of mutual-TLS sign-ins against ThingHub
+    and, when it is installed, mosquitto with require_certificate and the same CA. Every
+    connect must succeed; the figures are reported, never judged here."""
+    out = tmp_path / "mtls.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--scenario", "mtls", "--quick", "--mtls-devices",
+            "100", "--json", str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    (row,) = [r for r in report["summary"] if r["scenario"] == "mtls"]
+    assert row["available"] and row["ok_runs"] == 1 and row["failures"] == [], row
+    figures = row["figures"]
+    assert figures["devices"] == 100 and figures["register_calls"] == 203
+    brokers = ["thinghub"] + (["mosquitto"] if shutil.which("mosquitto") else [])
+    for broker in brokers:
+        for wave in ("cold", "storm"):
+            assert figures[f"{broker}.{wave}.connected"] == 100, (broker, wave)
+            assert figures[f"{broker}.{wave}.errors"] == 0 and figures[f"{broker}.{wave}.rate"] > 0
+    assert figures["failed_connects"] == 0
+    if len(brokers) == 2:
+        assert figures["ratio"] > 0 and figures["mosquitto.rate"] > 0
+        assert "mTLS sign-ins/s (slowest wave) / mosquitto's" in proc.stdout
+    assert "### Mutual-TLS sign-in: 100 AWS IoT devices" in proc.stdout
 
 
 def test_the_backlog_benchmark_runs(tmp_path: Path) -> None:

@@ -224,3 +224,122 @@ def test_a_late_background_save_never_lowers_the_stored_lease(tmp_path: Path) ->
         assert min(MessageIdGenerator(store, clock=clock)() for _ in range(3)) > issued
     finally:
         store.close()
+
+
+# The fast path (module notes, "Cost"): the ids of a millisecond after its first come from an
+# iterator, without the lock; the lease and the clock are checked once per millisecond.
+
+
+class Recording(MemoryLeaseStore):
+    """A lease store that can be made to fail, and is checked on every save."""
+
+    fail = False
+
+    def save_id_lease(self, lease_ms: int) -> None:
+        if self.fail:
+            raise OSError("disk full")
+        super().save_id_lease(lease_ms)
+
+
+def test_fast_path_ids_are_strictly_increasing_and_below_the_lease_across_renewals() -> None:
+    # The wall clock, and a lease of 1 ms: every millisecond writes a new lease on the
+    # caller's thread, so the fast path and the lease alternate all the time.
+    lease = MemoryLeaseStore()
+    gen = MessageIdGenerator(lease, lease_ms=1)
+    issued = []
+    for _ in range(50_000):
+        message_id = gen()
+        assert decode_message_id(message_id).unix_ms < lease.lease_ms
+        issued.append(message_id)
+    assert issued == sorted(issued) and len(set(issued)) == len(issued)
+    assert lease.saves >= len({decode_message_id(i).unix_ms for i in issued})
+
+
+def test_fast_path_with_background_renewal_never_passes_the_lease_on_disk() -> None:
+    lease = MemoryLeaseStore()
+    renewals: list[threading.Thread] = []
+
+    def renew(work: Callable[[], None]) -> None:
+        thread = threading.Thread(target=work)
+        renewals.append(thread)
+        thread.start()
+
+    gen = MessageIdGenerator(lease, lease_ms=4, renew=renew)
+    issued = []
+    for _ in range(50_000):
+        message_id = gen()
+        assert decode_message_id(message_id).unix_ms < lease.lease_ms
+        issued.append(message_id)
+    for thread in renewals:
+        thread.join(timeout=10)
+    assert issued == sorted(issued) and len(set(issued)) == len(issued)
+    # A new process on the same store issues above every id of this one.
+    restarted = MessageIdGenerator(lease)
+    assert min(restarted() for _ in range(100)) > issued[-1]
+
+
+def test_a_restart_within_the_millisecond_of_fast_path_ids_never_repeats_one() -> None:
+    clock = Clock()
+    lease = MemoryLeaseStore()
+    first = MessageIdGenerator(lease, clock=clock)
+    before = [first() for _ in range(1000)]  # one millisecond: all but one by the fast path
+    assert {decode_message_id(i).unix_ms for i in before} == {T0}
+    second = MessageIdGenerator(lease, clock=clock)
+    assert min(second() for _ in range(1000)) > max(before)
+
+
+def test_the_fast_path_follows_the_clock() -> None:
+    clock = Clock()
+    gen = MessageIdGenerator(MemoryLeaseStore(), clock=clock)
+    assert [decode_message_id(gen()) for _ in range(3)] == [(T0, 0, 0), (T0, 0, 1), (T0, 0, 2)]
+    clock.now = T0 + 7
+    assert decode_message_id(gen()) == (T0 + 7, 0, 0)
+    clock.now = T0 + 5  # back: the generator keeps its own millisecond
+    assert decode_message_id(gen()) == (T0 + 7, 0, 1)
+
+
+def test_a_failed_lease_write_stops_ids_at_the_leased_millisecond() -> None:
+    clock = Clock()
+    store = Recording()
+    gen = MessageIdGenerator(store, clock=clock, lease_ms=1)
+    last = gen()
+    assert store.lease_ms == T0 + 1
+    store.fail = True
+    # Within the leased millisecond the fast path goes on (those ids are below the lease)...
+    more = [gen() for _ in range(10)]
+    assert more == sorted(more) and more[0] > last
+    # ...but none is issued past it until the lease is written.
+    clock.now = T0 + 1
+    for _ in range(3):
+        with pytest.raises(OSError):
+            gen()
+    store.fail = False
+    after = gen()
+    assert after > more[-1] and decode_message_id(after) == (T0 + 1, 0, 0)
+
+
+def test_fast_path_is_unique_and_ordered_across_threads() -> None:
+    # Four threads, a 1 ms lease written on whichever thread starts a millisecond, and calls
+    # that do not overlap (the test's lock) must come out in increasing order whatever thread
+    # makes them; calls that overlap must still never share an id.
+    gen = MessageIdGenerator(MemoryLeaseStore(), lease_ms=1)
+    ordered: list[int] = []
+    free: list[list[int]] = [[] for _ in range(4)]
+    turn = threading.Lock()
+
+    def work(out: list[int]) -> None:
+        for _ in range(5000):
+            out.append(gen())
+            with turn:
+                ordered.append(gen())
+
+    threads = [threading.Thread(target=work, args=(r,)) for r in free]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    everything = ordered + [i for r in free for i in r]
+    assert len(set(everything)) == len(everything) == 40_000
+    assert ordered == sorted(ordered)
+    for r in free:
+        assert r == sorted(r)

@@ -24,6 +24,7 @@ import paho.mqtt.client as mqtt
 from botocore.config import Config
 from click.testing import CliRunner
 from paho.mqtt.enums import CallbackAPIVersion
+from prometheus_client.parser import text_string_to_metric_families
 
 from thinghub.auth.aliyun_device import build_credentials
 from thinghub.cli import main as cli_main
@@ -44,6 +45,7 @@ class SecHub:
         env = {
             **os.environ,
             "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
+            "THINGHUB_MQTT_TLS_PORT": "0",  # a free port: hubs run side by side
             "THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID,
             "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET,
         }
@@ -146,25 +148,46 @@ class SecHub:
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             return response.status, response.read()
 
-    def metrics(self) -> dict[str, Any]:
+    def stats(self) -> dict[str, Any]:
+        """The hub's counters as JSON (``GET /api/stats``)."""
+        url = f"http://{self.host}:{self.http_port}/api/stats"
+        with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
+            return dict(json.loads(answer.read()))
+
+    def scrape(self) -> Scrape:
+        """``GET /metrics``, parsed as Prometheus parses it."""
         url = f"http://{self.host}:{self.http_port}/metrics"
         with urllib.request.urlopen(url, timeout=TIMEOUT) as answer:
-            body = answer.read()
-        try:
-            return dict(json.loads(body))
-        except ValueError:  # Prometheus text: "name value" lines
-            found: dict[str, Any] = {}
-            for line in body.decode().splitlines():
-                if line and not line.startswith("#"):
-                    name, _, value = line.rpartition(" ")
-                    found[name] = float(value)
-            return found
+            assert answer.headers["Content-Type"].startswith("text/plain"), answer.headers
+            return Scrape(answer.read().decode())
 
     def rss_bytes(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
             if line.startswith("VmRSS:"):
                 return int(line.split()[1]) * 1024
         raise AssertionError("no VmRSS")
+
+
+class Scrape:
+    """One scrape of ``/metrics``, read with ``prometheus_client``'s own parser: a sample's
+    value by name and labels (0.0 for a series not shown yet, as Prometheus reads a counter
+    that has not appeared)."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.families = {f.name: f for f in text_string_to_metric_families(text)}
+        self.samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
+        for family in self.families.values():
+            for sample in family.samples:
+                self.samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+
+    def value(self, name: str, **labels: str) -> float:
+        return self.samples.get((name, frozenset(labels.items())), 0.0)
+
+    def total(self, name: str, **labels: str) -> float:
+        """The sum over every series of ``name`` whose labels include ``labels``."""
+        wanted = set(labels.items())
+        return sum(v for (n, ls), v in self.samples.items() if n == name and wanted <= ls)
 
 
 class Device:

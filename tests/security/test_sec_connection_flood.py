@@ -163,13 +163,13 @@ def test_silent_sockets_beyond_the_pending_bound_are_closed_at_once(
         assert hub.get("/healthz")[0] == 200
         round_trip(client, topic)
         assert refused(hub.mqtt_port)  # still flooded: a new connection is turned away
-        metrics = hub.metrics()
-        assert metrics["connections_refused_pending"] >= 150
-        assert metrics["connections_pending_connect"] == 50
+        stats = hub.stats()
+        assert stats["connections_refused_pending"] >= 150
+        assert stats["connections_pending_connect"] == 50
     finally:
         close_all(flood)
     # The flood is gone: a new client gets in.
-    assert wait_for(lambda: hub.metrics()["connections_pending_connect"] == 0)
+    assert wait_for(lambda: hub.stats()["connections_pending_connect"] == 0)
     connect(hub.mqtt_port).close()
     round_trip(client, topic)
     client.close()
@@ -193,7 +193,7 @@ def test_one_address_cannot_take_every_connection(start: Callable[..., SecHub]) 
         devices.pop().close()
         assert wait_for(lambda: not refused(hub.mqtt_port, source="127.0.0.4"))
         close_all([d.sock for d in devices])
-        assert hub.metrics()["connections_refused_per_address"] >= 12
+        assert hub.stats()["connections_refused_per_address"] >= 12
     finally:
         close_all(flood)
     assert wait_for(lambda: not refused(hub.mqtt_port, source="127.0.0.2"))
@@ -217,9 +217,9 @@ def test_a_flood_cannot_take_the_last_file_descriptors(start: Callable[..., SecH
         for _ in range(5):
             assert hub.get("/healthz")[0] == 200
         round_trip(client, topic)
-        metrics = hub.metrics()
-        assert metrics["connections_refused_fd"] > 0
-        assert 0 < metrics["file_descriptors_free"] < 512
+        stats = hub.stats()
+        assert stats["connections_refused_fd"] > 0
+        assert 0 < stats["file_descriptors_free"] < 512
         assert refused(hub.mqtt_port)
     finally:
         close_all(flood)
@@ -282,7 +282,7 @@ def test_a_client_trickling_its_head_is_cut_off(start: Callable[..., SecHub]) ->
     s.close()
     # An honest client is served, and the timeouts were counted.
     assert hub.get("/healthz")[0] == 200
-    assert hub.metrics()["http_header_timeouts"] >= 3
+    assert hub.stats()["http_header_timeouts"] >= 3
 
 
 def _trickle_body(port: int, path: str, length: int) -> tuple[bytes, float]:
@@ -340,4 +340,4 @@ def test_a_client_trickling_its_body_is_cut_off(
     s.settimeout(TIMEOUT)
     assert s.recv(4096).startswith(b"HTTP/1.1 200")
     s.close()
-    assert hub.metrics()["http_body_timeouts"] >= 1
+    assert hub.stats()["http_body_timeouts"] >= 1

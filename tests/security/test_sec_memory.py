@@ -2,7 +2,7 @@
 messages (large payloads on many topics) and subscription filters (long filters, many of
 them). Each is bounded in bytes, per account or session and hub-wide; past a bound the
 publisher gets MQTT 5 PUBACK 0x97 Quota exceeded (a subscriber SUBACK 0x97), the refusal is
-counted on /metrics, the hub's RSS stays flat, and a bystander client is still served."""
+counted on /api/stats, the hub's RSS stays flat, and a bystander client is still served."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ def test_retained_flood_is_refused_past_the_account_bytes(hub: SecHub) -> None:
     # About 2 MiB of 100 KiB messages (each counted with its topic and overhead) were kept.
     assert 15 <= accepted <= 20, accepted
     assert refused == 60 - accepted
-    assert hub.metrics()["dropped_retained_full"] >= refused
+    assert hub.stats()["dropped_retained_full"] >= refused
     assert hub.rss_bytes() - before < 40 * MIB
     # Replacing a retained message with a smaller one, and deleting one, still work.
     with hub.raw() as owner:

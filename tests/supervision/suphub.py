@@ -45,6 +45,7 @@ class InProcessHub:
                 "mqtt.host": "127.0.0.1",
                 "http.host": "127.0.0.1",
                 "mqtt.port": 0,
+                "mqtt.tls_port": 0,
                 "http.port": 0,
                 "mqtt.allow_anonymous": True,
                 **overrides,

@@ -147,7 +147,7 @@ def test_store_writer_fault_refuses_qos1_and_never_acknowledges_what_was_not_sto
     qos0_flows(hub, "orders/qos0")
 
     assert len(tracebacks(caplog, "store")) == 1
-    assert hub.get("/metrics")[1]["component_failures"]["store"] == 1
+    assert hub.get("/api/stats")[1]["component_failures"]["store"] == 1
     subscriber.close()
     hub.stop()  # cleanly, with the writer gone
     assert not store._thread.is_alive()
@@ -201,7 +201,7 @@ def test_a_passing_write_error_is_degraded_then_heals_and_acknowledges_late(
     ack = publisher.expect(rawmqtt.PUBACK)
     assert (ack.mid, ack.reason) == (3, 0)  # stored at last, then acknowledged
     hub.wait_health("ok")
-    assert hub.get("/metrics")[1]["component_failures"]["store"] == 0
+    assert hub.get("/api/stats")[1]["component_failures"]["store"] == 0
 
 
 # ------------------------------------------------------------------------------ shadows
@@ -246,7 +246,7 @@ def test_shadow_writer_fault_answers_pending_and_later_requests_at_once(
     # The message store is not concerned: QoS 1 is still stored and acknowledged.
     assert clean(hub, "other").publish_acked("plain/t", b"x", 1) in (0x00, 0x10)
     assert len(tracebacks(caplog, "shadows")) == 1
-    assert hub.get("/metrics")[1]["component_failures"]["shadows"] == 1
+    assert hub.get("/api/stats")[1]["component_failures"]["shadows"] == 1
     device.close()
 
 
@@ -280,7 +280,7 @@ def test_id_lease_fault_refuses_ids_once_the_lease_on_disk_is_used(
         # An HTTP publish needs a MessageId whatever its QoS; MQTT QoS 0 does not.
         qos0_flows(hub, "ids/qos0", http=False)
         assert len(tracebacks(caplog, "id-lease")) == 1
-        assert hub.get("/metrics")[1]["component_failures"]["id-lease"] == 1
+        assert hub.get("/api/stats")[1]["component_failures"]["id-lease"] == 1
     finally:
         hub.stop()
 
@@ -313,4 +313,4 @@ def test_nonce_writer_fault_answers_alibaba_calls_503(
     assert body["components"] == {"nonces": "RuntimeError: injected"}
     qos0_flows(hub, "nonces/qos0")
     assert len(tracebacks(caplog, "nonces")) == 1
-    assert hub.get("/metrics")[1]["component_failures"]["nonces"] == 1
+    assert hub.get("/api/stats")[1]["component_failures"]["nonces"] == 1

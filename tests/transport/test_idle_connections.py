@@ -53,8 +53,8 @@ class Running:
     port: int
     http_port: int
 
-    def metrics(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.http_port}/metrics"
+    def stats(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.http_port}/api/stats"
         with urllib.request.urlopen(url, timeout=TIMEOUT) as response:
             body: dict[str, Any] = json.load(response)
         return body
@@ -256,7 +256,7 @@ def test_sockets_that_never_send_connect_are_closed_by_the_connect_timeout(
         assert sent == b""
         assert when - before >= 1.0 - TICK, f"closed {when - before:.3f}s after connecting"
         assert when - after <= 1.0 + 1 + SLACK, f"closed {when - after:.2f}s after connecting"
-    assert hub.metrics()["connections_pending_connect"] == 0
+    assert hub.stats()["connections_pending_connect"] == 0
 
 
 # --------------------------------------------------------------------------- what one holds
@@ -281,7 +281,7 @@ def test_a_socket_waiting_for_connect_holds_no_timer_of_its_own(
     before = hub.on_loop(_live_timers)
     for _ in range(100):
         _open(hub.port, sockets)
-    wait_until(lambda: hub.metrics()["connections_pending_connect"] == 100)
+    wait_until(lambda: hub.stats()["connections_pending_connect"] == 100)
     assert hub.on_loop(_live_timers) - before < 10
 
 
@@ -294,21 +294,21 @@ def test_the_gate_gives_every_place_back(
     silent = [_open(hub.port, sockets) for _ in range(10)]
     for _ in range(10):
         _connect(hub.port, sockets, 4, keepalive=60)
-    wait_until(lambda: hub.metrics()["connections_pending_connect"] == 10)
+    wait_until(lambda: hub.stats()["connections_pending_connect"] == 10)
     refused = _open(hub.port, sockets)
     assert _wait_all_closed([refused], TIMEOUT)[refused][1] == b""
     for sock in silent:
         sock.sendall(rawmqtt.connect(f"late-{uuid.uuid4().hex}", 5))
         assert _read_exactly(sock, 1) == b"\x20"  # CONNACK
-    wait_until(lambda: hub.metrics()["connections_pending_connect"] == 0)
+    wait_until(lambda: hub.stats()["connections_pending_connect"] == 0)
     for sock in sockets:
         sock.close()
     sockets.clear()
-    wait_until(lambda: hub.metrics()["connections"] == 0)
+    wait_until(lambda: hub.stats()["connections"] == 0)
     # All twenty places are free again.
     for _ in range(20):
         _connect(hub.port, sockets, 5, keepalive=60)
-    assert hub.metrics()["connections_refused_per_address"] == 1
+    assert hub.stats()["connections_refused_per_address"] == 1
 
 
 def test_the_local_address_is_the_hubs_own(

@@ -1,6 +1,11 @@
-"""The registry-backed hooks the broker calls: who may connect (Alibaba device sign-in, or
-anonymous when allowed), what a device may publish and subscribe to (its product's topic
-categories), and the device's ONLINE/OFFLINE status.
+"""The registry-backed hooks the broker calls: who may connect (Alibaba device sign-in, AWS IoT
+devices with a client certificate or a signed WebSocket URL, or anonymous when allowed), what
+a device may publish and subscribe to (its product's topic categories, or its AWS IoT
+policies), and the device's ONLINE/OFFLINE status.
+
+A CONNECT that comes with a credential the transport proved (``broker/auth.py``) is an AWS
+IoT sign-in (``aws_device.py``): a client certificate is judged by its record and policies,
+a signed key acts in its account. Neither may take over a session an Alibaba device owns.
 
 A signed-in device's session is keyed by its ProductKey and DeviceName (one connection per
 device: a new sign-in takes over), in its product's account. Anonymous clients, when
@@ -28,7 +33,7 @@ import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ..broker.auth import ClientInfo, Decision, DenyList
+from ..broker.auth import ClientCertificate, ClientInfo, Credential, Decision, DenyList
 from ..broker.broker import session_key
 from ..broker.session import Session
 from ..mqtt.packets import Connect
@@ -37,14 +42,23 @@ from ..registry.models import Device
 from ..registry.registry import Registry
 from . import topic_acl
 from .aliyun_device import DeviceIdentity, SignInRefused, verify_sign_in
+from .aws_device import AwsDevice, AwsDevices, KeyClient
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
 
 log = logging.getLogger("thinghub.auth")
 
-# The owner of an anonymous client's session in ``RegistryHooks.owners``.
+# The owner of an anonymous client's session in ``RegistryHooks.owners`` (also of the
+# sessions of AWS IoT devices and signed keys, which DeviceWatch must not judge as devices).
 ANONYMOUS = ""
+_ALLOWED = Decision.allow()
+_NO_PUBLISH_POLICY = Decision.deny(
+    ReasonCode.NOT_AUTHORIZED, "no policy of the certificate allows iot:Publish to this topic"
+)
+_NO_SUBSCRIBE_POLICY = Decision.deny(
+    ReasonCode.NOT_AUTHORIZED, "no policy of the certificate allows iot:Subscribe to this filter"
+)
 
 
 def uses_device_sign_in(connect: Connect) -> bool:
@@ -64,8 +78,11 @@ class RegistryHooks:
         anonymous_account: str,
         deny: DenyList | None = None,
         max_subscriptions_per_device: int | None = None,
+        aws: AwsDevices | None = None,
     ) -> None:
         self._registry = registry
+        # AWS IoT devices' sign-in and policies (None: credentials are not looked at).
+        self._aws = aws
         self._max_subscriptions = max_subscriptions_per_device
         self._allow_anonymous = allow_anonymous
         self._anonymous_account = anonymous_account
@@ -86,6 +103,8 @@ class RegistryHooks:
     def attach(self, broker: Broker) -> None:
         """The broker whose sessions these hooks guard (it is built after them)."""
         self._broker = broker
+        if self._aws is not None:
+            self._aws.attach(broker)
 
     @property
     def anonymous_account(self) -> str:
@@ -129,6 +148,29 @@ class RegistryHooks:
             "anonymous access is disabled: sign in as a device (deviceName&productKey)",
         )
 
+    def authenticate_credential(
+        self, connect: Connect, peer: str, credential: Credential
+    ) -> Decision:
+        aws = self._aws
+        if aws is None:
+            return self.authenticate(connect, peer)
+        if isinstance(credential, ClientCertificate):
+            decision = aws.sign_in(connect, peer, credential)
+        else:
+            decision = aws.sign_in_key(connect, peer, credential)
+        if decision.allowed and self._owned_by_a_device(decision.account, connect.client_id):
+            log.info("sign-in from %s refused: client id %r is a device's", peer, connect.client_id)
+            return Decision.deny(
+                ReasonCode.NOT_AUTHORIZED,
+                "this client id belongs to a device that signs in with its device secret",
+            )
+        return decision
+
+    def _owned_by_a_device(self, account: str, client_id: str) -> bool:
+        broker = self._broker
+        session = None if broker is None or not client_id else broker.session_of(account, client_id)
+        return session is not None and self.owners.get(session.key, ANONYMOUS) != ANONYMOUS
+
     def _reserved_for_a_device(self, client_id: str) -> bool:
         """An anonymous client may not take a device's session (and its queued messages): the
         ids ``${productKey}.*`` of the anonymous account's products are the devices', whether
@@ -143,7 +185,14 @@ class RegistryHooks:
         if broker is None:
             return False
         session = broker.session_of(self._anonymous_account, client_id)
-        return session is not None and self.owners.get(session.key, ANONYMOUS) != ANONYMOUS
+        if session is None:
+            return False
+        if self.owners.get(session.key, ANONYMOUS) != ANONYMOUS:
+            return True
+        # Nor the session of a client signed in with a certificate or a key, while it is on.
+        client = session.client
+        info = None if client is None else client.info
+        return info is not None and isinstance(info.subject, AwsDevice | KeyClient)
 
     def _claim(self, identity: DeviceIdentity, device: Device) -> None:
         """Before a device's CONNECT opens its session: a session under its client id that
@@ -189,6 +238,9 @@ class RegistryHooks:
             decision = self._deny.may_publish(client, topic)
             if not decision.allowed:
                 return decision
+        subject = client.subject
+        if type(subject) is AwsDevice:
+            return _ALLOWED if subject.may_publish(topic) else _NO_PUBLISH_POLICY
         return self._by_categories(client, topic, topic_acl.may_publish)
 
     def may_subscribe(self, client: ClientInfo, topic_filter: str) -> Decision:
@@ -196,6 +248,9 @@ class RegistryHooks:
             decision = self._deny.may_subscribe(client, topic_filter)
             if not decision.allowed:
                 return decision
+        subject = client.subject
+        if type(subject) is AwsDevice:
+            return _ALLOWED if subject.may_subscribe(topic_filter) else _NO_SUBSCRIBE_POLICY
         return self._by_categories(client, topic_filter, topic_acl.may_subscribe)
 
     def _by_categories(
@@ -223,6 +278,8 @@ class RegistryHooks:
             key = session.key
         if not isinstance(identity, DeviceIdentity):
             self.owners[key] = ANONYMOUS
+            if type(identity) is AwsDevice and self._aws is not None:
+                self._aws.connected(identity, client.client_id)
             return
         self.owners[key] = identity.iot_id
         host = client.peer.rsplit(":", 1)[0]
@@ -235,6 +292,8 @@ class RegistryHooks:
     def disconnected(self, client: ClientInfo) -> None:
         identity = client.subject
         if not isinstance(identity, DeviceIdentity):
+            if type(identity) is AwsDevice and self._aws is not None:
+                self._aws.disconnected(identity)
             return
         epoch = self._epochs.pop((identity.iot_id, client.peer), None)
         self._registry.device_signed_out(

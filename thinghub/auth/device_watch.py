@@ -298,11 +298,13 @@ class DeviceWatch:
                 if dot and pk and dn
             }
         )
-        products, records = await self._in_thread(lambda: self._read_names(anonymous, names))
-        hooks.reserved_product_keys = products
+        accounts, records = await self._in_thread(lambda: self._read_names(names))
+        hooks.reserved_product_keys = frozenset(
+            key for key, account in accounts.items() if account == anonymous
+        )
         ended = 0
         for session in restored:
-            owner = self._owner(session, records, products, anonymous)
+            owner = self._owner(session, records, accounts)
             if owner is None:
                 hooks.end_session(session)
                 ended += 1
@@ -315,29 +317,32 @@ class DeviceWatch:
     def _owner(
         session: Session,
         records: dict[tuple[str, str], _Record],
-        products: frozenset[str],
-        anonymous: str,
+        accounts: dict[str, str],
     ) -> str | None:
-        """A restored session's owner, or None if it has none left."""
+        """A restored session's owner, or None if it has none left. Only a client id
+        ``${productKey}.${deviceName}`` of a product in the session's own account is a
+        device's (aliyun_device.device_client_id); any other session (an anonymous client's,
+        an AWS IoT device's signed in with its certificate, a SigV4 WebSocket client's) is no
+        device's, and is kept (ANONYMOUS: the owner of sessions no device owns)."""
         product_key, dot, device_name = session.client_id.partition(".")
-        record = records.get((product_key, device_name)) if dot else None
+        if not dot or accounts.get(product_key) != session.account:
+            return ANONYMOUS
+        record = records.get((product_key, device_name))
         if record is not None and record.account_id == session.account:
             return record.iot_id if record.activated else None
-        if session.account == anonymous and product_key not in products:
-            return ANONYMOUS  # an anonymous client's id, outside the devices' ids
-        return None
+        return None  # the device was deleted (or registered again and never signed in)
 
     def _read_names(
-        self, anonymous: str, names: Sequence[tuple[str, str]]
-    ) -> tuple[frozenset[str], dict[tuple[str, str], _Record]]:
+        self, names: Sequence[tuple[str, str]]
+    ) -> tuple[dict[str, str], dict[tuple[str, str], _Record]]:
+        """The account of every product (ProductKeys are unique across accounts), and the
+        records of the devices ``names`` (ProductKey, DeviceName) name."""
         records: dict[tuple[str, str], _Record] = {}
         with self._reading() as conn:
-            products = frozenset(
-                row[0]
-                for row in conn.execute(
-                    "SELECT product_key FROM products WHERE account_id = ?", (anonymous,)
-                )
-            )
+            accounts = {
+                str(row[0]): str(row[1])
+                for row in conn.execute("SELECT product_key, account_id FROM products")
+            }
             for batch in _batches(names, self._batch):
                 pairs = ",".join(["(?, ?)"] * len(batch))
                 args = [value for pair in batch for value in pair]
@@ -351,7 +356,7 @@ class DeviceWatch:
                     records[(row[0], row[1])] = _Record(
                         row[2], row[3], bool(row[4]), row[5] is not None
                     )
-        return products, records
+        return accounts, records
 
 
 def _batches(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:

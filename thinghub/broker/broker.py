@@ -18,7 +18,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 from ..config import MQTTSettings
@@ -29,6 +29,10 @@ from ..mqtt.types import ReasonCode
 from ..store.base import BrokerStore, StoredState, StoredSubscription
 from ..store.memory import MemoryStore
 from ..topics import parse_shared
+from ..trace import fates
+from ..trace.recorder import REFUSED as TRACE_REFUSED
+from ..trace.recorder import SERVICE as TRACE_SERVICE
+from ..trace.recorder import UNTRACED, TraceRecorder
 from .admission import Admission, Publisher, PublishRefused, Refusal
 from .auth import (
     AllowAnonymous,
@@ -42,7 +46,7 @@ from .client import Client, Link
 from .fanout import fan_out
 from .queue import DeliveryContext, Outgoing, deliver_now
 from .session import Session, SharedGroup, SubscriptionEntry, TimerHandle, Will
-from .space import RetainedBudget, TopicSpace, Watch
+from .space import RetainedBudget, TopicSpace, TrieKey, TrieValue, Watch
 from .stats import Stats
 from .timeouts import Deadlines
 
@@ -57,6 +61,37 @@ class Clock(Protocol):
     def call_later(self, delay: float, callback: Callable[..., Any], *args: Any) -> TimerHandle: ...
 
 
+class SharePlan(Protocol):
+    """Which shared groups this node delivers a message to (one copy per group in the whole
+    cluster, thinghub/cluster/shared.py)."""
+
+    def keep(
+        self, matches: tuple[tuple[TrieKey, TrieValue], ...]
+    ) -> tuple[tuple[TrieKey, TrieValue], ...]: ...
+
+
+class ClusterLink(Protocol):
+    """The seam to the other nodes of a cluster (thinghub/cluster/node.py); None on a hub of
+    its own. Asked, for each message published here, which node delivers each shared group
+    (``plan``; None when no shared group is concerned), and told of the message after the
+    local fan-out (``forward`` returns 1 when other nodes may deliver it, and may raise
+    ThingHubError to refuse a QoS 1/2 message it cannot pass on); told of each filter
+    entering or leaving the tries, and of each session opened or ended
+    (docs/architecture.md, *Cluster*)."""
+
+    def plan(self, message: Message) -> SharePlan | None: ...
+
+    def forward(self, message: Message, plan: SharePlan | None) -> int: ...
+
+    def subscribed(self, account: str, full_filter: str) -> None: ...
+
+    def unsubscribed(self, account: str, full_filter: str) -> None: ...
+
+    def session_opened(self, session: Session, clean_start: bool) -> None: ...
+
+    def session_ended(self, session: Session) -> None: ...
+
+
 class Broker:
     def __init__(
         self,
@@ -68,6 +103,7 @@ class Broker:
         store: BrokerStore | None = None,
         new_message_id: Callable[[], int] | None = None,
         observers: Sequence[ConnectionObserver] = (),
+        trace: TraceRecorder | None = None,
     ) -> None:
         self.observers = tuple(observers)
         self.settings = settings
@@ -88,8 +124,10 @@ class Broker:
         # would never leave (store/base.py, StoreHealth).
         self.store.on_failed(self._store_failed)
         # What every session's delivery queue shares (queue.py).
+        # The delivery trace (thinghub/trace), None when it is off; the queues share it.
+        self.trace = trace
         self.delivery_context = DeliveryContext(
-            settings, self.store, self.stats, clock, self._new_message_id
+            settings, self.store, self.stats, clock, self._new_message_id, trace
         )
         self.retained_budget = RetainedBudget()
         # Bytes of topic filters held by all sessions (mqtt.max_subscription_bytes_total).
@@ -113,6 +151,8 @@ class Broker:
         # Ended connections whose session work waits for a later turn (may_end_now).
         self._ends_this_turn = 0
         self._waiting_ends: deque[Client] = deque()
+        # The other nodes of a cluster, when there are (ClusterLink above).
+        self.cluster: ClusterLink | None = None
         # Services answering requests on reserved topics, by topic prefix (see intercept).
         self._interceptors: dict[str, Callable[[Message], bool]] = {}
         self._intercepted_prefixes: tuple[str, ...] = ()
@@ -253,6 +293,8 @@ class Broker:
         else:
             self.set_session_expiry(session, expiry)
         session.client = client
+        if self.cluster is not None:
+            self.cluster.session_opened(session, clean_start)  # a client id is cluster-wide
         if session.persistent:
             # Durability: the session's expiry clock is stopped while connected.
             self.store.session_connected(session.key)
@@ -330,6 +372,8 @@ class Broker:
         session.subscription_bytes = 0
         if self.sessions.get(session.key) is session:
             del self.sessions[session.key]
+            if self.cluster is not None:
+                self.cluster.session_ended(session)
         if session.persistent:
             session.persistent = False
             self.store.delete_session(session.key)
@@ -371,6 +415,8 @@ class Broker:
                 space.groups[(group, topic_filter)] = shared
             shared.members.append(entry)
             space.subscriptions.add(topic_filter, ("$share", group), shared)
+        if self.cluster is not None:
+            self.cluster.subscribed(session.account, sub.topic_filter)
         if session.persistent:
             self.store.save_subscription(session.key, _stored(entry))
         return old is None
@@ -388,6 +434,8 @@ class Broker:
 
     def _remove_from_trie(self, entry: SubscriptionEntry) -> None:
         space = self.space(entry.session.account)
+        if self.cluster is not None:
+            self.cluster.unsubscribed(entry.session.account, entry.full_filter)
         if entry.share_group is None:
             space.subscriptions.remove(entry.topic_filter, entry.session.client_id)
             return
@@ -419,14 +467,52 @@ class Broker:
                 Refusal.UNAVAILABLE, ReasonCode.QUOTA_EXCEEDED, str(error)
             ) from error
 
-    def _route(self, message: Message, space: TopicSpace | None) -> int:
-        self.stats.messages_received += 1
+    def _route(
+        self,
+        message: Message,
+        space: TopicSpace | None,
+        forward: bool = True,
+        plan: SharePlan | None = None,
+    ) -> int:
+        self.stats.received[message.qos] += 1
+        message.received_at = time.monotonic()  # accepted: delivery latency counts from here
+        recorder = self.trace
+        # Every traced message has a MessageId from here on (TraceRecorder.begin).
+        slot = UNTRACED if recorder is None else recorder.begin(message, self._new_message_id)
         prefixes = self._intercepted_prefixes
         if prefixes and message.topic.startswith(prefixes) and self._intercepted(message):
+            if recorder is not None and slot != UNTRACED:
+                recorder.outcome(slot, TRACE_SERVICE)
             return 1  # one receiver, the service: a v5 PUBACK says Success, not 0x10
+        cluster = self.cluster
+        if not forward or cluster is None:
+            return self._route_here(message, space, recorder, slot, plan)
+        plan = cluster.plan(message)
+        copies = self._route_here(message, space, recorder, slot, plan)
+        return copies + cluster.forward(message, plan)
+
+    def route_from_cluster(self, message: Message, plan: SharePlan | None = None) -> int:
+        """Route a message another node of the cluster published: to this node's sessions
+        only (and, of the shared groups, those ``plan`` gives this node), never back to the
+        cluster. The publishing node checked its admission."""
+        return self._route(message, self.spaces.get(message.account), False, plan)
+
+    def keep_retained(self, message: Message) -> None:
+        """Keep (or, with an empty payload, forget) a retained message another node of the
+        cluster published while this one was away: stored, not routed."""
+        self._store_retained(self.space(message.account), message)
+
+    def _route_here(
+        self,
+        message: Message,
+        space: TopicSpace | None,
+        recorder: TraceRecorder | None,
+        slot: int,
+        plan: SharePlan | None = None,
+    ) -> int:
+        """Retained message kept, watches told, local fan-out: how many copies were made."""
         if message.expiry_interval is not None and message.expires_at is None:
-            message.received_at = now = self.clock.time()
-            message.expires_at = now + message.expiry_interval
+            message.expires_at = self.clock.time() + message.expiry_interval
         if message.retain:
             if space is None:
                 space = self.space(message.account)
@@ -437,12 +523,22 @@ class Broker:
             for _key, watch in space.watches.match(message.topic):
                 watch.callback(message)
         matches = space.subscriptions.match(message.topic)
+        if plan is not None:
+            matches = plan.keep(matches)  # the shared groups another node delivers go
         if not matches:
             return 0
         if self._hidden is not None and self._hidden.hides(message.topic):
             self.stats.dropped_not_authorized += 1
+            if recorder is not None and slot != UNTRACED:
+                recorder.hidden(slot, _subscribers(matches))
             return 0
-        return fan_out(message, matches, self.deliver)
+        if recorder is None or slot == UNTRACED:
+            return fan_out(message, matches, self.deliver)
+        copies = fan_out(
+            message, matches, self.deliver, recorder.handed[slot], recorder.max_sessions
+        )
+        recorder.routed(slot, copies)
+        return copies
 
     def _admit(self, message: Message, publisher: Publisher, space: TopicSpace | None) -> None:
         try:
@@ -463,6 +559,12 @@ class Broker:
                     )
             else:
                 stats.refused_store_unavailable += 1
+            recorder = self.trace
+            if recorder is not None:
+                # Traced too: a 3.1.1 publisher is not told (§3.4).
+                slot = recorder.begin(message, self._new_message_id)
+                if slot != UNTRACED:
+                    recorder.outcome(slot, TRACE_REFUSED, refusal.reason)
             raise
 
     def deliver(
@@ -480,9 +582,16 @@ class Broker:
             client = session.client
             if client is None:
                 self.stats.dropped_offline_qos0 += 1
+                if self.trace is not None:
+                    self.trace.event(message.id, session.client_id, fates.OFFLINE_QOS0)
                 return
             out = Outgoing(message, 0, retain, subscription_ids)
-            deliver_now(client, out, self.settings.max_write_buffer, self.stats)
+            # A copy sent is not reported to the trace: fan_out said who got one.
+            if (
+                not deliver_now(client, out, self.settings.max_write_buffer, self.stats)
+                and self.trace is not None
+            ):
+                self.trace.event(message.id, session.client_id, fates.SLOW_CONSUMER)
             return
         session.delivery.offer(Outgoing(message, qos, retain, subscription_ids))
 
@@ -610,7 +719,10 @@ class Broker:
         if session is None or session.client is None:
             return False
         self._admit(message, publisher, self.spaces.get(account))
-        self.stats.messages_received += 1
+        self.stats.received[message.qos] += 1
+        message.received_at = time.monotonic()
+        if self.trace is not None:
+            self.trace.direct(message, session.client_id, self._new_message_id)
         if message.qos == 0:
             self.deliver(session, message, 0, False)
             if on_acked is not None:
@@ -710,3 +822,17 @@ def _counter() -> Callable[[], int]:
 def session_key(account: str, client_id: str) -> str:
     """The key of a session in ``Broker.sessions`` (the same as ``Session.key``)."""
     return f"{account}\x00{client_id}"
+
+
+def _subscribers(matches: Sequence[tuple[TrieKey, TrieValue]]) -> Iterator[str]:
+    """The client ids of every session behind ``matches`` (shared groups: each member), for
+    the trace of a message none of them gets."""
+    seen: set[str] = set()
+    for _key, value in matches:
+        entries = value.members if type(value) is SharedGroup else (value,)
+        for entry in entries:
+            assert type(entry) is SubscriptionEntry
+            client_id = entry.session.client_id
+            if client_id not in seen:
+                seen.add(client_id)
+                yield client_id

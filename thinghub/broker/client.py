@@ -41,10 +41,12 @@ from ..mqtt.packets import (
 from ..mqtt.properties import NO_PROPERTIES, Properties
 from ..mqtt.types import ConnackReturnCode, ProtocolVersion, ReasonCode
 from ..topics import validate_topic_filter, validate_topic_name
+from ..trace import fates
 from .admission import PublishRefused, Refusal
-from .auth import ClientInfo
+from .auth import ClientInfo, Credential
 from .queue import Outgoing, PubRecOutcome
 from .session import Session, Will
+from .stats import SAMPLE_MASK
 
 if TYPE_CHECKING:
     from ..config import MQTTSettings
@@ -243,6 +245,15 @@ class Client:
         copy gets its packet identifier patched in. Per-client properties (subscription ids,
         remaining expiry, topic aliases) take the slow path."""
         message = out.message
+        info = self.info
+        # Only clients whose authenticator gave them a policy pay for the check (auth.py).
+        if (
+            info is not None
+            and info.policy is not None
+            and not info.policy.may_receive(message.topic)
+        ):
+            self._not_received(out)
+            return
         is_v5 = self.is_v5
         qos = out.qos
         new_alias: str | None = None
@@ -275,6 +286,9 @@ class Client:
             # The client's Maximum Packet Size: discard as if delivered [MQTT-3.1.2-25].
             self.broker.stats.dropped_too_large += 1
             session = self.session
+            trace = self.broker.trace
+            if trace is not None and session is not None:
+                trace.event(message.id, session.client_id, fates.TOO_LARGE, qos)
             if qos and session is not None:
                 session.delivery.discard(out)
             return
@@ -284,8 +298,23 @@ class Client:
             if aliases is None:
                 aliases = self._aliases_out = {}
             aliases[new_alias] = len(aliases) + 1
-        self.broker.stats.messages_delivered += 1
+        stats = self.broker.stats
+        delivered = stats.delivered
+        copies = delivered[qos] = delivered[qos] + 1
         self.link.write(data)
+        if not copies & SAMPLE_MASK:
+            stats.time_copy(out)  # one copy in DELIVERY_SAMPLE is timed (stats.py)
+
+    def _not_received(self, out: Outgoing) -> None:
+        """A copy the client's policy does not let it receive (ConnectionPolicy.may_receive):
+        dropped as if delivered, counted as not authorised (AWS IoT: iot:Receive)."""
+        self.broker.stats.dropped_not_authorized += 1
+        session = self.session
+        trace = self.broker.trace
+        if trace is not None and session is not None:
+            trace.event(out.message.id, session.client_id, fates.NOT_AUTHORIZED, out.qos)
+        if out.qos and session is not None:
+            session.delivery.discard(out)
 
     def _encode_custom(self, out: Outgoing, dup: bool) -> tuple[bytes, str | None]:
         """Encode with this client's own properties; also returns a topic that this packet
@@ -429,8 +458,9 @@ class Client:
         assigned: str | None = None
 
         def refuse(reason: ReasonCode, text: str) -> None:
-            broker.stats.connections_refused += 1
-            log.info("refused CONNECT from %s (%r): %s", self.link.peer, client_id, text)
+            # Counted by reason, and a line in the audit log (rate-limited: observe/audit.py).
+            broker.stats.connect_refused(self.link.peer, client_id, packet.username, reason, text)
+            log.debug("refused CONNECT from %s (%r): %s", self.link.peer, client_id, text)
             if is_v5:
                 rprops = Properties(reason_string=text)
                 self._send(ConnAck(reason_code=reason, properties=rprops))
@@ -461,7 +491,15 @@ class Client:
             # Enhanced authentication (§4.12) is not offered.
             refuse(ReasonCode.BAD_AUTHENTICATION_METHOD, "authentication method not supported")
             return
-        decision = broker.authenticator.authenticate(packet, self.link.peer)
+        # What the transport proved before the CONNECT (a TLS client certificate, a signed
+        # WebSocket URL: broker/auth.py); a link that proves nothing has no such attribute.
+        credential: Credential | None = getattr(self.link, "credential", None)
+        if credential is None:
+            decision = broker.authenticator.authenticate(packet, self.link.peer)
+        else:
+            decision = broker.authenticator.authenticate_credential(
+                packet, self.link.peer, credential
+            )
         if not decision.allowed:
             refuse(decision.reason_code, decision.reason or "not authorized")
             return
@@ -496,6 +534,7 @@ class Client:
             int(packet.protocol_version),
             self.account,
             decision.subject,
+            decision.policy,
         )
         if will is not None:
             will_message = Message(
@@ -515,6 +554,11 @@ class Client:
             except PublishRefused as refusal:
                 broker.stats.dropped_not_authorized += 1
                 refuse(ReasonCode.NOT_AUTHORIZED, f"will: {refusal.reason}")
+                return
+            policy = decision.policy
+            if will.retain and policy is not None and not policy.may_retain(will.topic):
+                broker.stats.dropped_not_authorized += 1
+                refuse(ReasonCode.NOT_AUTHORIZED, f"will: not authorized to retain on {will.topic}")
                 return
             self.will = Will(will_message, info)
             self.will_delay = will.properties.will_delay_interval or _NO_WILL_DELAY
@@ -621,10 +665,29 @@ class Client:
                 expiry_interval=props.message_expiry_interval,
                 account=self.account,
             )
-            assert self.info is not None
+            info = self.info
+            assert info is not None
+            policy = info.policy
             try:
-                matched = broker.publish(message, self.info)
+                if packet.retain and policy is not None and not policy.may_retain(topic):
+                    broker.stats.dropped_not_authorized += 1
+                    raise PublishRefused(
+                        Refusal.NOT_AUTHORIZED,
+                        ReasonCode.NOT_AUTHORIZED,
+                        f"not authorized to retain on {topic}",
+                    )
+                matched = broker.publish(message, info)
             except PublishRefused as refusal:
+                if (
+                    refusal.kind is Refusal.NOT_AUTHORIZED
+                    and not self.is_v5
+                    and policy is not None
+                    and policy.closes_on_denial
+                ):
+                    # AWS IoT ends a 3.1.1 connection that publishes where it may not.
+                    log.info("closing %s: %s", self.client_id, refusal.reason)
+                    self._close()
+                    return
                 if refusal.kind is Refusal.UNAVAILABLE and not self.is_v5:
                     # The store cannot take more (full, or its writer behind): refuse rather
                     # than accept and lose. 3.1.1 has no negative acknowledgement, so its
@@ -717,6 +780,8 @@ class Client:
         subscription_id = ids[0] if ids else None
         codes: list[int] = []
         to_send: list[tuple[str, int, int | None]] = []
+        if not self.is_v5 and self._denied_and_closed(packet):
+            return
         for sub in packet.subscriptions:
             code = self._check_subscription(session, sub.topic_filter, sub.no_local)
             if code is not None:
@@ -752,6 +817,26 @@ class Client:
             broker.store.after_commit(later)
         else:
             answer()
+
+    def _denied_and_closed(self, packet: Subscribe) -> bool:
+        """A 3.1.1 client whose policy says so (AWS IoT's answer) is disconnected, with
+        nothing subscribed, when it asks for a filter it may not subscribe to."""
+        info = self.info
+        policy = None if info is None else info.policy
+        authorizer = self.broker.authorizer
+        if info is None or policy is None or not policy.closes_on_denial or authorizer is None:
+            return False
+        for sub in packet.subscriptions:
+            if not authorizer.may_subscribe(info, sub.topic_filter).allowed:
+                self.broker.stats.dropped_not_authorized += 1
+                log.info(
+                    "closing %s: not authorized to subscribe to %s",
+                    self.client_id,
+                    sub.topic_filter,
+                )
+                self._close()
+                return True
+        return False
 
     def _check_subscription(
         self, session: Session, topic_filter: str, no_local: bool

@@ -19,7 +19,9 @@ Invariants (checked by ``check`` and by tests/broker/test_session_queue_properti
   sequence: docs/architecture.md, *Acknowledged means stored*).
 
 What it needs of the connection it delivers to is ``Receiver``: the seam where a connection
-held by another node will plug in.
+held by another node will plug in. What becomes of each copy (queued, sent, resent, received,
+acknowledged, dropped and why) it reports to the delivery trace, ``DeliveryContext.trace``
+(thinghub/trace/recorder.py), when tracing is on.
 """
 
 from __future__ import annotations
@@ -34,9 +36,11 @@ from typing import TYPE_CHECKING, Protocol
 from ..config import MQTTSettings
 from ..message import Message
 from ..store.base import BrokerStore, QueuedDelivery, StoredDelivery
+from ..trace import fates
 from .stats import Stats
 
 if TYPE_CHECKING:
+    from ..trace.recorder import TraceRecorder
     from .session import Session
 
 log = logging.getLogger("thinghub.broker")
@@ -113,7 +117,7 @@ _ENDED = _EndedSession()
 class DeliveryContext:
     """What every session queue of one broker shares."""
 
-    __slots__ = ("clock", "new_message_id", "settings", "stats", "store")
+    __slots__ = ("clock", "new_message_id", "settings", "stats", "store", "trace")
 
     def __init__(
         self,
@@ -122,12 +126,16 @@ class DeliveryContext:
         stats: Stats,
         clock: Clock,
         new_message_id: Callable[[], int],
+        trace: TraceRecorder | None = None,
     ) -> None:
         self.settings = settings
         self.store = store
         self.stats = stats
         self.clock = clock
         self.new_message_id = new_message_id
+        # The delivery trace (thinghub/trace/recorder.py), None when tracing is off: each
+        # report below costs one attribute check then.
+        self.trace = trace
 
 
 class PubRecOutcome:
@@ -243,6 +251,9 @@ class SessionQueue:
             if session.persistent:
                 self._persist(out)
             self.inflight[out.packet_id] = out
+            trace = self._ctx.trace
+            if trace is not None:
+                trace.offered(out.message.id, session.client_id, fates.SENT, out.qos)
             client.send_publish(out, False)
             return
         self._enqueue(out)
@@ -264,6 +275,8 @@ class SessionQueue:
             or self.queued_bytes + size > limits.max_queued_bytes
         ):
             ctx.stats.dropped_queue_full += 1
+            if ctx.trace is not None:
+                ctx.trace.offered(out.message.id, session.client_id, fates.QUEUE_FULL, out.qos)
             if not self.dropping:
                 self.dropping = True
                 log.warning(
@@ -277,6 +290,10 @@ class SessionQueue:
         queue = self._queue
         if queue is None:
             queue = self._queue = deque()
+        if ctx.trace is not None:
+            # Before _persist, which gives the message its id when it has none (tracing gave
+            # every traced message one already: Broker._route).
+            ctx.trace.offered(out.message.id, session.client_id, fates.QUEUED, out.qos)
         if session.persistent:
             self._persist(out)
             if self.spilled or session.client is None or len(queue) >= limits.queue_page_messages:
@@ -338,6 +355,10 @@ class SessionQueue:
             if resend:
                 pending = inflight.get(resend.popleft())
                 if pending is not None:
+                    if ctx.trace is not None:
+                        ctx.trace.event(
+                            pending.message.id, session.client_id, fates.RESENT, pending.qos
+                        )
                     client.resend(pending)
                 continue
             if not queue:
@@ -356,6 +377,8 @@ class SessionQueue:
                 message.keep_until is not None and now >= message.keep_until
             ):
                 ctx.stats.dropped_expired += 1
+                if ctx.trace is not None:
+                    ctx.trace.event(message.id, session.client_id, fates.EXPIRED, out.qos)
                 self._done(out)
                 continue
             out.packet_id = self.allocate_packet_id()
@@ -368,6 +391,8 @@ class SessionQueue:
                     # than as a new message it would deliver again (§4.3.3, [MQTT-4.4.0-1]).
                     ctx.store.after_commit(partial(self._send_stored, client, out))
                     continue
+            if ctx.trace is not None:
+                ctx.trace.event(message.id, session.client_id, fates.SENT, out.qos)
             client.send_publish(out, False)
 
     def _send_stored(self, client: Receiver, out: Outgoing) -> None:
@@ -378,6 +403,9 @@ class SessionQueue:
             and self.inflight.get(out.packet_id) is out
             and not out.released
         ):
+            trace = self._ctx.trace
+            if trace is not None:
+                trace.event(out.message.id, self._session.client_id, fates.SENT, out.qos)
             client.send_publish(out, False)
 
     def _read_page(self) -> None:
@@ -441,6 +469,9 @@ class SessionQueue:
         if out is None or out.qos != qos:
             return
         del self.inflight[packet_id]
+        trace = self._ctx.trace
+        if trace is not None:
+            trace.event(out.message.id, self._session.client_id, fates.ACKNOWLEDGED, qos)
         self._done(out)
         if out.on_acked is not None:
             out.on_acked()
@@ -455,11 +486,16 @@ class SessionQueue:
         out = self.inflight.get(packet_id)
         if out is None or out.qos != 2:
             return PubRecOutcome.UNKNOWN
+        trace = self._ctx.trace
         if reason_code >= 0x80:
             del self.inflight[packet_id]
+            if trace is not None:
+                trace.event(out.message.id, self._session.client_id, fates.REFUSED, reason_code)
             self._done(out)
             self.fill_window()
             return PubRecOutcome.REFUSED
+        if trace is not None and not out.released:
+            trace.event(out.message.id, self._session.client_id, fates.RECEIVED, 2)
         out.released = True
         session = self._session
         if session.persistent:
@@ -482,6 +518,8 @@ class SessionQueue:
         waits for a resend and goes out as acknowledgements make room."""
         self._resend = None
         ctx = self._ctx
+        trace = ctx.trace
+        client_id = self._session.client_id
         now = ctx.clock.time()
         sent = 0
         for packet_id, out in list(self.inflight.items()):
@@ -491,6 +529,8 @@ class SessionQueue:
                 # An expired message is not redelivered (§3.3.2.3.3).
                 del self.inflight[packet_id]
                 ctx.stats.dropped_expired += 1
+                if trace is not None:
+                    trace.event(out.message.id, client_id, fates.EXPIRED, out.qos)
                 self._done(out)
             elif sent >= client.window:
                 if self._resend is None:
@@ -498,6 +538,8 @@ class SessionQueue:
                 self._resend.append(packet_id)
             else:
                 sent += 1
+                if trace is not None:
+                    trace.event(out.message.id, client_id, fates.RESENT, out.qos)
                 client.resend(out)
         self.fill_window()
 
@@ -521,6 +563,13 @@ class SessionQueue:
 
     def clear(self) -> None:
         """The session ended: nothing more is delivered."""
+        trace = self._ctx.trace
+        if trace is not None:
+            # What was on disk only left with the session unseen: the trace's report tells
+            # those apart by the session being gone (trace/report.py).
+            client_id = self._session.client_id
+            for out in (*self.inflight.values(), *(self._queue or ())):
+                trace.event(out.message.id, client_id, fates.SESSION_ENDED, out.qos)
         self._queue = None
         self._resend = None
         self.queued_bytes = 0
@@ -546,10 +595,11 @@ class SessionQueue:
         self.queued_bytes += nbytes
 
 
-def deliver_now(client: Receiver, out: Outgoing, max_buffer: int, stats: Stats) -> None:
+def deliver_now(client: Receiver, out: Outgoing, max_buffer: int, stats: Stats) -> bool:
     """A QoS 0 copy to a connected client, unless its write buffer is past ``max_buffer``
-    (a slow consumer: dropped and counted, as QoS 0 allows, §4.3.1)."""
+    (a slow consumer: dropped and counted, as QoS 0 allows, §4.3.1). False if dropped."""
     if client.buffered() > max_buffer:
         stats.dropped_slow_consumer += 1
-        return
+        return False
     client.send_publish(out, False)
+    return True

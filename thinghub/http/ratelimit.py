@@ -109,7 +109,10 @@ class RateLimiter:
         self._clock = clock
         self._buckets: dict[tuple[str, str], _Bucket] = {}
         self._max_buckets = max_buckets
+        # Requests refused, in all and by the action asked for (the dialects' own names, a
+        # bounded set: shown by /metrics as thinghub_http_throttled_total).
         self.refused = 0
+        self.refused_by: dict[str, int] = {}
 
     def _budget(self, action: str) -> tuple[str, float | None]:
         """The bucket ``action`` draws from and its rate: its own, its group's, the default."""
@@ -125,6 +128,7 @@ class RateLimiter:
         return self._budget(action)[1]
 
     def allow(self, account: str, action: str) -> bool:
+        asked = action
         rate = self._limits.get(action)
         if rate is None:
             action, rate = self._budget(action)
@@ -144,6 +148,7 @@ class RateLimiter:
             bucket.tokens -= 1.0
             return True
         self.refused += 1
+        self.refused_by[asked] = self.refused_by.get(asked, 0) + 1
         return False
 
     def _prune(self, now: float) -> None:

@@ -15,6 +15,12 @@ Ids are strictly increasing within a process: when the wall clock stands still o
 the generator keeps its own millisecond and runs on from it; when the 4096 sequence numbers
 of a millisecond are used up, it moves on to the next millisecond without waiting.
 
+Cost: the lock, the lease and the clock's range are dealt with once per millisecond, by the
+first id of each; the other ids of that millisecond come from an iterator over its sequence
+numbers, without the lock (``next`` on it is atomic, so threads never share an id), while
+the clock has not passed that millisecond. The delivery trace issues an id per MQTT publish
+(thinghub/trace/recorder.py): this is on the broker's hot path.
+
 Unique across restarts: the generator holds a *lease*, a millisecond in the future that is
 persisted (``LeaseStore``, implemented by the registry store) before any id at or past it is
 issued. At start-up the new generator begins after the persisted lease, so every id it issues
@@ -53,7 +59,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from typing import NamedTuple, Protocol
 
@@ -170,26 +176,50 @@ class MessageIdGenerator:
         # run starts at the lease itself (start-up bump).
         self._last_ms = lease_store.load_id_lease() - 1
         self._lease = self._last_ms  # nothing leased yet in this run
-        self._sequence = MAX_SEQUENCE  # forces a fresh millisecond for the first id
+        # What ``next_id`` reads without the lock: the ids left of millisecond ``_last_ms``
+        # and the ``_tick`` reading at which that millisecond is over (none yet: the first id
+        # takes the slow path). The default clock is read as ``time.time_ns`` there, which
+        # costs no Python call; a clock given by the caller is read as it is.
+        self._fast: tuple[Iterator[int], int] = (iter(()), 0)
+        if clock is wall_clock_ms:
+            self._tick: Callable[[], int] = time.time_ns
+            self._scale = 1_000_000
+        else:
+            self._tick = clock
+            self._scale = 1
 
     def next_id(self) -> int:
+        # The fast path (see "Cost" in the module notes): the next id of the millisecond in
+        # use, from its iterator, while the clock has not passed that millisecond.
+        ids, end = self._fast
+        if self._tick() < end:
+            message_id = next(ids, -1)
+            if message_id >= 0:
+                return message_id
+        return self._next_slow()
+
+    __call__ = next_id
+
+    def _next_slow(self) -> int:
+        """The first id of a millisecond (or of the next one, when the sequence numbers of
+        this one are used up), under the lock: the lease and the clock's range are checked
+        here, once per millisecond, before that millisecond's ids are handed out."""
         with self._lock:
             now = self._clock()
             if now > self._last_ms:
-                self._last_ms = now
-                self._sequence = 0
-            elif self._sequence < MAX_SEQUENCE:
-                # Same millisecond, or the clock stepped back: continue on our own time.
-                self._sequence += 1
+                ms = now
             else:
-                self._last_ms += 1
-                self._sequence = 0
-            if self._last_ms >= self._lease:
+                # Same millisecond, or the clock stepped back: continue on our own time.
+                message_id = next(self._fast[0], -1)
+                if message_id >= 0:
+                    return message_id
+                ms = self._last_ms + 1  # its 4096 ids are used up: the next one
+            if ms >= self._lease:
                 if self.failed is not None:
                     raise StoreUnavailable(self._why())
                 # Persist before issuing: no id at or past the old lease leaves this process
                 # until the store knows the new one.
-                lease = self._last_ms + self._lease_step
+                lease = ms + self._lease_step
                 try:
                     self._store.save_id_lease(lease)
                 except Exception as error:
@@ -208,8 +238,8 @@ class MessageIdGenerator:
             elif (
                 self._renew is not None
                 and not self._renewing
-                and self._lease - self._last_ms <= self._lease_step // 2
-                and self._last_ms >= self._renew_after
+                and self._lease - ms <= self._lease_step // 2
+                and ms >= self._renew_after
             ):
                 # Half used: extend it in the background, before it runs out.
                 self._renewing = True
@@ -222,16 +252,16 @@ class MessageIdGenerator:
                         on_failure=self._extension_failed,
                     )
                 )
-            offset = self._last_ms - EPOCH_MS
+            offset = ms - EPOCH_MS
             if not 0 <= offset <= MAX_TIME:
-                raise OverflowError(f"clock {self._last_ms} ms is outside the MessageId range")
-            return (
-                (offset << (NODE_BITS + SEQUENCE_BITS))
-                | (self._node << SEQUENCE_BITS)
-                | self._sequence
-            )
-
-    __call__ = next_id
+                raise OverflowError(f"clock {ms} ms is outside the MessageId range")
+            self._last_ms = ms
+            first = (offset << (NODE_BITS + SEQUENCE_BITS)) | (self._node << SEQUENCE_BITS)
+            # The rest of this millisecond's ids, for the fast path. One tuple, replaced in
+            # one store: a caller on another thread sees the old pair or the new one, and
+            # ``next`` on a range iterator is atomic, so no id is handed out twice.
+            self._fast = (iter(range(first + 1, first + MAX_SEQUENCE + 1)), (ms + 1) * self._scale)
+            return first
 
     def _extend(self, lease: int) -> None:
         """Persist ``lease``, then use it (``renew``'s thread)."""

@@ -135,7 +135,124 @@ _V2: tuple[str, ...] = (
     "CREATE INDEX shadows_deleted ON shadows(updated_at) WHERE document IS NULL",
 )
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)
+# Version 3: the AWS IoT control plane's identities (thinghub/identity/, which only uses
+# these tables): things and their attributes, X.509 certificates (ids are the SHA-256 of the
+# DER, lowercase hex, unique hub-wide: a TLS client certificate names exactly one account),
+# registered CA certificates, the registration code of each account, policies and their
+# versions, and what is attached to what. Every row belongs to one account. Times are epoch
+# milliseconds; ``seq`` orders listings by creation.
+_V3: tuple[str, ...] = (
+    """CREATE TABLE iot_things (
+        account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+        thing_name TEXT NOT NULL,
+        thing_id TEXT NOT NULL,
+        thing_type_name TEXT,
+        version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        modified_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, thing_name)
+    ) WITHOUT ROWID""",
+    """CREATE TABLE iot_thing_attributes (
+        account_id TEXT NOT NULL,
+        thing_name TEXT NOT NULL,
+        name TEXT NOT NULL,
+        value TEXT NOT NULL,
+        PRIMARY KEY (account_id, thing_name, name),
+        FOREIGN KEY (account_id, thing_name) REFERENCES iot_things(account_id, thing_name)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    "CREATE INDEX iot_thing_attributes_value ON iot_thing_attributes(account_id, name, value)",
+    """CREATE TABLE iot_certificates (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        certificate_id TEXT NOT NULL UNIQUE,
+        account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+        status TEXT NOT NULL,
+        origin TEXT NOT NULL,
+        ca_certificate_id TEXT,
+        certificate_mode TEXT NOT NULL,
+        pem TEXT NOT NULL,
+        not_before INTEGER NOT NULL,
+        not_after INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        modified_at INTEGER NOT NULL,
+        customer_version INTEGER NOT NULL,
+        generation INTEGER NOT NULL
+    )""",
+    "CREATE INDEX iot_certificates_account ON iot_certificates(account_id, seq)",
+    "CREATE INDEX iot_certificates_ca ON iot_certificates(account_id, ca_certificate_id, seq) "
+    "WHERE ca_certificate_id IS NOT NULL",
+    """CREATE TABLE iot_ca_certificates (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+        certificate_id TEXT NOT NULL,
+        subject_hash TEXT NOT NULL,
+        status TEXT NOT NULL,
+        auto_registration TEXT NOT NULL,
+        certificate_mode TEXT NOT NULL,
+        registration_config TEXT,
+        pem TEXT NOT NULL,
+        not_before INTEGER NOT NULL,
+        not_after INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        modified_at INTEGER NOT NULL,
+        customer_version INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        UNIQUE (account_id, certificate_id)
+    )""",
+    "CREATE INDEX iot_ca_certificates_subject ON iot_ca_certificates(subject_hash)",
+    """CREATE TABLE iot_registration_codes (
+        account_id TEXT PRIMARY KEY REFERENCES accounts(account_id) ON DELETE CASCADE,
+        code TEXT NOT NULL
+    )""",
+    """CREATE TABLE iot_policies (
+        seq INTEGER PRIMARY KEY AUTOINCREMENT,
+        account_id TEXT NOT NULL REFERENCES accounts(account_id) ON DELETE CASCADE,
+        policy_name TEXT NOT NULL,
+        default_version INTEGER NOT NULL,
+        last_version INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        modified_at INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        UNIQUE (account_id, policy_name)
+    )""",
+    """CREATE TABLE iot_policy_versions (
+        account_id TEXT NOT NULL,
+        policy_name TEXT NOT NULL,
+        version_id INTEGER NOT NULL,
+        document TEXT NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, policy_name, version_id),
+        FOREIGN KEY (account_id, policy_name) REFERENCES iot_policies(account_id, policy_name)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    """CREATE TABLE iot_thing_principals (
+        account_id TEXT NOT NULL,
+        thing_name TEXT NOT NULL,
+        certificate_id TEXT NOT NULL REFERENCES iot_certificates(certificate_id)
+            ON DELETE CASCADE,
+        exclusive INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, thing_name, certificate_id),
+        FOREIGN KEY (account_id, thing_name) REFERENCES iot_things(account_id, thing_name)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    "CREATE INDEX iot_thing_principals_certificate "
+    "ON iot_thing_principals(account_id, certificate_id, thing_name)",
+    """CREATE TABLE iot_policy_targets (
+        account_id TEXT NOT NULL,
+        policy_name TEXT NOT NULL,
+        certificate_id TEXT NOT NULL REFERENCES iot_certificates(certificate_id)
+            ON DELETE CASCADE,
+        created_at INTEGER NOT NULL,
+        PRIMARY KEY (account_id, policy_name, certificate_id),
+        FOREIGN KEY (account_id, policy_name) REFERENCES iot_policies(account_id, policy_name)
+            ON DELETE CASCADE
+    ) WITHOUT ROWID""",
+    "CREATE INDEX iot_policy_targets_certificate "
+    "ON iot_policy_targets(account_id, certificate_id, policy_name)",
+)
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 
 _ID_LEASE_KEY = "message_id_lease_ms"
 

@@ -81,6 +81,7 @@ from typing import Any
 from ..health import Health, heals, supervised
 from ..message import Message
 from ..mqtt.properties import NO_PROPERTIES, Properties
+from ..observe.histogram import COMMIT_BOUNDS, Buckets
 from .base import QueuedDelivery, StoredDelivery, StoredSession, StoredState, StoredSubscription
 from .errors import SchemaVersionError, StoreOpenError
 from .lock import DataDirLock
@@ -289,6 +290,9 @@ class SQLiteStore:
         self._update_size(self._conn)
         self._wake = threading.Event()
         self._progress = threading.Condition()
+        # How long each committed group took (its transaction and fsync), for /metrics;
+        # written by the writer thread only (observe/histogram.py).
+        self.commit_seconds = Buckets(COMMIT_BOUNDS)
         run = supervised(
             self._health,
             COMPONENT,
@@ -611,7 +615,10 @@ class SQLiteStore:
             # transaction just before its COMMIT (see ``_commit``).
             ready: list[Callable[[], None]] = []
             try:
+                started = time.perf_counter()
                 self._commit(conn, live, callbacks, ready)
+                if live:
+                    self.commit_seconds.observe(time.perf_counter() - started)
             except Exception as error:
                 if not heals(error):
                     # It would fail again: the store has failed (``_writer_failed``, run by

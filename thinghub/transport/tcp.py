@@ -8,6 +8,13 @@ listener is plain TCP, and ``TLSAdmission`` wraps each admitted connection in th
 own TLS layer), so that silent sockets on the TLS port are bounded like any others and a
 handshake that does not finish within the CONNECT timeout ends the connection.
 
+On the TLS listener a connection may also be MQTT over WebSocket (what the AWS IoT device
+SDKs open on port 443): one whose first bytes are an HTTP request (``GET ``) is handed, TLS
+layer and all, to the hub's HTTP server, which serves ``/mqtt`` (``websocket.py``); it must
+have sent its request head within the CONNECT timeout. And a TLS client may have presented a
+certificate, which the handshake verified (``tls.py``): the connection's ``credential``, read
+when its CONNECT comes (``broker/auth.py``).
+
 Most connections of a fleet sit idle, so what one holds between packets is kept small: the
 protocol object (nine slots; what all connections of a listener share sits in one
 ``Listener``), its peer address, and nothing else of this module's: the write buffer exists
@@ -24,25 +31,38 @@ from asyncio import sslproto
 from collections.abc import Callable
 from typing import Any
 
+from ..broker.auth import ClientCertificate
 from ..broker.broker import Broker
 from ..broker.client import Client
 from .admission import AdmissionGate
+from .tls import ServerTLS
 
 log = logging.getLogger("thinghub.transport")
+
+#: a new protocol of the hub's HTTP server for one connection (None: it is not serving)
+HTTPProtocols = Callable[[], asyncio.Protocol | None]
 
 
 class Listener:
     """What every connection of one listener shares: one reference per connection instead of
     one per item (each slot of a connection costs 8 bytes, times every idle connection)."""
 
-    __slots__ = ("broker", "gate", "loop")
+    __slots__ = ("broker", "gate", "http", "loop", "tls")
 
     def __init__(
-        self, broker: Broker, loop: asyncio.AbstractEventLoop, gate: AdmissionGate | None
+        self,
+        broker: Broker,
+        loop: asyncio.AbstractEventLoop,
+        gate: AdmissionGate | None,
+        tls: ServerTLS | None = None,
+        http: HTTPProtocols | None = None,
     ) -> None:
         self.broker = broker
         self.loop = loop
         self.gate = gate
+        # The TLS listener's contexts, and where its HTTP requests go (None: nowhere).
+        self.tls = tls
+        self.http = http
 
 
 class MQTTStreamProtocol(asyncio.Protocol):
@@ -199,11 +219,10 @@ class TLSAdmission(asyncio.Protocol):
     can arrive before the TLS layer is there (``loop.start_tls`` would start only on the next
     loop iteration). The handshake must end within ``mqtt.connect_timeout``."""
 
-    __slots__ = ("_listener", "_ssl")
+    __slots__ = ("_listener",)
 
-    def __init__(self, listener: Listener, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, listener: Listener) -> None:
         self._listener = listener
-        self._ssl = ssl_context
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         listener = self._listener
@@ -216,12 +235,13 @@ class TLSAdmission(asyncio.Protocol):
                 transport.close()
                 return
         loop = listener.loop
-        protocol = MQTTStreamProtocol(listener, address)
+        protocol = MQTTTLSProtocol(listener, address)
         waiter: asyncio.Future[None] = loop.create_future()
+        assert listener.tls is not None
         tls = _ssl_protocol_class(loop)(
             loop,
             protocol,
-            self._ssl,
+            listener.tls.context(),
             waiter,
             server_side=True,
             ssl_handshake_timeout=listener.broker.settings.connect_timeout,
@@ -240,6 +260,60 @@ class TLSAdmission(asyncio.Protocol):
         waiter.add_done_callback(handshake_done)
 
 
+class MQTTTLSProtocol(MQTTStreamProtocol):
+    """A connection of the TLS listener: MQTT, whose client may have shown a certificate, or
+    an HTTP request (MQTT over WebSocket), handed to the HTTP server."""
+
+    __slots__ = ()
+
+    @property
+    def credential(self) -> ClientCertificate | None:
+        """The client certificate the handshake verified (read at CONNECT; nothing kept)."""
+        transport = self._transport
+        if transport is None:
+            return None
+        ssl_object = transport.get_extra_info("ssl_object")
+        der = None if ssl_object is None else ssl_object.getpeercert(binary_form=True)
+        return None if der is None else ClientCertificate(der)
+
+    def data_received(self, data: bytes) -> None:
+        client = self._client
+        # An MQTT connection starts with CONNECT (0x10); an HTTP one with its method.
+        if client is not None and not client.connected and data.startswith(b"GET "):
+            http = self._listener.http
+            protocol = None if http is None else http()
+            if protocol is not None:
+                self._to_http(client, protocol, data)
+                return
+        super().data_received(data)
+
+    def _to_http(self, client: Client, protocol: asyncio.Protocol, data: bytes) -> None:
+        """Hand the connection, TLS layer and all, to the HTTP server. Its place at the gate
+        goes back: the WebSocket upgrade takes one of its own (websocket.py)."""
+        transport = self._transport
+        assert transport is not None
+        self._client = None
+        self._transport = None
+        self.release()
+        client.connection_lost()  # never connected: it only leaves the broker's books
+        transport.set_protocol(protocol)
+        protocol.connection_made(transport)
+        protocol.data_received(data)
+        listener = self._listener
+        listener.loop.call_later(
+            listener.broker.settings.connect_timeout, _upgrade_due, transport, protocol
+        )
+
+
+def _upgrade_due(transport: asyncio.BaseTransport, protocol: asyncio.Protocol) -> None:
+    """An HTTP request on the TLS port must have been an upgrade by now (its head read within
+    the CONNECT timeout, as a CONNECT would be); aiohttp's request handler says so in
+    ``_upgraded`` (aiohttp 3.x; if it ever does not, the handler's own keep-alive timeout is
+    what ends an idle connection)."""
+    if not transport.is_closing() and getattr(protocol, "_upgraded", True) is False:
+        transport.close()
+
+
 def _ssl_protocol_class(loop: asyncio.AbstractEventLoop) -> Any:
     """The TLS protocol of ``loop``'s own ``create_server(ssl=...)``."""
     if type(loop).__module__.startswith("uvloop"):
@@ -253,26 +327,38 @@ async def start_tcp_listener(
     broker: Broker,
     host: str,
     port: int,
-    ssl_context: ssl.SSLContext | None = None,
+    ssl_context: ssl.SSLContext | ServerTLS | None = None,
     gate: AdmissionGate | None = None,
+    http: HTTPProtocols | None = None,
 ) -> asyncio.Server:
-    """Serve MQTT on ``host:port`` (TLS with ``ssl_context``), admitting connections through
-    ``gate`` when given."""
+    """Serve MQTT on ``host:port`` (TLS with ``ssl_context``: a fixed context, or the hub's
+    ``ServerTLS``), admitting connections through ``gate`` when given. On TLS, ``http()``
+    gives the protocol that serves a connection that turns out to be an HTTP request."""
     loop = asyncio.get_running_loop()
-    listener = Listener(broker, loop, gate)
+    tls = _FixedTLS(ssl_context) if isinstance(ssl_context, ssl.SSLContext) else ssl_context
+    listener = Listener(broker, loop, gate, tls, http)
     factory: Callable[[], asyncio.Protocol]
-    if ssl_context is None:
+    if tls is None:
 
         def factory() -> asyncio.Protocol:
             return MQTTStreamProtocol(listener)
 
     else:
-        context = ssl_context
 
         def factory() -> asyncio.Protocol:
-            return TLSAdmission(listener, context)
+            return TLSAdmission(listener)
 
     return await loop.create_server(factory, host=host, port=port, reuse_address=True, backlog=4096)
+
+
+class _FixedTLS(ServerTLS):
+    """One context for ever (a caller that made its own)."""
+
+    def __init__(self, context: ssl.SSLContext) -> None:
+        self._fixed = context
+
+    def context(self) -> ssl.SSLContext:
+        return self._fixed
 
 
 def make_tls_context(cert_file: str, key_file: str) -> ssl.SSLContext:

@@ -4,31 +4,60 @@ served at ``/mqtt`` on the HTTP port. A frame may hold part of a packet or sever
 [MQTT-6.0.0-1]. Writes are coalesced and sent by one writer task per connection.
 
 An upgrade passes the admission gate (``admission.py``) first, as a TCP connection does: a
-refused one is answered 503 and its connection closed."""
+refused one is answered 503 and its connection closed.
+
+An upgrade request may carry a credential in its URL: AWS IoT's SigV4 presigned form
+(``/mqtt?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Credential=...&X-Amz-Signature=...``, what
+the AWS IoT device SDKs' ``websockets_with_default_aws_signing`` sends). The application's
+``HANDSHAKE_SIGN_IN`` (``auth/signed_url.py``) checks it before the upgrade: a bad one is
+answered 403 with the reason, as AWS IoT answers; a good one becomes the connection's
+``credential``, which its CONNECT is judged by (``broker/auth.py``). The same handler serves
+``/mqtt`` on the HTTP port and on the TLS port (``tcp.py``)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 from aiohttp import WSMsgType, web
 
+from ..broker.auth import Credential, CredentialRefused
 from ..broker.broker import Broker
 from .admission import AdmissionGate
 
 log = logging.getLogger("thinghub.transport")
 
 
+class HandshakeSignIn(Protocol):
+    """Reads the credential of an upgrade request (``HANDSHAKE_SIGN_IN``)."""
+
+    def credential(
+        self, method: str, raw_target: str, headers: Mapping[str, str]
+    ) -> Credential | None:
+        """The request's credential, None when it carries none; raises
+        ``CredentialRefused`` when it carries one that does not hold."""
+        ...
+
+
+#: the application's reader of upgrade credentials (set by thinghub/app.py; absent: none)
+HANDSHAKE_SIGN_IN = web.AppKey("thinghub.handshake_sign_in", HandshakeSignIn)
+
+
 class WebSocketLink:
     """Implements the broker's ``Link`` over an aiohttp WebSocket."""
 
-    __slots__ = ("_closing", "_pending", "_pending_bytes", "_wakeup", "_ws", "peer")
+    __slots__ = ("_closing", "_pending", "_pending_bytes", "_wakeup", "_ws", "credential", "peer")
 
-    def __init__(self, ws: web.WebSocketResponse, peer: str) -> None:
+    def __init__(
+        self, ws: web.WebSocketResponse, peer: str, credential: Credential | None = None
+    ) -> None:
         self._ws = ws
         self.peer = peer
+        # What the upgrade request proved (broker/auth.py), for the CONNECT.
+        self.credential = credential
         self._pending: list[bytes] = []
         self._pending_bytes = 0
         self._closing = False
@@ -72,6 +101,16 @@ def websocket_handler(
     max_frame = broker.settings.max_packet_size + 8
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        sign_in = request.app.get(HANDSHAKE_SIGN_IN)
+        credential = None
+        if sign_in is not None:
+            try:
+                credential = sign_in.credential(request.method, request.raw_path, request.headers)
+            except CredentialRefused as refusal:
+                log.info("WebSocket upgrade from %s refused: %s", request.remote, refusal)
+                refused = web.Response(status=403, text=str(refusal))
+                refused.force_close()
+                return refused
         # The key this connection is counted under at the gate, and whether it still waits
         # for its CONNECT (see admission.py and tcp.py).
         address = None
@@ -91,7 +130,7 @@ def websocket_handler(
                 gate.release(address, pending=pending)
             raise
         peer = f"ws:{request.remote}"
-        link = WebSocketLink(ws, peer)
+        link = WebSocketLink(ws, peer, credential)
         client = broker.connection_made(link)
         writer = asyncio.create_task(link.run_writer())
         try:

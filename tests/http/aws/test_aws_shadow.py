@@ -501,6 +501,7 @@ class Served:
         env = {k: v for k, v in os.environ.items() if not k.startswith("THINGHUB_")}
         env["THINGHUB_ROOT_ACCESS_KEY_ID"] = self.KEY_ID
         env["THINGHUB_ROOT_ACCESS_KEY_SECRET"] = self.SECRET
+        env["THINGHUB_MQTT_TLS_PORT"] = "0"  # a free port: hubs run side by side
         command = [
             str(ROOT / ".venv/bin/thinghub"), "serve", "--mqtt-port", "0", "--http-port", "0",
             "--data-dir", str(data_dir),

@@ -15,6 +15,10 @@ failure is rendered in the dialect's own shape by the one ``except`` ladder belo
 4. **Call the core** through the action's handler (``actions.py``).
 5. **Render**: success and business errors HTTP 200 (§2), gateway errors 4xx (§1.4), each with
    a fresh uppercase UUID RequestId (§5).
+
+Every call, from the aiohttp route or the fast path, is reported once answered to the hub's
+request seam (``observe/requests.py``: counts, latency, the audit line), with what ``serve``
+learnt of it on the way (``ApiCall``: action, key, account, error code).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from ...broker.admission import PublishRefused, Refusal
+from ...observe.requests import ALIYUN, API_REQUESTS, ApiCall, ApiRequests
 from ...registry.errors import RegistryError
 from ..aws.api import RequestIds
 from ..context import HubContext
@@ -52,16 +57,30 @@ def add_routes(app: web.Application, ctx: HubContext) -> None:
     # Uppercase UUID4s (§5), as registry.ids.new_request_id makes them, from a pool of
     # random bytes: one os.urandom call and one formatting loop per 256 requests.
     request_ids = RequestIds(upper=True)
+    # The hub's request seam; an application without one (a test harness) keeps its own.
+    requests = app.get(API_REQUESTS) or ApiRequests()
 
     async def rpc(request: web.Request) -> web.Response:
-        return await serve(
-            ctx, request.method, request.raw_path, request.headers, request, request_ids.next()
+        seen = requests.begin(ALIYUN)
+        response = await serve(
+            ctx,
+            request.method,
+            request.raw_path,
+            request.headers,
+            request,
+            request_ids.next(),
+            seen,
         )
+        requests.answered(seen, response.status)
+        return response
 
     async def fast_rpc(
         method: str, target: str, headers: CIMultiDictProxy[str], body: bytes
     ) -> web.Response:
-        return await serve(ctx, method, target, headers, body, request_ids.next())
+        seen = requests.begin(ALIYUN)
+        response = await serve(ctx, method, target, headers, body, request_ids.next(), seen)
+        requests.answered(seen, response.status)
+        return response
 
     app.router.add_get("/", rpc, allow_head=False)
     app.router.add_post("/", rpc)
@@ -97,9 +116,13 @@ async def serve(
     headers: CIMultiDictProxy[str],
     body: bytes | web.Request,
     request_id: str,
+    seen: ApiCall | None = None,
 ) -> web.Response:
     """One call: ``target`` is the raw request target (path and query as sent); ``body`` is
-    the body, or the aiohttp request to read it from (the fast path has read it already)."""
+    the body, or the aiohttp request to read it from (the fast path has read it already);
+    ``seen`` is filled in with what the request turns out to be."""
+    if seen is None:
+        seen = ApiCall(ALIYUN, 0.0)
     host = headers.get("Host", "")
     response_format = "JSON"
     action: str | None = None
@@ -109,6 +132,9 @@ async def serve(
         rpc = parse_target(method, target, headers, body)
         response_format = rpc.response_format
         action = rpc.action
+        seen.access_key_id = rpc.access_key_id or ""
+        if action in ACTIONS:
+            seen.operation = action
         registry = ctx.registry
         key = registry.lookup_access_key(rpc.access_key_id) if rpc.access_key_id else None
         verified = verify(rpc, key, ctx.nonces)
@@ -121,7 +147,7 @@ async def serve(
         handler = ACTIONS.get(action)
         if handler is None or rpc.api_version != API_VERSION:
             raise e.invalid_api(action, rpc.api_version)
-        account_id = verified.key.account_id
+        account_id = seen.account = verified.key.account_id
         if not ctx.aliyun_limits.allow(account_id, action):
             raise e.throttled()
         params = Params(rpc.params)
@@ -135,29 +161,36 @@ async def serve(
         fields = await handler(call)
         return render.success(action, response_format, request_id, fields)
     except GatewayError as error:
+        seen.result = error.code
         return render.gateway_error(error, response_format, request_id, host)
     except ApiError as error:
+        seen.result = error.code
         return render.business_error(
             action or "", response_format, request_id, error.code, error.message, error.fields
         )
     except RegistryError as error:
+        seen.result = error.code
         return render.business_error(
             action or "", response_format, request_id, error.code, error.message
         )
     except (StoreUnavailable, NonceStoreUnavailable) as error:
         # The gateway's 503: nothing was published; the SDKs may retry.
         unavailable = GatewayError("ServiceUnavailable", 503, str(error))
+        seen.result = unavailable.code
         return render.gateway_error(unavailable, response_format, request_id, host)
     except PublishRefused as refusal:
         # The admission gate (broker/admission.py): a business error, as Pub answers a topic
         # it may not publish to; nothing was published.
         code = e.TOPIC_NOT_ALLOWED if refusal.kind is Refusal.NOT_AUTHORIZED else e.QUOTA_EXCEEDED
+        seen.result = code
         return render.business_error(
             action or "", response_format, request_id, code, refusal.reason
         )
     except Exception:
         log.exception("Alibaba API %s failed (RequestId %s)", action, request_id)
-        return render.gateway_error(e.internal_error(), response_format, request_id, host)
+        internal = e.internal_error()
+        seen.result = internal.code
+        return render.gateway_error(internal, response_format, request_id, host)
 
 
 async def _remember(ctx: HubContext, verified: Verified[Any]) -> None:

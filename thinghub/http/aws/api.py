@@ -18,6 +18,10 @@ Match, then handle (STYLE.md §3.11). Every request goes through the same steps:
 6. **render** any ``AwsError`` in the one error shape (``errors``). Anything unexpected is
    logged and answered 500 ``InternalFailureException``.
 
+Every call, from the aiohttp routes or the fast path, is reported once answered to the hub's
+request seam (``observe/requests.py``: counts, latency, the audit line), with what ``serve``
+learnt of it (``ApiCall``: operation, key, account) and the answer's ``x-amzn-ErrorType``.
+
 Routes::
 
     POST   /topics/{topic}                     Publish (also raw slashes: /topics/a/b/c)
@@ -45,6 +49,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 
 from ...broker.admission import PublishRefused, Refusal
+from ...observe.requests import API_REQUESTS, AWS, ApiCall, ApiRequests
 from ..context import HubContext
 from ..fastpath import FAST_ROUTES
 from ..publishing import StoreUnavailable
@@ -233,15 +238,34 @@ def add_routes(app: web.Application, ctx: HubContext) -> None:
     """Mount the iot-data operations on ``app``."""
 
     request_ids = RequestIds()
+    # The hub's request seam; an application without one (a test harness) keeps its own.
+    requests = app.get(API_REQUESTS) or ApiRequests()
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        return await serve(request.method, request.raw_path, request.headers, request)
+        return await observed(request.method, request.raw_path, request.headers, request)
 
-    async def serve(
+    async def observed(
         method: str, target: str, headers: CIMultiDictProxy[str], body: bytes | web.Request
     ) -> web.StreamResponse:
+        """``serve``, reported to the request seam once answered."""
+        seen = requests.begin(AWS)
+        response = await serve(method, target, headers, body, seen)
+        status = response.status
+        if status >= 400:
+            seen.result = response.headers.get("x-amzn-ErrorType", "")
+        requests.answered(seen, status)
+        return response
+
+    async def serve(
+        method: str,
+        target: str,
+        headers: CIMultiDictProxy[str],
+        body: bytes | web.Request,
+        seen: ApiCall,
+    ) -> web.StreamResponse:
         """One call: ``target`` is the raw request target; ``body`` is the body, or the aiohttp
-        request to read it from (the fast path has read it already)."""
+        request to read it from (the fast path has read it already); ``seen`` is filled in
+        with what the request turns out to be."""
         # AWS request ids are lowercase UUIDs; the same id is the error body's traceId.
         request_id = request_ids.next()
         try:
@@ -251,13 +275,15 @@ def add_routes(app: web.Application, ctx: HubContext) -> None:
             # paths only"). Both the aiohttp route and the fast path come through here.
             sigv4.check_path(raw_path)
             found = match(method, raw_path)
+            seen.operation = found.operation
             if not isinstance(body, bytes):
                 body = await _read_body(body, MAX_PAYLOAD_BYTES)
             wire = sigv4.WireRequest(method, raw_path, query, headers, body)
             parsed = sigv4.parse(wire)
+            seen.access_key_id = parsed.access_key_id
             key = ctx.registry.lookup_access_key(parsed.access_key_id)
             verified = sigv4.verify(parsed, key)
-            account = verified.key.account_id
+            account = seen.account = verified.key.account_id
             if not ctx.aws_limits.allow(account, found.operation):
                 raise AwsError.throttled()
             call = Call(
@@ -289,4 +315,4 @@ def add_routes(app: web.Application, ctx: HubContext) -> None:
         app.router.add_route("*", path, handle)
     fast = app.get(FAST_ROUTES)
     if fast is not None:  # the hub's own server: Publish without aiohttp's layers
-        fast.add("POST", "/topics/", serve, prefix=True)
+        fast.add("POST", "/topics/", observed, prefix=True)

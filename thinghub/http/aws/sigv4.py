@@ -50,6 +50,17 @@ users see ``ForbiddenException`` (the only modelled 403 shape of ``iot-data``), 
 SigV4 messages.  :class:`SigV4Error` carries status, ``x-amzn-ErrorType`` and message, plus
 ``reason``, AWS's generic code for the failure (``InvalidSignatureException`` ...), for logs.
 
+Presigned URLs (query-string signing, how the AWS IoT device SDKs sign an MQTT-over-WebSocket
+upgrade with service ``iotdevicegateway``): ``X-Amz-Algorithm``, ``X-Amz-Credential``,
+``X-Amz-Date``, ``X-Amz-SignedHeaders`` and ``X-Amz-Signature`` travel in the query instead
+of the ``Authorization`` header (:func:`parse_presigned`). The canonical query is every
+parameter but ``X-Amz-Signature``; AWS IoT's signers append ``X-Amz-Security-Token`` after
+signing ("IoT does not sign X-Amz-Security-Token", awsiotsdk), so it is left out too unless
+the signature only verifies with it. The payload hash is that of the empty body. The URL is
+valid from ``X-Amz-Date`` (15 minutes of clock skew allowed) for ``X-Amz-Expires`` seconds
+when given (at most 7 days, SigV4's limit), else for the same 15 minutes
+(:func:`verify_presigned`).
+
 Use::
 
     check_path(raw_path)                  # before routing on raw_path; may raise (400)
@@ -91,11 +102,14 @@ __all__ = [
     "canonical_uri",
     "check_path",
     "is_canonical_path",
+    "is_presigned",
     "parse",
+    "parse_presigned",
     "signature",
     "split_target",
     "string_to_sign",
     "verify",
+    "verify_presigned",
 ]
 
 ALGORITHM = "AWS4-HMAC-SHA256"
@@ -432,22 +446,141 @@ class Verified(Generic[K]):
         return self.request.wire.query
 
 
-def verify(
+# --------------------------------------------------------------------------- presigned URLs
+
+SIGNATURE_PARAM = "X-Amz-Signature"
+TOKEN_PARAM = "X-Amz-Security-Token"
+MAX_EXPIRES_S = 7 * 24 * 3600
+_EMPTY_HASH = hashlib.sha256(b"").hexdigest()
+
+
+def is_presigned(query: Iterable[tuple[str, str]]) -> bool:
+    """Whether a query carries a SigV4 signature."""
+    return any(name in ("X-Amz-Algorithm", SIGNATURE_PARAM) for name, _value in query)
+
+
+def parse_presigned(wire: WireRequest) -> SigV4Request:
+    """Parse the signing parameters of a presigned URL (``wire.query``); raises
+    :class:`SigV4Error` when one is missing or malformed."""
+    params: dict[str, str] = {}
+    for name, value in wire.query:
+        if name.startswith("X-Amz-") and name in params:
+            raise _incomplete(f"The query parameter {name} is given more than once.")
+        params[name] = value
+    algorithm = params.get("X-Amz-Algorithm", "")
+    if algorithm != ALGORITHM:
+        raise _incomplete(
+            f"Unsupported X-Amz-Algorithm {algorithm!r}: only {ALGORITHM} is accepted."
+        )
+    missing = [
+        name
+        for name in ("X-Amz-Credential", "X-Amz-Date", "X-Amz-SignedHeaders", SIGNATURE_PARAM)
+        if not params.get(name)
+    ]
+    if missing:
+        raise _incomplete(f"The presigned URL lacks {', '.join(missing)}.")
+    credential = params["X-Amz-Credential"]
+    scope = credential.split("/")
+    if len(scope) != 5:
+        raise _incomplete(
+            "Credential must have exactly 5 slash-delimited elements, "
+            f"e.g. keyid/date/region/service/term, got '{credential}'"
+        )
+    amz_date = params["X-Amz-Date"]
+    if _AMZ_DATE.fullmatch(amz_date) is None:
+        raise _bad_date(amz_date)
+    return SigV4Request(
+        wire=wire,
+        headers=header_map(wire.headers),
+        access_key_id=scope[0],
+        scope_date=scope[1],
+        region=scope[2],
+        service=scope[3],
+        terminator=scope[4],
+        signed_headers=tuple(n.strip().lower() for n in params["X-Amz-SignedHeaders"].split(";")),
+        signature=params[SIGNATURE_PARAM],
+        amz_date=amz_date,
+    )
+
+
+def verify_presigned(
     parsed: SigV4Request,
     key: K | None,
     *,
     now: float | None = None,
     max_skew_s: float = MAX_SKEW_S,
     services: Collection[str] = SERVICES,
-    allow_unsigned_payload: bool = False,
 ) -> Verified[K]:
-    """Check a parsed request against ``key`` (None when the access key id is unknown).
-
-    Order: the path (400 unless canonical), credential scope, signed headers, the key, the
-    clock, the body hash, the signature.
-    """
-    check_path(parsed.wire.raw_path)
+    """Check a parsed presigned URL against ``key`` (None: the access key id is unknown), in
+    :func:`verify`'s order."""
+    _check_scope(parsed, services)
+    if key is None or not key.enabled:
+        raise SigV4Error("UnrecognizedClientException", INVALID_TOKEN_MESSAGE)
     current = time.time() if now is None else now
+    expires = _expires(parsed.wire.query)
+    timestamp = _date_s(parsed)
+    # Valid from its date, less the clock skew, for X-Amz-Expires seconds (without it, for
+    # the skew, as a signed header's date is), plus the skew.
+    if timestamp > current + max_skew_s:
+        raise SigV4Error(
+            "InvalidSignatureException",
+            f"Signature not yet current: {parsed.amz_date} is still later than "
+            f"{_format(current + max_skew_s)} ({_format(current)} + {max_skew_s / 60:g} min.)",
+        )
+    lifetime = max_skew_s if expires is None else expires + max_skew_s
+    if timestamp + lifetime < current:
+        raise SigV4Error(
+            "InvalidSignatureException",
+            f"Signature expired: {parsed.amz_date} is now earlier than "
+            f"{_format(current - lifetime)} ({_format(current)} - {lifetime:g} s)",
+        )
+    query = [(n, v) for n, v in parsed.wire.query if n != SIGNATURE_PARAM]
+    unsigned_token = [(n, v) for n, v in query if n != TOKEN_PARAM]
+    attempts = [unsigned_token, query] if len(unsigned_token) != len(query) else [query]
+    scope = f"{parsed.scope_date}/{parsed.region}/{parsed.service}/{TERMINATOR}"
+    for attempt in attempts:
+        canonical = canonical_request(
+            parsed.wire.method,
+            parsed.wire.raw_path,
+            attempt,
+            parsed.headers,
+            parsed.signed_headers,
+            _EMPTY_HASH,
+        )
+        to_sign = string_to_sign(parsed.amz_date, scope, canonical)
+        expected = signature(key.secret, parsed.scope_date, parsed.region, parsed.service, to_sign)
+        if hmac.compare_digest(expected.encode(), parsed.signature.encode()):
+            return Verified(request=parsed, key=key, timestamp=timestamp)
+    raise SigV4Error(
+        "InvalidSignatureException",
+        f"{MISMATCH_MESSAGE}\n\nThe Canonical String for this request should have been\n"
+        f"'{canonical}'\n\nThe String-to-Sign should have been\n'{to_sign}'\n",
+        canonical_request=canonical,
+        string_to_sign=to_sign,
+    )
+
+
+def _date_s(parsed: SigV4Request) -> float:
+    try:
+        return _parse_amz_date(parsed.amz_date)
+    except ValueError:
+        raise _bad_date(parsed.amz_date) from None
+
+
+def _expires(query: Iterable[tuple[str, str]]) -> int | None:
+    for name, value in query:
+        if name == "X-Amz-Expires":
+            if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= MAX_EXPIRES_S:
+                raise _incomplete(
+                    f"X-Amz-Expires must be a number of seconds from 1 to {MAX_EXPIRES_S}."
+                )
+            return int(value)
+    return None
+
+
+def _check_scope(parsed: SigV4Request, services: Collection[str]) -> None:
+    """The path (400 unless canonical), the credential scope and the signed headers."""
+    check_path(parsed.wire.raw_path)
     if parsed.terminator != TERMINATOR:
         raise _invalid(
             f"Credential should be scoped with a valid terminator: '{TERMINATOR}', "
@@ -468,6 +601,24 @@ def verify(
         raise _incomplete(
             "'Host' or ':authority' must be a 'SignedHeader' in the AWS Authorization."
         )
+
+
+def verify(
+    parsed: SigV4Request,
+    key: K | None,
+    *,
+    now: float | None = None,
+    max_skew_s: float = MAX_SKEW_S,
+    services: Collection[str] = SERVICES,
+    allow_unsigned_payload: bool = False,
+) -> Verified[K]:
+    """Check a parsed request against ``key`` (None when the access key id is unknown).
+
+    Order: the path (400 unless canonical), credential scope, signed headers, the key, the
+    clock, the body hash, the signature.
+    """
+    current = time.time() if now is None else now
+    _check_scope(parsed, services)
     if key is None or not key.enabled:
         raise SigV4Error("UnrecognizedClientException", INVALID_TOKEN_MESSAGE)
     timestamp = _check_clock(parsed.amz_date, current, max_skew_s)

@@ -1,0 +1,136 @@
+"""The cluster's ground: the real servers the fixtures start, how ``serve`` takes the cluster
+settings, what it refuses, and what a node does without NATS. Without ``--cluster`` nothing
+changes: the hub does not even load the NATS client."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import nats
+import pytest
+from hubnodes import ROOT, HubNode, settle
+from natscluster import NatsCluster, free_port
+from pgserver import PgServer
+from rawmqtt import PUBLISH
+
+from thinghub.config import ConfigError, load_settings
+
+THINGHUB = str(ROOT / ".venv/bin/thinghub")
+
+
+def serve(*args: str, tmp_path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [THINGHUB, "serve", "--mqtt-port", "0", "--http-port", "0", "--host", "127.0.0.1",
+         "--data-dir", str(tmp_path), *args],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_the_stream_replicas_setting_reaches_jetstream(
+    nats_cluster: NatsCluster, start_node: Callable[..., HubNode]
+) -> None:
+    """Three nodes with ``stream_replicas = 3`` (the demo's): the owners bucket lives on all
+    three NATS servers."""
+    nodes = [start_node(f"r{i}", CLUSTER_STREAM_REPLICAS=3) for i in (1, 2, 3)]
+    settle(nodes)
+
+    async def replicas() -> tuple[int, int]:
+        nc = await nats.connect(servers=nats_cluster.urls)
+        try:
+            info = await nc.jetstream().stream_info("KV_thinghub_sessions")
+        finally:
+            await nc.close()
+        followers = len(info.cluster.replicas or []) if info.cluster else 0
+        return info.config.num_replicas or 0, followers
+
+    assert asyncio.run(replicas()) == (3, 2)
+
+
+def test_postgresql_serves_the_hub_user_over_tcp_with_its_password(postgres: PgServer) -> None:
+    postgres.psql("CREATE TABLE IF NOT EXISTS probe (id int PRIMARY KEY, v text)", as_hub=True)
+    postgres.psql("INSERT INTO probe VALUES (1, 'é') ON CONFLICT DO NOTHING", as_hub=True)
+    assert postgres.psql("SELECT v FROM probe WHERE id = 1", as_hub=True) == "é"
+    assert postgres.psql("SELECT current_user", as_hub=True) == postgres.user
+    assert postgres.pid() is not None
+
+
+def test_a_postgresql_registry_is_refused_clearly_for_now(
+    postgres: PgServer, tmp_path: Path
+) -> None:
+    result = serve("--registry", postgres.url, tmp_path=tmp_path)
+    assert result.returncode != 0
+    assert "not yet supported" in result.stderr
+    # Stored in the settings for when it is.
+    settings = load_settings(environ={}, overrides={"registry.url": postgres.url})
+    assert settings.registry.url == postgres.url
+
+
+def test_cluster_settings_from_flags_environment_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "hub.toml"
+    config.write_text('[cluster]\nnats_urls = ["nats://h1:4222"]\nstream_replicas = 3\n')
+    settings = load_settings(
+        config,
+        environ={"THINGHUB_CLUSTER_NODE_TIMEOUT": "9", "THINGHUB_CLUSTER_NODE_NAME": "env"},
+        overrides={"cluster.nats_urls": "nats://a:4222,nats://b:4222", "cluster.node_name": "n7"},
+    )
+    cluster = settings.cluster
+    assert cluster.nats_urls == ("nats://a:4222", "nats://b:4222")
+    assert (cluster.node(), cluster.stream_replicas, cluster.node_timeout) == ("n7", 3, 9.0)
+    assert load_settings(environ={}).cluster.enabled is False
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"cluster.nats_urls": "http://h1:4222"}, "not a nats://host:port URL"),
+        ({"cluster.nats_urls": "nats://h", "cluster.node_name": "a.b"}, "cluster.node_name"),
+        ({"cluster.stream_replicas": 0}, "cluster.stream_replicas"),
+        ({"cluster.heartbeat_interval": 5, "cluster.node_timeout": 5}, "heartbeat_interval"),
+        ({"cluster.outbound_buffer_bytes": 10}, "outbound_buffer_bytes"),
+    ],
+)
+def test_bad_cluster_settings_are_refused(overrides: dict[str, object], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ={}, overrides=overrides)
+
+
+def test_serve_refuses_a_bad_cluster_url(tmp_path: Path) -> None:
+    result = serve("--cluster", "h1:4222", tmp_path=tmp_path)
+    assert result.returncode != 0 and "not a nats://host:port URL" in result.stderr
+
+
+def test_without_a_cluster_the_nats_client_is_not_even_loaded() -> None:
+    code = "import sys, thinghub.app, thinghub.cli; print('nats' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_a_node_without_nats_starts_degraded_and_serves_alone(tmp_path: Path) -> None:
+    nowhere = f"nats://127.0.0.1:{free_port()}"
+    node = HubNode(
+        "lonely",
+        nowhere,
+        tmp_path / "hub",
+        CLUSTER_CONNECT_TIMEOUT=1,
+        CLUSTER_RECONNECT_WAIT=0.2,
+    )
+    try:
+        health = node.get_json("/healthz")
+        assert health["status"] == "degraded" and "cluster" in health["degraded"], health
+        status = node.status()
+        assert status["nats"]["connected"] is False
+        assert os.path.exists(tmp_path / "hub" / "broker.db")  # it serves, with its store
+        with node.raw() as subscriber, node.raw() as publisher:
+            subscriber.connect("alone")
+            assert subscriber.subscribe("t", qos=1) == [1]
+            publisher.connect("publisher")
+            assert publisher.publish_acked("t", b"here", 1) == 0
+            assert subscriber.expect(PUBLISH).payload == b"here"
+            assert node.messages()["kept_local"] == 1
+    finally:
+        assert node.stop() == 0

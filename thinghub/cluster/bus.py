@@ -1,0 +1,339 @@
+"""The node's one connection to NATS: kept up, its outbound traffic bounded and in order.
+
+What the rest of the cluster code sees is synchronous and never waits: ``send`` queues a
+message (False when the bound is reached or NATS is out of reach, so that the caller drops or
+refuses it and says so), ``subscribe``/``unsubscribe`` queue an interest change, and the
+handler of a subscription is called with each message as it comes off the wire. One task
+(the pump) hands the queued operations to nats-py in the order they were made, so that an
+announcement made after a subscription reaches the other nodes after the subscription does
+(docs/architecture.md, *Cluster*).
+
+Inbound messages are handled in wire order, in nats-py's reading task. nats-py runs each
+subscription's callback on a task of its own, which loses the order between subscriptions
+(a message matched through "a.*" could be handled before an earlier one matched through
+"a.>"), and MQTT keeps the order per publisher and topic (§4.6). ``_Connection`` therefore
+hands the messages of this node's subscriptions to their handler from ``_process_msg``, the
+one place nats-py sees every message in order; that method is nats-py's own (2.16.0, pinned
+in pyproject.toml), and tests/cluster/test_cluster_bus.py checks the order against a real
+nats-server. A handler must not block: it runs between two reads of the socket.
+
+Supervision: the first connection is tried until it works, nats-py reconnects after that (to
+any server of ``cluster.nats_urls`` or that the cluster announced), and subscriptions are
+renewed by nats-py on reconnect. While NATS is out of reach the hub's health says
+``degraded`` (component "cluster"); nothing else stops.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import nats
+from nats.aio.client import Client as NATSClient
+from nats.aio.subscription import Subscription
+from nats.js import JetStreamContext
+
+from ..health import Health
+from .settings import ClusterSettings
+
+log = logging.getLogger("thinghub.cluster")
+
+#: Called with the subject (bytes, as it came off the wire) and the payload of a message.
+Handler = Callable[[bytes, bytes], None]
+COMPONENT = "cluster"
+
+
+class _Connection(NATSClient):
+    """nats-py's client with this node's subscriptions served inline, in wire order."""
+
+    def __init__(self, on_error: Callable[[BaseException], None]) -> None:
+        super().__init__()
+        self.inline: dict[int, Handler] = {}
+        self._on_error = on_error
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes | None
+    ) -> None:
+        handler = self.inline.get(sid)
+        if handler is None:
+            # JetStream replies and anything else nats-py serves itself.
+            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        try:
+            handler(subject, data)
+        except Exception as error:
+            # A bug in a handler costs that message, never the connection.
+            self._on_error(error)
+
+
+@dataclass(eq=False)
+class BusSubscription:
+    """One subscription of this node; renewed by nats-py on every reconnect."""
+
+    subject: str
+    queue: str
+    handler: Handler
+    sub: Subscription | None = None
+    cancelled: bool = False
+
+
+@dataclass
+class BusCounters:
+    sent: int = 0
+    sent_bytes: int = 0
+    # Messages not handed to NATS: the outbound bound was reached, or NATS was out of reach.
+    refused_full: int = 0
+    refused_disconnected: int = 0
+    # Messages nats-py would not take (its own reconnect buffer full, a payload too large).
+    failed: int = 0
+    handler_errors: int = 0
+    connects: int = 0
+    disconnects: int = 0
+
+
+@dataclass(eq=False)
+class Bus:
+    settings: ClusterSettings
+    node: str
+    health: Health
+    counters: BusCounters = field(default_factory=BusCounters)
+    # Called (on the loop) each time the connection is (re)established: the interest table
+    # resynchronises, since announcements may have been lost meanwhile.
+    on_connected: Callable[[], None] | None = None
+    _nc: _Connection | None = None
+    _ops: deque[tuple[Any, ...]] = field(default_factory=deque)
+    _queued_bytes: int = 0
+    _wake: asyncio.Event = field(default_factory=asyncio.Event)
+    _tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    _connected: asyncio.Event = field(default_factory=asyncio.Event)
+    _closing: bool = False
+    _logged_errors: int = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def start(self) -> bool:
+        """Connect (in the background from now on) and wait up to ``connect_timeout`` for the
+        first connection. False if it is not there yet: the hub starts anyway, degraded."""
+        self.health.register(COMPONENT)
+        self.health.degrade(COMPONENT, "connecting to NATS")
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._connect_loop()), loop.create_task(self._pump())]
+        try:
+            await asyncio.wait_for(self._connected.wait(), self.settings.connect_timeout)
+        except TimeoutError:
+            log.warning(
+                "NATS (%s) not reachable within %ss; the hub starts without the cluster and "
+                "keeps trying",
+                ", ".join(self.settings.nats_urls),
+                self.settings.connect_timeout,
+            )
+            return False
+        return True
+
+    async def close(self) -> None:
+        """Hand what is queued to NATS (briefly), then close the connection."""
+        self._closing = True
+        if self._nc is not None and self._nc.is_connected:
+            try:
+                await asyncio.wait_for(self._drain_ops(), 2.0)
+                await self._nc.flush(timeout=2)
+            except (TimeoutError, nats.errors.Error) as error:
+                log.info("closing the NATS connection with work left: %s", error)
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        if self._nc is not None:
+            try:
+                await self._nc.close()
+            except nats.errors.Error as error:  # already closed, or the socket died
+                log.debug("NATS close: %s", error)
+        self._connected.clear()
+
+    @property
+    def connected(self) -> bool:
+        return self._nc is not None and self._nc.is_connected
+
+    @property
+    def server(self) -> str | None:
+        """The NATS server this node is connected to now, as a URL."""
+        nc = self._nc
+        url = nc.connected_url if nc is not None else None
+        return None if url is None else url.geturl()
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
+
+    def jetstream(self) -> JetStreamContext:
+        """The JetStream API on this connection (to be called once connected)."""
+        assert self._nc is not None
+        return self._nc.jetstream(timeout=self.settings.request_timeout)
+
+    async def wait_connected(self) -> None:
+        await self._connected.wait()
+
+    # ------------------------------------------------------------------ operations
+
+    def can_take(self, size: int) -> bool:
+        """Whether ``send`` would take a message of ``size`` bytes now."""
+        return (
+            self._connected.is_set()
+            and self._queued_bytes + size <= self.settings.outbound_buffer_bytes
+        )
+
+    def send(self, subject: str, payload: bytes) -> bool:
+        """Queue one message for NATS. False, and nothing queued, when NATS is out of reach
+        or ``outbound_buffer_bytes`` are already waiting."""
+        if not self._connected.is_set():
+            self.counters.refused_disconnected += 1
+            return False
+        size = len(payload)
+        if self._queued_bytes + size > self.settings.outbound_buffer_bytes:
+            self.counters.refused_full += 1
+            return False
+        self._queued_bytes += size
+        self._ops.append(("pub", subject, payload))
+        self._wake.set()
+        return True
+
+    def subscribe(self, subject: str, handler: Handler, queue: str = "") -> BusSubscription:
+        """Subscribe (once connected, and again after every reconnect); ``queue`` makes it a
+        member of that queue group: NATS gives each message to one member of a group."""
+        subscription = BusSubscription(subject, queue, handler)
+        self._ops.append(("sub", subscription))
+        self._wake.set()
+        return subscription
+
+    def unsubscribe(self, subscription: BusSubscription) -> None:
+        subscription.cancelled = True
+        self._ops.append(("unsub", subscription))
+        self._wake.set()
+
+    # ------------------------------------------------------------------ the tasks
+
+    async def _connect_loop(self) -> None:
+        """Until the first connection works; nats-py keeps it up after that."""
+        settings = self.settings
+        attempt = 0
+        while not self._closing:
+            nc = _Connection(self._handler_failed)
+            try:
+                await nc.connect(
+                    servers=list(settings.nats_urls),
+                    name=f"thinghub-{self.node}",
+                    # A node never hears its own messages back (no loops).
+                    no_echo=True,
+                    allow_reconnect=True,
+                    max_reconnect_attempts=-1,
+                    reconnect_time_wait=settings.reconnect_wait,  # type: ignore[arg-type]
+                    connect_timeout=max(1, int(settings.request_timeout)),
+                    # A dead server is noticed within a few heartbeats, not NATS' 2 minutes.
+                    ping_interval=max(1, int(settings.node_timeout)),
+                    max_outstanding_pings=2,
+                    pending_size=settings.outbound_buffer_bytes,
+                    error_cb=self._error,
+                    disconnected_cb=self._disconnected,
+                    reconnected_cb=self._reconnected,
+                    closed_cb=self._closed,
+                )
+            except (OSError, TimeoutError, nats.errors.Error) as error:
+                attempt += 1
+                if attempt == 1:
+                    log.warning("cannot reach NATS yet (%s); retrying", error)
+                self.health.degrade(COMPONENT, f"cannot reach NATS: {error}")
+                await asyncio.sleep(settings.reconnect_wait)
+                continue
+            self._nc = nc
+            self._up()
+            return
+
+    def _up(self) -> None:
+        self.counters.connects += 1
+        self.health.recover(COMPONENT)
+        log.info("connected to NATS at %s as node %s", self.server, self.node)
+        self._connected.set()
+        self._wake.set()
+        if self.on_connected is not None:
+            self.on_connected()
+
+    async def _disconnected(self) -> None:
+        if self._closing:
+            return
+        self.counters.disconnects += 1
+        self._connected.clear()
+        self.health.degrade(COMPONENT, "connection to NATS lost; reconnecting")
+        log.warning("connection to NATS lost; reconnecting")
+
+    async def _reconnected(self) -> None:
+        self._up()
+
+    async def _closed(self) -> None:
+        self._connected.clear()
+
+    async def _error(self, error: Exception) -> None:
+        if not self._closing:
+            log.info("NATS: %s", error)
+
+    def _handler_failed(self, error: BaseException) -> None:
+        self.counters.handler_errors += 1
+        if self._logged_errors < 1:
+            self._logged_errors += 1
+            log.error(
+                "a cluster message handler failed (logged once)",
+                exc_info=(type(error), error, error.__traceback__),
+            )
+
+    async def _pump(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            if not self._connected.is_set():
+                continue  # woken again by _up
+            await self._drain_ops()
+
+    async def _drain_ops(self) -> None:
+        nc = self._nc
+        assert nc is not None
+        ops = self._ops
+        counters = self.counters
+        while ops and nc.is_connected:
+            op = ops.popleft()
+            kind = op[0]
+            if kind == "pub":
+                payload: bytes = op[2]
+                self._queued_bytes -= len(payload)
+                try:
+                    await nc.publish(op[1], payload)
+                except nats.errors.Error as error:
+                    counters.failed += 1
+                    log.debug("NATS would not take a message: %s", error)
+                    continue
+                counters.sent += 1
+                counters.sent_bytes += len(payload)
+            elif kind == "sub":
+                subscription: BusSubscription = op[1]
+                if subscription.cancelled:
+                    continue
+                sub = await nc.subscribe(subscription.subject, queue=subscription.queue)
+                subscription.sub = sub
+                nc.inline[sub._id] = subscription.handler
+            else:
+                subscription = op[1]
+                held = subscription.sub
+                if held is not None:
+                    nc.inline.pop(held._id, None)
+                    subscription.sub = None
+                    try:
+                        await held.unsubscribe()
+                    except nats.errors.Error as error:
+                        log.debug("NATS unsubscribe: %s", error)

@@ -1,0 +1,282 @@
+"""One node of a ThingHub cluster: the broker's seam to the others.
+
+``Broker`` holds a ``ClusterLink`` (broker/broker.py) and asks or tells it five things: which
+node delivers each shared group a message matches (before its local fan-out), the message
+(after it), a filter that entered or left its tries, a session opened, a session ended.
+``ClusterNode`` is that link (docs/architecture.md, *Cluster*):
+
+* a message published on this node goes to NATS, in an envelope (cluster/envelope.py), when
+  some other node's filters match it (cluster/remote.py), on the subject of its topic
+  (cluster/subjects.py), so that NATS carries it to those nodes only; else it is kept local.
+  Both are counted. A retained message (or its deletion) goes to every node, which all keep
+  the retained messages (cluster/retained.py; their own subscribers get it like any
+  message). ``$SYS`` topics are each node's own and never leave it.
+* a message from NATS is routed on this node as if published here, to its local sessions
+  only: it never goes back to NATS (no loops; NATS' no_echo keeps a node's own messages from
+  it). The receiving node's fan-out gives each copy its QoS (the lower of the message's and
+  the subscription's), its subscription identifiers, No Local (the envelope carries the
+  publishing client's id) and Retain As Published, exactly as for a local publisher; of the
+  shared groups, it serves those the publishing node gave it (cluster/shared.py).
+* sessions: claimed and released in the cluster's owners bucket (cluster/owners.py), and
+  taken over when a connection for the same client id comes to another node.
+
+Across the hop a message is carried by NATS at most once (core NATS, no acknowledgement):
+a QoS 1/2 message is acknowledged by the publishing node once it is stored for that node's
+own sessions. That it is stored for the other nodes' persistent sessions before the
+acknowledgement is the next step of the cluster (JetStream), documented as a limit meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+from ..broker.session import SharedGroup
+from ..errors import ThingHubError
+from ..health import Health
+from ..message import Message
+from . import envelope
+from .bus import Bus
+from .interest import Interest
+from .owners import Owners
+from .retained import RetainedStream
+from .settings import ClusterSettings
+from .shared import SharePlan, SharePlanner
+from .subjects import Subjects
+
+if TYPE_CHECKING:
+    from ..broker.broker import Broker
+    from ..broker.broker import SharePlan as BrokerSharePlan
+    from ..broker.session import Session
+
+log = logging.getLogger("thinghub.cluster")
+
+#: Topics each node publishes about itself (thinghub/observe/systopics.py).
+NODE_LOCAL_PREFIX = "$SYS/"
+#: An envelope's bytes besides its topic and payload, at most: the header, the node, account
+#: and origin (each length-bounded by MQTT or the settings), MQTT 5 properties.
+_ENVELOPE_OVERHEAD = 64 * 1024
+
+
+class ClusterUnavailable(ThingHubError):
+    """A QoS 1/2 message for other nodes that NATS cannot take now: the publisher is refused
+    (MQTT 5 0x97, HTTP 503) rather than told it was accepted."""
+
+
+@dataclass
+class MessageCounters:
+    # Published here: sent to NATS for other nodes, or kept here (no other node's filter
+    # matched), or not sent (NATS out of reach or the outbound bound reached).
+    forwarded: int = 0
+    kept_local: int = 0
+    not_forwarded: int = 0
+    # From other nodes: routed here, dropped as expired on the way, unreadable.
+    received: int = 0
+    expired: int = 0
+    unreadable: int = 0
+    # Routed here but refused by this node (a MessageId could not be issued).
+    failed: int = 0
+
+
+class ClusterNode:
+    def __init__(self, settings: ClusterSettings, broker: Broker, health: Health) -> None:
+        self.settings = settings
+        self.broker = broker
+        self.name = settings.node()
+        self.subjects = Subjects(settings.subject_prefix)
+        self.clock = broker.clock
+        self.counters = MessageCounters()
+        self.bus = Bus(settings, self.name, health, on_connected=self._connected)
+        self.interest = Interest(
+            self.bus,
+            self.subjects,
+            self.name,
+            self._arrived,
+            heartbeat_interval=settings.heartbeat_interval,
+            node_timeout=settings.node_timeout,
+            clock=self.clock.time,
+        )
+        self.owners = Owners(self.bus, self.subjects, settings, self.name, self._taken_over)
+        self.retained = RetainedStream(
+            self.bus, self.subjects, settings, broker.keep_retained, self.clock.time, time.time
+        )
+        self._retained_prefix = f"{self.subjects.prefix}.r.".encode()
+        self.planner = SharePlanner(self.name)
+        self._logged_unreadable = False
+
+    async def start(self) -> bool:
+        """Join the cluster: from now on the broker tells this node what it routes. Returns
+        False when NATS was not reached within ``connect_timeout`` (the node keeps trying)."""
+        self.interest.start()
+        self.owners.start()
+        # The sessions restored from this node's store hold filters already, and one may
+        # have been taken over elsewhere while this node was down.
+        for session in list(self.broker.sessions.values()):
+            for full_filter in session.subscriptions:
+                self.interest.added(session.account, full_filter)
+            self.owners.verify(session.account, session.client_id)
+        self.broker.cluster = self
+        return await self.bus.start()
+
+    async def stop(self) -> None:
+        self.broker.cluster = None
+        self.interest.stop()
+        await self.owners.stop()
+        await self.retained.stop()
+        await self.bus.close()
+
+    def _connected(self) -> None:
+        self.interest.connected()
+        self.retained.connected()
+
+    # ------------------------------------------------------------------ the broker's seam
+
+    def plan(self, message: Message) -> SharePlan | None:
+        """Before local fan-out: which node delivers each shared group the message matches
+        (cluster/shared.py); None when the cluster holds no shared group it matches.
+
+        Raises ClusterUnavailable, before anything is delivered, for a QoS 1/2 message other
+        nodes must get that NATS cannot take now: the publisher is refused and sends again,
+        and no subscriber here gets it twice (a QoS 2 copy delivered, then its publication
+        refused and repeated, would be)."""
+        account, topic = message.account, message.topic
+        if topic.startswith(NODE_LOCAL_PREFIX):
+            return None
+        if (
+            message.qos
+            and (message.retain or self.interest.interested(account, topic))
+            and not self.bus.can_take(_ENVELOPE_OVERHEAD + len(topic) * 3 + len(message.payload))
+        ):
+            self.counters.not_forwarded += 1
+            raise ClusterUnavailable(
+                "the cluster cannot take the message now (NATS out of reach or behind)"
+            )
+        if not self.interest.any_shared:
+            return None
+        remote = self.interest.remote.shared_nodes(account, topic)
+        local: list[tuple[str, str]] = []
+        space = self.broker.spaces.get(account)
+        if space is not None and space.groups:
+            local = [
+                (value.name, value.topic_filter)
+                for _key, value in space.subscriptions.match(topic)
+                if type(value) is SharedGroup
+            ]
+        if not remote and not local:
+            return None
+        return SharePlan(self.name, self.planner.plan(account, local, remote))
+
+    def forward(self, message: Message, plan: BrokerSharePlan | None = None) -> int:
+        """After local fan-out: send ``message`` to the nodes with interest, with ``plan``'s
+        choice of node for each shared group. Returns 1 when some other node may deliver it
+        (a v5 publisher is then not told 0x10), else 0. Raises ClusterUnavailable for a QoS
+        1/2 message that NATS cannot take now."""
+        topic = message.topic
+        if topic.startswith(NODE_LOCAL_PREFIX):
+            return 0
+        account = message.account
+        interested = self.interest.interested(account, topic)
+        if message.retain:
+            subject = self.subjects.retained(account, topic)  # every node keeps them
+        elif interested:
+            subject = self.subjects.message(account, topic)
+        else:
+            self.counters.kept_local += 1
+            return 0
+        shares = plan.shares if isinstance(plan, SharePlan) else None  # made by ``plan``
+        data = envelope.pack(message, self.name, time.time(), self.clock.time(), shares)
+        if self.bus.send(subject, data):
+            self.counters.forwarded += 1
+            return 1 if interested else 0
+        self.counters.not_forwarded += 1
+        if message.qos:
+            raise ClusterUnavailable(
+                "the cluster cannot take the message now (NATS out of reach or behind)"
+            )
+        return 0
+
+    def subscribed(self, account: str, full_filter: str) -> None:
+        self.interest.added(account, full_filter)
+
+    def unsubscribed(self, account: str, full_filter: str) -> None:
+        self.interest.removed(account, full_filter)
+
+    def session_opened(self, session: Session, clean_start: bool) -> None:
+        self.owners.claim(session.account, session.client_id, clean_start)
+
+    def session_ended(self, session: Session) -> None:
+        self.owners.release(session.account, session.client_id)
+
+    # ------------------------------------------------------------------ from other nodes
+
+    def _arrived(self, subject: bytes, data: bytes) -> None:
+        try:
+            arrival = envelope.unpack(data, time.time(), self.clock.time())
+        except envelope.EnvelopeError as error:
+            self.counters.unreadable += 1
+            if not self._logged_unreadable:
+                self._logged_unreadable = True
+                log.warning("a message from the cluster could not be read (logged once): %s", error)
+            return
+        if arrival.node == self.name:
+            return  # no_echo keeps these away; a second node of the same name would not
+        self.counters.received += 1
+        message = arrival.message
+        if subject.startswith(self._retained_prefix):
+            self.retained.live(message.account, message.topic)
+        if arrival.expired:
+            # Its Message Expiry Interval ran out on the way (§3.3.2.3.3).
+            self.counters.expired += 1
+            self.broker.stats.dropped_expired += 1
+            return
+        try:
+            plan = SharePlan(self.name, arrival.shares) if arrival.shares else None
+            self.broker.route_from_cluster(message, plan)
+        except ThingHubError as error:
+            self.counters.failed += 1
+            log.info("a message from node %s could not be routed: %s", arrival.node, error)
+
+    def _taken_over(self, account: str, client_id: str, clean_start: bool) -> None:
+        """A connection for this client id came to another node, which now holds its
+        session: the connection here is told 0x8E (as within one node, [MQTT-3.1.4-3]) and the
+        session here ends (its state does not move between nodes yet). Its will goes out as
+        on one node: at once if its delay is 0 or the new connection starts clean, never if
+        the client resumed elsewhere within the delay [MQTT-3.1.3-9]."""
+        broker = self.broker
+        session = broker.session_of(account, client_id)
+        if session is None:
+            return
+        client = session.client
+        if client is not None:
+            client.taken_over(publish_will=clean_start)
+        if not clean_start:
+            session.pending_will = None
+        broker.end_session(session)
+
+    # ------------------------------------------------------------------ status
+
+    def status(self) -> dict[str, Any]:
+        bus = self.bus
+        return {
+            "node": self.name,
+            "nats": {
+                "connected": bus.connected,
+                "server": bus.server,
+                "queued_bytes": bus.queued_bytes,
+                **asdict(bus.counters),
+            },
+            "messages": asdict(self.counters),
+            "interest": self.interest.status(),
+            "owners": {
+                "ready": self.owners.ready,
+                "held": len(self.owners.claims),
+                **asdict(self.owners.counters),
+            },
+            "retained": {
+                "ready": self.retained.ready,
+                "catch_ups": self.retained.catch_ups,
+                "kept": self.retained.kept,
+            },
+        }

@@ -1,0 +1,88 @@
+"""``[cluster]``: several hubs acting as one, on NATS (docs/architecture.md, *Cluster*).
+
+Kept apart from ``thinghub/config.py`` (which holds it as ``Settings.cluster`` and fills it
+from TOML, ``THINGHUB_CLUSTER_*`` and ``serve --cluster/--node-name``) so that the cluster's
+settings, their defaults and their checks read in one place. Clustering is off unless
+``nats_urls`` is set: then nothing here is used, and the hub is one process with SQLite and
+no other server.
+"""
+
+from __future__ import annotations
+
+import re
+import socket
+from dataclasses import dataclass
+
+#: What a node name may hold: one NATS subject token and one JetStream key-value token, the
+#: same in both, readable in logs (thinghub/cluster/subjects.py).
+NODE_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: What the subject prefix may hold: NATS tokens of the same alphabet, dot-separated.
+SUBJECT_PREFIX = re.compile(r"[A-Za-z0-9_-]{1,32}(\.[A-Za-z0-9_-]{1,32}){0,3}")
+
+MIB = 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterSettings:
+    # NATS servers of the cluster, e.g. ("nats://h1:4222", "nats://h2:4222"); empty: no
+    # cluster. The client connects to one and moves to another when it goes.
+    nats_urls: tuple[str, ...] = ()
+    # This node's name, unique in the cluster (""): the host name).
+    node_name: str = ""
+    # Replicas of the JetStream streams and buckets the cluster keeps (session owners,
+    # retained messages): 1 for a single NATS server, 3 for a 3-server NATS cluster.
+    stream_replicas: int = 1
+    # The first tokens of every subject the hubs use, so that two clusters can share NATS.
+    subject_prefix: str = "thinghub"
+    # Seconds ``serve`` waits for NATS at start before it goes on without it (the connection
+    # keeps being tried; meanwhile nothing crosses nodes and /healthz says degraded).
+    connect_timeout: float = 10.0
+    # Seconds between two attempts to reach NATS once it has been lost.
+    reconnect_wait: float = 1.0
+    # Seconds a JetStream request (a session ownership claim, a stream lookup) may take.
+    request_timeout: float = 5.0
+    # Seconds between two heartbeats of this node's interest table (cluster/interest.py), and
+    # after which a node that sent nothing is forgotten with its interest.
+    heartbeat_interval: float = 1.0
+    node_timeout: float = 5.0
+    # Bytes of messages waiting to be handed to NATS: past it, a QoS 0 message for other
+    # nodes is dropped (counted) and a QoS 1/2 one refused (MQTT 5: 0x97), never queued
+    # without bound.
+    outbound_buffer_bytes: int = 8 * MIB
+    # Session ownership claims waiting for JetStream (cluster/owners.py); past it a claim is
+    # dropped and counted: that connection does not take over a session held elsewhere.
+    max_pending_claims: int = 100_000
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.nats_urls)
+
+    def node(self) -> str:
+        """This node's name: ``node_name``, else the host name made into a valid one."""
+        if self.node_name:
+            return self.node_name
+        name = re.sub(r"[^A-Za-z0-9_-]", "-", socket.gethostname())[:64]
+        return name or "node"
+
+    def problems(self) -> list[str]:
+        """What is wrong with these settings, each naming its setting; empty if nothing."""
+        found = [
+            f"cluster.nats_urls: {url!r} is not a nats://host:port URL"
+            for url in self.nats_urls
+            if not re.fullmatch(r"(nats|tls)://[^\s,/]+(:\d+)?/?", url)
+        ]
+        if self.node_name and not NODE_NAME.fullmatch(self.node_name):
+            found.append("cluster.node_name must be 1-64 letters, digits, '-' or '_'")
+        if not SUBJECT_PREFIX.fullmatch(self.subject_prefix):
+            found.append("cluster.subject_prefix must be dot-separated letters, digits, - or _")
+        if not 1 <= self.stream_replicas <= 5:
+            found.append("cluster.stream_replicas must be 1..5 (JetStream's limit)")
+        if min(self.connect_timeout, self.reconnect_wait, self.request_timeout) <= 0:
+            found.append("cluster timeouts must be above 0")
+        if not 0 < self.heartbeat_interval < self.node_timeout:
+            found.append("cluster.heartbeat_interval must be above 0 and below node_timeout")
+        if self.outbound_buffer_bytes < 64 * 1024:
+            found.append("cluster.outbound_buffer_bytes must be at least 65536")
+        if self.max_pending_claims < 1:
+            found.append("cluster.max_pending_claims must be at least 1")
+        return found
