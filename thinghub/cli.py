@@ -143,7 +143,10 @@ async def _serve(settings: Settings, logs: LogPipe) -> None:
         f"  MQTT            mqtt://{mqtt_host}:{mqtt_port}",
     ]
     if endpoints.mqtts:
-        lines.append(f"  MQTT over TLS   mqtts://{endpoints.mqtts[0]}:{endpoints.mqtts[1]}")
+        lines.append(
+            f"  MQTT over TLS   mqtts://{endpoints.mqtts[0]}:{endpoints.mqtts[1]}  "
+            f"(trust: thinghub ca show --data-dir {settings.data_dir} > ca.pem)"
+        )
     if hub.cluster is not None:
         nats_urls = ",".join(settings.cluster.nats_urls)
         lines.append(
@@ -154,6 +157,11 @@ async def _serve(settings: Settings, logs: LogPipe) -> None:
         f"  MQTT/WebSocket  ws://{http_host}:{http_port}/mqtt",
         f"  HTTP            http://{http_host}:{http_port}  "
         "(health: /healthz, metrics: /metrics, stats: /api/stats)",
+        *(
+            [f"  Console         http://{http_host}:{http_port}/console  (sign in: access key)"]
+            if settings.console.enabled
+            else []
+        ),
         *describe(demo, mqtt=endpoints.mqtt, http=endpoints.http, new_root_key=hub.new_root_key),
         "",
         "Stop with Ctrl-C.",
