@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ./data
 
-.PHONY: run test test-all crash cluster-test lint bench bench-quick bench-backlog clean
+.PHONY: run cluster test test-all crash cluster-test lint bench bench-quick bench-backlog clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -16,6 +16,11 @@ $(STAMP): pyproject.toml
 ## Run the hub with embedded defaults (data in ./data, MQTT 1883, HTTP 8080).
 run: $(STAMP)
 	$(BIN)/thinghub serve --data-dir $(DATA)
+
+## A cluster on loopback: 3 NATS servers with JetStream and 3 hubs (thinghub/cluster/demo.py);
+## prints their endpoints and a root key; Ctrl-C stops everything.
+cluster: $(STAMP)
+	$(BIN)/python -m thinghub.cluster.demo
 
 ## The test suite (what CI runs): lint gates, then every test but the long ones.
 test: $(STAMP)
@@ -41,10 +46,12 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check thinghub tests bench
 	$(BIN)/mypy
 
-## Benchmarks: ThingHub, and mosquitto beside it when installed; then the 1M-message backlog.
+## Benchmarks: ThingHub, and mosquitto beside it when installed; then the 1M-message backlog;
+## then the cross-node scenarios (two clustered nodes on NATS beside one hub).
 bench: $(STAMP)
 	$(BIN)/python -m bench
 	$(BIN)/python -m bench.backlog
+	$(BIN)/python -m bench.cluster
 
 ## A million QoS 1 messages queued for offline sessions; restart time and memory under them.
 bench-backlog: $(STAMP)

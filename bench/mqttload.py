@@ -42,7 +42,7 @@ import random
 import struct
 import time
 from array import array
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -524,8 +524,14 @@ async def run_stream(
     seconds: float,
     warmup: float,
     probe: ProcessProbe | None,
+    *,
+    pub_port: int | None = None,
+    ready: Callable[[], Awaitable[None]] | None = None,
 ) -> StreamResult:
-    """Connect, subscribe, warm up, measure for ``seconds``, disconnect."""
+    """Connect, subscribe, warm up, measure for ``seconds``, disconnect. Publishers connect to
+    ``pub_port`` when given (another node of a cluster: bench/cluster.py), and ``ready`` is
+    awaited once every client is connected and subscribed, before the first publish."""
+    pub_to = port if pub_port is None else pub_port
     run = LoadRun(spec)
     clients: list[Client] = []
     token = new_token()
@@ -547,7 +553,7 @@ async def run_stream(
 
         def pub_factory(i: int, topics: list[str]) -> Callable[[], asyncio.Future[None]]:
             async def go() -> None:
-                c = await open_client(run, host, port, client_id(token, "p", i), clients)
+                c = await open_client(run, host, pub_to, client_id(token, "p", i), clients)
                 run.publishers.append(Publisher(c, topics, spec.qos, spec.ack_window))
 
             return lambda: asyncio.ensure_future(go())
@@ -557,6 +563,8 @@ async def run_stream(
             await _gather_bounded([pub_factory(i, t) for i, t in enumerate(spec.pub_topics)], 16)
         # Stable publisher order for round robin.
         run.publishers.sort(key=lambda p: p.client.cid)
+        if ready is not None:
+            await ready()
 
         async def ticker() -> None:
             while True:

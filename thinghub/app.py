@@ -174,9 +174,19 @@ class Hub:
         self.health.watch("presence", self.presence_writer)
         self.health.watch("registry-writer", self.registry_writer)
         registry.writer = self.registry_writer
+        node_number = 0
+        if settings.cluster.enabled:
+            # MessageIds are unique across nodes by their node number (cluster/numbers.py).
+            from .cluster.numbers import node_number as claim_node_number
+
+            node_number = await claim_node_number(settings.cluster, settings.data_dir)
         # The lease's fsync runs on its own short-lived thread, not on the event loop.
         ids = MessageIdGenerator(
-            self._store, renew=_in_thread, lease_ms=self.id_lease_ms, health=self.health
+            self._store,
+            node=node_number,
+            renew=_in_thread,
+            lease_ms=self.id_lease_ms,
+            health=self.health,
         )
         deny = (
             DenyList(mqtt.deny_publish, mqtt.deny_subscribe)
@@ -221,7 +231,9 @@ class Hub:
             # Imported here: only a clustered hub loads the NATS client.
             from .cluster.node import ClusterNode
 
-            self.cluster = ClusterNode(settings.cluster, broker, self.health)
+            self.cluster = ClusterNode(settings.cluster, broker, self.health, node_number)
+            # No sign-in while the node cannot claim client ids in the cluster.
+            hooks.cluster_ready = self.cluster.accepts_sign_ins
             await self.cluster.start()
         if settings.log.audit:
             self.audit = AuditLog(
@@ -307,6 +319,7 @@ class Hub:
             logs=self.log_pipe,
             audit=self.audit,
             sys_topics=self.sys_topics,
+            cluster=self.cluster,
             started_at=started_at,
             started=started,
         )

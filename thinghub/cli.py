@@ -67,6 +67,12 @@ for _command in (*COMMANDS, backup, trace, ca):
 )
 @click.option("--node-name", default=None, help="This node's name in the cluster (host name).")
 @click.option(
+    "--node-id",
+    type=click.IntRange(0, 1023),
+    default=None,
+    help="This node's number in its MessageIds (0-1023; default: claimed in the cluster).",
+)
+@click.option(
     "--registry",
     "registry_url",
     default=None,
@@ -82,6 +88,7 @@ def serve(
     log_level: str | None,
     nats_urls: str | None,
     node_name: str | None,
+    node_id: int | None,
     registry_url: str | None,
 ) -> None:
     """Run the hub until SIGINT or SIGTERM."""
@@ -94,6 +101,7 @@ def serve(
         "log_level": log_level,
         "cluster.nats_urls": nats_urls,
         "cluster.node_name": node_name,
+        "cluster.node_id": node_id,
         "registry.url": registry_url,
     }
     try:

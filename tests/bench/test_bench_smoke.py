@@ -186,3 +186,24 @@ def test_the_report_marks_missed_targets_and_failures() -> None:
         [sys.executable, "-c", _REPORT_CHECK], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
+
+
+def test_the_cross_node_scenarios_run(tmp_path: Path) -> None:
+    """`python -m bench.cluster --quick`: fan-in, qos1 and qos1-persistent against one hub and
+    across two clustered nodes (publishers on n1, subscribers on n2) on a real nats-server,
+    reported as messages per hub CPU-second. Figures are reported, never judged here."""
+    if shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists():
+        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+    out = tmp_path / "cluster.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.cluster", "--quick", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = {row["scenario"]: row for row in json.loads(out.read_text())["summary"]}
+    assert set(summary) == {"fan-in", "qos1", "qos1-persistent"}
+    for name, row in summary.items():
+        assert row["ok_runs"] == {"single": 1, "cross": 1}, (name, row["errors"])
+        assert row["single"]["per_cpu_s"] > 0 and row["cross"]["per_cpu_s"] > 0, name
+        assert row["cross"]["lost"] == 0, name
+    assert "| fan-in |" in proc.stdout and "cross msgs/CPU-s" in proc.stdout

@@ -16,8 +16,9 @@ import pytest
 from hubnodes import ROOT, HubNode, settle
 from natscluster import NatsCluster, free_port
 from pgserver import PgServer
-from rawmqtt import PUBLISH
 
+from thinghub.cluster.numbers import CACHE_FILE, node_number
+from thinghub.cluster.settings import ClusterSettings
 from thinghub.config import ConfigError, load_settings
 
 THINGHUB = str(ROOT / ".venv/bin/thinghub")
@@ -110,7 +111,10 @@ def test_without_a_cluster_the_nats_client_is_not_even_loaded() -> None:
     assert result.stdout.strip() == "False", result.stderr
 
 
-def test_a_node_without_nats_starts_degraded_and_serves_alone(tmp_path: Path) -> None:
+def test_a_node_without_nats_starts_degraded_and_refuses_sign_ins(tmp_path: Path) -> None:
+    """With its number configured (or remembered from an earlier start: cluster/numbers.py)
+    a node starts without NATS: degraded, serving HTTP, refusing sign-ins with 0x88 since it
+    cannot make a client id unique in the cluster."""
     nowhere = f"nats://127.0.0.1:{free_port()}"
     node = HubNode(
         "lonely",
@@ -118,19 +122,37 @@ def test_a_node_without_nats_starts_degraded_and_serves_alone(tmp_path: Path) ->
         tmp_path / "hub",
         CLUSTER_CONNECT_TIMEOUT=1,
         CLUSTER_RECONNECT_WAIT=0.2,
+        CLUSTER_NODE_ID=7,
     )
     try:
         health = node.get_json("/healthz")
         assert health["status"] == "degraded" and "cluster" in health["degraded"], health
         status = node.status()
-        assert status["nats"]["connected"] is False
+        assert status["nats"]["connected"] is False and status["number"] == 7
         assert os.path.exists(tmp_path / "hub" / "broker.db")  # it serves, with its store
-        with node.raw() as subscriber, node.raw() as publisher:
-            subscriber.connect("alone")
-            assert subscriber.subscribe("t", qos=1) == [1]
-            publisher.connect("publisher")
-            assert publisher.publish_acked("t", b"here", 1) == 0
-            assert subscriber.expect(PUBLISH).payload == b"here"
-            assert node.messages()["kept_local"] == 1
+        with node.raw() as client:
+            assert client.connect("alone", expect_reason=None).reason == 0x88
     finally:
         assert node.stop() == 0
+
+
+def test_a_first_start_without_nats_waits_for_its_number_and_a_later_one_remembers_it(
+    tmp_path: Path,
+) -> None:
+    settings = ClusterSettings(
+        nats_urls=(f"nats://127.0.0.1:{free_port()}",),
+        node_name="lonely",
+        connect_timeout=0.5,
+        reconnect_wait=0.1,
+    )
+
+    async def ask(seconds: float) -> int:
+        return await asyncio.wait_for(node_number(settings, tmp_path), seconds)
+
+    with pytest.raises(TimeoutError):
+        asyncio.run(ask(1.5))  # no number known: it waits for NATS
+    (tmp_path / CACHE_FILE).write_text('{"name": "lonely", "number": 12}')
+    assert asyncio.run(ask(5)) == 12
+    (tmp_path / CACHE_FILE).write_text('{"name": "another", "number": 12}')
+    with pytest.raises(TimeoutError):
+        asyncio.run(ask(1.5))  # another node's directory: not this node's number

@@ -61,6 +61,15 @@ _NO_SUBSCRIBE_POLICY = Decision.deny(
 )
 
 
+# A clustered node that cannot reach NATS cannot make a client id unique in the cluster
+# (cluster/owners.py): every sign-in is refused until it can, whoever signs in, before any
+# credential is looked at: MQTT 5 0x88 Server unavailable (§3.2.2.2), 3.1.1 return code 3
+# (§3.2.2.3).
+_CLUSTER_UNAVAILABLE = Decision.deny(
+    ReasonCode.SERVER_UNAVAILABLE, "the cluster is out of reach from this node: try again later"
+)
+
+
 def uses_device_sign_in(connect: Connect) -> bool:
     """A CONNECT in the Alibaba device form: user name ``deviceName&productKey`` and a
     password (reference §3)."""
@@ -99,6 +108,9 @@ class RegistryHooks:
         # devices' (aliyun_device.device_client_id), refused to anonymous clients. Read off the
         # event loop by DeviceWatch.
         self.reserved_product_keys: frozenset[str] = frozenset()
+        # In a cluster: whether this node can claim client ids cluster-wide now
+        # (ClusterNode.accepts_sign_ins); None on a hub of its own.
+        self.cluster_ready: Callable[[], bool] | None = None
 
     def attach(self, broker: Broker) -> None:
         """The broker whose sessions these hooks guard (it is built after them)."""
@@ -113,6 +125,8 @@ class RegistryHooks:
     # Authenticator ----------------------------------------------------------------
 
     def authenticate(self, connect: Connect, peer: str) -> Decision:
+        if self.cluster_ready is not None and not self.cluster_ready():
+            return _CLUSTER_UNAVAILABLE
         if uses_device_sign_in(connect):
             result = verify_sign_in(
                 connect.client_id, connect.username, connect.password, self._registry.lookup_sign_in
@@ -154,6 +168,8 @@ class RegistryHooks:
         aws = self._aws
         if aws is None:
             return self.authenticate(connect, peer)
+        if self.cluster_ready is not None and not self.cluster_ready():
+            return _CLUSTER_UNAVAILABLE
         if isinstance(credential, ClientCertificate):
             decision = aws.sign_in(connect, peer, credential)
         else:

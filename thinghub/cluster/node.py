@@ -81,10 +81,14 @@ class MessageCounters:
 
 
 class ClusterNode:
-    def __init__(self, settings: ClusterSettings, broker: Broker, health: Health) -> None:
+    def __init__(
+        self, settings: ClusterSettings, broker: Broker, health: Health, number: int = 0
+    ) -> None:
         self.settings = settings
         self.broker = broker
         self.name = settings.node()
+        # The node number in this node's MessageIds (cluster/numbers.py).
+        self.number = number
         self.subjects = Subjects(settings.subject_prefix)
         self.clock = broker.clock
         self.counters = MessageCounters()
@@ -130,6 +134,14 @@ class ClusterNode:
     def _connected(self) -> None:
         self.interest.connected()
         self.retained.connected()
+
+    def accepts_sign_ins(self) -> bool:
+        """Whether a new connection may be accepted now: only while this node can claim its
+        client id in the cluster (cluster/owners.py). Otherwise two nodes could each hold a
+        session of the same client id, unseen by each other; the connection is refused with
+        CONNACK 0x88 Server unavailable (3.1.1: return code 3) and tries again later
+        (auth/broker_hooks.py)."""
+        return self.bus.connected and self.owners.ready
 
     # ------------------------------------------------------------------ the broker's seam
 
@@ -261,6 +273,8 @@ class ClusterNode:
         bus = self.bus
         return {
             "node": self.name,
+            "number": self.number,
+            "accepting_sign_ins": self.accepts_sign_ins(),
             "nats": {
                 "connected": bus.connected,
                 "server": bus.server,

@@ -29,6 +29,9 @@ class ClusterSettings:
     nats_urls: tuple[str, ...] = ()
     # This node's name, unique in the cluster (""): the host name).
     node_name: str = ""
+    # This node's number in its MessageIds, 0..1023, unique in the cluster; -1: claimed in
+    # the cluster's nodes bucket at the first start and kept (cluster/numbers.py).
+    node_id: int = -1
     # Replicas of the JetStream streams and buckets the cluster keeps (session owners,
     # retained messages): 1 for a single NATS server, 3 for a 3-server NATS cluster.
     stream_replicas: int = 1
@@ -73,6 +76,8 @@ class ClusterSettings:
         ]
         if self.node_name and not NODE_NAME.fullmatch(self.node_name):
             found.append("cluster.node_name must be 1-64 letters, digits, '-' or '_'")
+        if not -1 <= self.node_id <= 1023:
+            found.append("cluster.node_id must be 0..1023 (or -1: claimed in the cluster)")
         if not SUBJECT_PREFIX.fullmatch(self.subject_prefix):
             found.append("cluster.subject_prefix must be dot-separated letters, digits, - or _")
         if not 1 <= self.stream_replicas <= 5:

@@ -26,6 +26,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 
 from .. import __version__
 from ..broker.stats import DELIVERY_SAMPLE
+from .cluster import cluster_metrics
 from .figures import broker_figures
 from .histogram import Buckets
 from .sources import Sources
@@ -87,6 +88,8 @@ class HubCollector(Collector):
         yield from self._writers()
         yield from self._health()
         yield from self._logs()
+        if self._sources.cluster is not None:
+            yield from cluster_metrics(self._sources.cluster)
 
     # ------------------------------------------------------------------ the process
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..http.context import HubContext
 from ..transport.admission import AdmissionGate
@@ -12,6 +13,9 @@ from .audit import AuditLog
 from .logs import LogPipe
 from .requests import ApiRequests
 from .systopics import SysTopics
+
+if TYPE_CHECKING:
+    from ..cluster.node import ClusterNode
 
 
 @dataclass
@@ -26,6 +30,8 @@ class Sources:
     audit: AuditLog | None = None
     # The $SYS publisher: its own messages are not counted as received.
     sys_topics: SysTopics | None = None
+    # This hub's node of a cluster (its figures: cluster.py), None on a hub of its own.
+    cluster: ClusterNode | None = None
     # When the hub started (wall clock, and monotonic for the uptime).
     started_at: float = field(default_factory=time.time)
     started: float = field(default_factory=time.monotonic)

@@ -14,6 +14,7 @@ from typing import Any
 
 from .. import __version__
 from ..broker.stats import DROP_REASONS
+from .cluster import cluster_stats
 from .figures import broker_figures
 from .sources import Sources
 
@@ -82,4 +83,6 @@ def stats_body(sources: Sources) -> dict[str, Any]:
         }
     if sources.logs is not None:
         body["log_records_dropped"] = sources.logs.dropped
+    if sources.cluster is not None:
+        body["cluster"] = cluster_stats(sources.cluster)
     return body

@@ -8,7 +8,8 @@ bit numbers which decode sensibly as Snowflake ids (§5). ThingHub uses that lay
 
     bit 63      0
     bits 62-22  milliseconds since 2024-01-01T00:00:00Z (41 bits, about 69 years)
-    bits 21-12  node number, 0..1023 (one per hub in a future cluster)
+    bits 21-12  node number, 0..1023 (0 for a hub of its own; one per node of a cluster,
+                thinghub/cluster/numbers.py)
     bits 11-0   sequence within the millisecond, 0..4095
 
 Ids are strictly increasing within a process: when the wall clock stands still or steps back,
