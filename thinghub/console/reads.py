@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..registry.models import Device, DeviceStatus
-from ..registry.registry import Registry
+from ..registry.registry import Registry, device_from_row
 from .errors import UNAVAILABLE, ConsoleError
 
 __all__ = [
@@ -152,7 +152,7 @@ def search_devices(
     more = len(rows) > limit
     rows = rows[:limit]
     overlay = registry.presence.overlay
-    found = [DeviceFound(r["seq"], overlay(_device(r)), r["product_name"]) for r in rows]
+    found = [DeviceFound(r["seq"], overlay(device_from_row(r)), r["product_name"]) for r in rows]
     return DevicePage(
         devices=found,
         total=int(total),
@@ -170,7 +170,8 @@ def device_by_iot_id(registry: Registry, account_id: str, iot_id: str) -> Device
         ).fetchone()
     if row is None:
         return None
-    return DeviceFound(row["seq"], registry.presence.overlay(_device(row)), row["product_name"])
+    device = registry.presence.overlay(device_from_row(row))
+    return DeviceFound(row["seq"], device, row["product_name"])
 
 
 def products(registry: Registry, account_id: str) -> list[dict[str, Any]]:
@@ -233,31 +234,3 @@ def _product(row: sqlite3.Row) -> dict[str, Any]:
         "authType": row["auth_type"],
         "devices": row["devices"],
     }
-
-
-def _status(row: sqlite3.Row) -> DeviceStatus:
-    if row["disabled"]:
-        return DeviceStatus.DISABLE
-    if row["online"]:
-        return DeviceStatus.ONLINE
-    if row["activated_at"] is None:
-        return DeviceStatus.UNACTIVE
-    return DeviceStatus.OFFLINE
-
-
-def _device(row: sqlite3.Row) -> Device:
-    return Device(
-        iot_id=row["iot_id"],
-        product_key=row["product_key"],
-        device_name=row["device_name"],
-        device_secret=row["device_secret"],
-        nickname=row["nickname"],
-        status=_status(row),
-        account_id=row["account_id"],
-        instance_id=row["instance_id"],
-        created_at=row["created_at"],
-        activated_at=row["activated_at"],
-        last_online_at=row["last_online_at"],
-        status_changed_at=row["status_changed_at"],
-        ip_address=row["ip_address"],
-    )

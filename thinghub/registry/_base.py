@@ -382,6 +382,12 @@ def _status(row: sqlite3.Row) -> DeviceStatus:
     return DeviceStatus.OFFLINE
 
 
+def device_from_row(row: sqlite3.Row) -> Device:
+    """A device as its row of ``_DEVICE_SELECT`` holds it (presence not laid over it), for
+    readers of registry.db outside this package (console/reads.py)."""
+    return _device(row)
+
+
 def _device(row: sqlite3.Row) -> Device:
     return Device(
         iot_id=row["iot_id"],

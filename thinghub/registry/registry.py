@@ -33,13 +33,13 @@ The operations live in one mixin per resource (``accounts``, ``products``, ``dev
 
 from __future__ import annotations
 
-from ._base import DEFAULT_TOPIC_CATEGORIES
+from ._base import DEFAULT_TOPIC_CATEGORIES, device_from_row
 from .accounts import ROOT_ACCOUNT_ID, AccountsMixin
 from .devices import DevicesMixin
 from .products import ProductsMixin
 from .topics import TopicsMixin
 
-__all__ = ["DEFAULT_TOPIC_CATEGORIES", "ROOT_ACCOUNT_ID", "Registry"]
+__all__ = ["DEFAULT_TOPIC_CATEGORIES", "ROOT_ACCOUNT_ID", "Registry", "device_from_row"]
 
 
 class Registry(AccountsMixin, ProductsMixin, DevicesMixin, TopicsMixin):
