@@ -368,6 +368,19 @@ class ThingHub(Broker):
         return "unknown"
 
 
+class TracedThingHub(ThingHub):
+    """ThingHub with its delivery trace on ([trace] enabled, its default budget of MQTT
+    publishes traced per second): the trace's cost is this broker's figures against
+    ``thinghub``'s of the same run."""
+
+    name = "thinghub-traced"
+
+    def env(self) -> dict[str, str]:
+        env = super().env()
+        env["THINGHUB_TRACE_ENABLED"] = "true"
+        return env
+
+
 class NullBroker(Broker):
     """bench/nullbroker.py: measures the generator's ceiling."""
 
@@ -388,6 +401,7 @@ class NullBroker(Broker):
 
 BROKERS: dict[str, type[Broker]] = {
     "thinghub": ThingHub,
+    "thinghub-traced": TracedThingHub,
     "mosquitto": Mosquitto,
     "null": NullBroker,
 }

@@ -104,13 +104,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     if args.warmup is None:
         args.warmup = min(2.0, max(0.5, args.seconds * 0.2))
     args.scenario = list(dict.fromkeys(args.scenario or SCENARIOS))
-    args.broker = list(dict.fromkeys(args.broker or ["thinghub", "mosquitto"]))
+    args.broker = list(dict.fromkeys(args.broker or ["thinghub", "thinghub-traced", "mosquitto"]))
     return args
+
+
+#: ThingHub with its delivery trace on: measured beside ``thinghub`` in the message streams
+TRACED = brokers.TracedThingHub.name
 
 
 def make_broker(name: str, cpu: int | None, args: argparse.Namespace) -> Broker:
     if name == "thinghub":
         return brokers.ThingHub(cpu, args.thinghub)
+    if name == "thinghub-traced":
+        return brokers.TracedThingHub(cpu, args.thinghub)
     if name == "mosquitto":
         return brokers.Mosquitto(cpu, args.mosquitto)
     return brokers.NullBroker(cpu)
@@ -432,7 +438,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             # Brokers alternate within each run so slow drift hits both alike.
             for i in range(args.runs):
                 for bname in args.broker:
-                    if bname in unavailable:
+                    if bname in unavailable or (bname == TRACED and not sc.traced):
                         continue
                     broker = make_broker(bname, broker_cpu, args)
                     r, gone = one_run(sc, broker, args.seconds, args.warmup, connections)
@@ -442,8 +448,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                         continue
                     runs[bname].append(r)
                     all_runs.append(r)
-                    log(f"  {bname:<9} {name:<11} run {i + 1}: {describe(r, sc.unit)}")
+                    log(f"  {bname:<15} {name:<11} run {i + 1}: {describe(r, sc.unit)}")
             for bname in args.broker:
+                if bname == TRACED and not sc.traced:
+                    continue
                 if bname in unavailable and not runs[bname]:
                     summaries.append(report.Summary(name, bname, 0, 0, False, unavailable[bname]))
                 else:

@@ -29,6 +29,12 @@ class Scenario:
     # table.
     mtls: bool = False
 
+    @property
+    def traced(self) -> bool:
+        """Run with the delivery trace on too (broker ``thinghub-traced``): the MQTT message
+        streams, where the trace has something to record."""
+        return self.spec is not None and not (self.http or self.signin or self.mtls)
+
 
 def _fanin() -> StreamSpec:
     return StreamSpec(

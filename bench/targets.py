@@ -10,6 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
+from bench.scenarios import SCENARIOS
+
 if TYPE_CHECKING:
     from bench.report import Summary
 
@@ -18,6 +20,7 @@ SIGNIN_RATIO = 0.6  # signed-in / anonymous connects/s, the lowest wave
 STORM_P99_MS = 50.0  # QoS 0 latency p99 during a reconnect storm, the worst storm
 IDLE_KIB_PER_CONN = 3.0  # idle10k: hub memory per idle connection (RSS is counted in KiB)
 MTLS_RATIO = 0.5  # mutual-TLS sign-ins/s, ThingHub / mosquitto, the lowest wave
+TRACE_RATIO = 0.95  # message rate with the delivery trace on / off, every message stream
 
 
 def at_least(target: float) -> Callable[[float], bool]:
@@ -115,6 +118,21 @@ def targets_rows(summaries: Sequence[Summary]) -> list[list[str]]:
                 "-",
             ],
         ]
+    for name in (name for name, sc in SCENARIOS.items() if sc.traced):
+        traced, plain = by.get((name, "thinghub-traced")), by.get((name, "thinghub"))
+        if traced is None or plain is None:
+            continue
+        on, off = traced.median.get("rate"), plain.median.get("rate")
+        ratio = on / off if on is not None and off else None
+        rows.append(
+            [
+                f"{name} with the trace on / off",
+                _fmt(on, 0) + ("" if ratio is None else f" ({ratio:.3f}x)"),
+                f">= {TRACE_RATIO}x",
+                verdict(ratio, at_least(TRACE_RATIO)),
+                "-",
+            ]
+        )
     idle = by.get(("idle10k", "thinghub"))
     if idle is not None:
         kib = idle.median.get("kb_per_conn")

@@ -81,7 +81,7 @@ def _send(client: Any, packet: Packet) -> None:
     client.data_received(encode(packet, V5))
 
 
-def _hub(traced: bool, qos: int) -> tuple[Broker, Callable[[], None]]:
+def _hub(traced: bool, qos: int, budget: int) -> tuple[Broker, Callable[[], None]]:
     """A broker with one connected subscriber to TOPIC; and what acknowledges its copy in
     flight (nothing at QoS 0)."""
     settings = MQTTSettings(allow_anonymous=True, connects_per_turn=0, disconnects_per_turn=0)
@@ -92,6 +92,7 @@ def _hub(traced: bool, qos: int) -> tuple[Broker, Callable[[], None]]:
             max_messages=bounds.max_messages,
             max_age_s=bounds.max_age_s,
             max_sessions=bounds.max_sessions,
+            max_mqtt_per_second=budget,
         )
         if traced
         else None
@@ -115,9 +116,9 @@ def _hub(traced: bool, qos: int) -> tuple[Broker, Callable[[], None]]:
     return broker, ack
 
 
-def run(traced: bool, qos: int, messages: int) -> float:
+def run(traced: bool, qos: int, messages: int, budget: int = 0) -> float:
     """µs per message over ``messages`` publishes."""
-    broker, ack = _hub(traced, qos)
+    broker, ack = _hub(traced, qos, budget)
     payload = b"x" * 64
     publish = broker.publish
     batch = [Message(topic=TOPIC, payload=payload, qos=qos) for _ in range(messages)]
@@ -145,6 +146,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--qos", type=int, nargs="+", default=[0, 1], choices=[0, 1])
     parser.add_argument("--only", choices=["off", "on"], help="one mode only (for callgrind)")
     parser.add_argument("--no-warmup", action="store_true", help="(for callgrind)")
+    parser.add_argument(
+        "--budget",
+        type=int,
+        default=0,
+        help="trace.max_mqtt_per_second (default 0: every message, the trace's full cost; "
+        f"the hub's default is {TraceSettings().max_mqtt_per_second})",
+    )
     args = parser.parse_args(argv)
     modes = [False, True] if args.only is None else [args.only == "on"]
     for qos in args.qos:
@@ -153,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             run(True, qos, min(args.messages, 5000))  # warm up imports and caches
         for _ in range(args.runs):
             for traced in modes:
-                results[traced].append(run(traced, qos, args.messages))
+                results[traced].append(run(traced, qos, args.messages, args.budget))
         line = [f"QoS {qos}:"]
         medians = {mode: statistics.median(values) for mode, values in results.items()}
         for mode, median in medians.items():

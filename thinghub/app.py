@@ -454,6 +454,7 @@ def _trace_recorder(settings: Settings) -> TraceRecorder | None:
         max_messages=trace.max_messages,
         max_age_s=trace.max_age_s,
         max_sessions=trace.max_sessions,
+        max_mqtt_per_second=trace.max_mqtt_per_second,
     )
 
 

@@ -228,6 +228,10 @@ class TraceSettings:
     # Sessions whose events are kept per message (the first ones handed a copy, and the first
     # ones with an event); beyond them a message keeps counts by event only.
     max_sessions: int = 16
+    # MQTT publishes traced per second at most (messages of API calls are always traced);
+    # beyond, they are counted as over budget and not traced. 0: every message. The cost of
+    # the trace has this ceiling whatever the traffic (thinghub/trace/recorder.py).
+    max_mqtt_per_second: int = 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -346,9 +350,10 @@ class Settings:
             (self.registry.preload_devices >= 0, "registry.preload_devices must be at least 0"),
             (
                 min(self.trace.max_messages, self.trace.max_sessions) >= 1
-                and self.trace.max_age_s > 0,
+                and self.trace.max_age_s > 0
+                and self.trace.max_mqtt_per_second >= 0,
                 "trace.max_messages and trace.max_sessions must be at least 1, "
-                "trace.max_age_s above 0",
+                "trace.max_age_s above 0, trace.max_mqtt_per_second 0 or more",
             ),
         ]
         checks.append(

@@ -85,3 +85,43 @@ def test_past_max_age_a_trace_is_gone(brief: SecHub) -> None:
     assert trace(brief, message_id)["messageId"] == str(message_id)
     time.sleep(1.2)  # max_age_s is a deadline on the hub's clock
     assert trace_error(brief, f"/thinghub/trace/{message_id}").status == 404
+
+
+@pytest.fixture(scope="module")
+def budget(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecHub]:
+    # No $SYS messages: the count of MQTT publishes left out is the test's own.
+    started = start(
+        tmp_path_factory.mktemp("budget"),
+        trace_enabled=True,
+        trace_max_mqtt_per_second=5,
+        mqtt_sys_interval=0,
+    )
+    yield started
+    started.stop()
+
+
+def test_past_the_budget_mqtt_publishes_are_counted_not_traced(budget: SecHub) -> None:
+    device = budget.device(budget.product(f"budget{uuid.uuid4().hex[:8]}"), "dev1")
+    topic = device.topic("user/get")
+    began = time.monotonic()
+    with budget.raw(4) as publisher:
+        publisher.connect(f"pub{uuid.uuid4().hex[:8]}")
+        for number in range(60):
+            publisher.publish(topic, b"m%d" % number, qos=0)
+        assert publisher.publish_acked(topic, b"last", qos=1) == 0  # all 61 were routed
+    # An API call's message is traced whatever the budget: its caller holds the MessageId.
+    api_ids = [pub(budget, device.product_key, topic, b"api%d" % n) for n in range(3)]
+    seconds = time.monotonic() - began
+    scrape = budget.scrape()
+    traced = scrape.value("thinghub_trace_messages_total", result="traced")
+    over = scrape.value("thinghub_trace_messages_total", result="over_budget")
+    assert traced + over == 61 + 3
+    # At most 5 MQTT publishes in each second that began (a new second starts at the first
+    # publish after the last one ended), however slow this machine is.
+    assert traced - 3 <= 5 * (int(seconds) + 1)
+    assert over >= 61 - 5 * (int(seconds) + 1)
+    for message_id in api_ids:
+        assert trace(budget, message_id)["messageId"] == str(message_id)
+    base = f"http://{budget.host}:{budget.http_port}"
+    listed = get_json(base, "/thinghub/trace", [("topic", topic)], KEY_ID, SECRET)["messages"]
+    assert len(listed) == traced

@@ -44,6 +44,7 @@ def recorder(clock: Clock, **bounds: float) -> TraceRecorder:
         max_messages=int(settings["max_messages"]),
         max_age_s=settings["max_age_s"],
         max_sessions=int(settings["max_sessions"]),
+        max_mqtt_per_second=int(settings.get("max_mqtt_per_second", 0)),
         clock=clock,
     )
 
@@ -258,3 +259,27 @@ def test_with_the_monotonic_clock_a_message_starts_at_the_brokers_stamp() -> Non
     other.begin(stamped_again, new_id)
     found = other.get(stamped_again.id)
     assert found is not None and found.started == clock.now
+
+
+def test_mqtt_publishes_past_the_budget_get_no_id_and_are_counted() -> None:
+    clock = Clock()
+    traces = recorder(clock, max_messages=100, max_mqtt_per_second=3)
+    first = [message(0) for _ in range(5)]
+    slots = [traces.begin(m, new_id) for m in first]
+    assert slots[3:] == [UNTRACED, UNTRACED]
+    assert [m.id != 0 for m in first] == [True, True, True, False, False]
+    assert (traces.traced, traces.over_budget) == (3, 2)
+    # A message with a MessageId (an API call's) is traced whatever the budget.
+    assert traces.begin(message(7), new_id) != UNTRACED
+    clock.now += 0.999
+    assert traces.begin(message(0), new_id) == UNTRACED
+    clock.now += 0.001  # a new second: a new budget
+    again = [message(0) for _ in range(4)]
+    assert [traces.begin(m, new_id) == UNTRACED for m in again] == [False, False, False, True]
+    assert (traces.traced, traces.over_budget) == (7, 4)
+
+
+def test_without_a_budget_every_mqtt_publish_is_traced() -> None:
+    traces = recorder(Clock(), max_messages=10_000)
+    assert all(traces.begin(message(0), new_id) != UNTRACED for _ in range(5_000))
+    assert (traces.traced, traces.over_budget) == (5_000, 0)

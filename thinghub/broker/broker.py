@@ -477,8 +477,16 @@ class Broker:
         self.stats.received[message.qos] += 1
         message.received_at = time.monotonic()  # accepted: delivery latency counts from here
         recorder = self.trace
-        # Every traced message has a MessageId from here on (TraceRecorder.begin).
-        slot = UNTRACED if recorder is None else recorder.begin(message, self._new_message_id)
+        if recorder is None:
+            slot = UNTRACED
+        elif message.received_at < recorder.spent_until and not message.id:
+            # The trace's budget of MQTT publishes is spent for this second: its check in
+            # TraceRecorder.begin, inlined (the call would cost more than the message's trace).
+            recorder.over_budget += 1
+            slot = UNTRACED
+        else:
+            # Every traced message has a MessageId from here on (TraceRecorder.begin).
+            slot = recorder.begin(message, self._new_message_id)
         prefixes = self._intercepted_prefixes
         if prefixes and message.topic.startswith(prefixes) and self._intercepted(message):
             if recorder is not None and slot != UNTRACED:

@@ -88,6 +88,7 @@ class HubCollector(Collector):
         yield from self._writers()
         yield from self._health()
         yield from self._logs()
+        yield from self._trace()
         if self._sources.cluster is not None:
             yield from cluster_metrics(self._sources.cluster)
 
@@ -363,6 +364,20 @@ class HubCollector(Collector):
             for name in ("ok", "degraded", "failed"):
                 state.add_metric([component, name], 1 if name == now else 0)
         yield state
+
+    def _trace(self) -> Iterator[Metric]:
+        recorder = self._sources.context.broker.trace
+        if recorder is None:
+            return  # tracing is off ([trace] enabled)
+        family = CounterMetricFamily(
+            "thinghub_trace_messages",
+            "Messages the delivery trace recorded (traced), and MQTT publishes it left out "
+            "because trace.max_mqtt_per_second was spent (over_budget).",
+            labels=["result"],
+        )
+        family.add_metric(["traced"], recorder.traced)
+        family.add_metric(["over_budget"], recorder.over_budget)
+        yield family
 
     def _logs(self) -> Iterator[Metric]:
         sources = self._sources
