@@ -207,3 +207,29 @@ def test_the_cross_node_scenarios_run(tmp_path: Path) -> None:
         assert row["single"]["per_cpu_s"] > 0 and row["cross"]["per_cpu_s"] > 0, name
         assert row["cross"]["lost"] == 0, name
     assert "| fan-in |" in proc.stdout and "cross msgs/CPU-s" in proc.stdout
+
+
+def test_the_trace_cost_is_measured_beside_the_plain_hub(tmp_path: Path) -> None:
+    """`make bench` runs each message stream with the delivery trace on too (broker
+    ``thinghub-traced``) and judges the ratio in its targets table."""
+    out = tmp_path / "bench.json"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "bench", "--quick", "--no-ceiling", "--scenario", "qos1",
+            "idle10k", "--connections", "100", "--broker", "thinghub", "thinghub-traced",
+            "--json", str(out),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {(row["scenario"], row["broker"]): row for row in report["summary"]}
+    traced = rows[("qos1", "thinghub-traced")]
+    assert traced["ok_runs"] == 1 and traced["median"]["lost"] == 0
+    assert rows[("qos1", "thinghub")]["ok_runs"] == 1
+    # The idle connections scenario has nothing to trace: the plain hub only.
+    assert ("idle10k", "thinghub-traced") not in rows and ("idle10k", "thinghub") in rows
+    assert "| qos1 with the trace on / off" in proc.stdout
