@@ -11,13 +11,9 @@ its PEM files."""
 
 from __future__ import annotations
 
-import collections
 import json
-import os
-import re
-import signal
 import subprocess
-import threading
+import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -31,10 +27,12 @@ from click.testing import CliRunner
 
 from thinghub.cli import main as cli_main
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
+from hubprocess import HubProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ID, SECRET = "AKIAAWSDEVICETESTS01", "aws-device-tests-secret-0123456789abcdef"
 REGION = "us-east-1"
-READY = re.compile(r"ready mqtt=([\d.]+):(\d+) http=[\d.]+:(\d+)(?: mqtts=[\d.]+:(\d+))?")
 TIMEOUT = 15.0
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, read_timeout=TIMEOUT)
 
@@ -64,71 +62,18 @@ class Device:
     policy_name: str
 
 
-class DevHub:
+class DevHub(HubProcess):
     def __init__(self, data_dir: Path, **settings: Any) -> None:
-        env = {
-            **os.environ,
-            "THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID,
-            "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET,
-            "THINGHUB_MQTT_TLS_PORT": "0",
-        }
-        for key, value in settings.items():
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            env[f"THINGHUB_{key.upper()}"] = str(value)
-        self.data_dir = data_dir
         self.files = data_dir.parent / f"{data_dir.name}-files"
         self.files.mkdir(parents=True, exist_ok=True)
-        self.output: collections.deque[str] = collections.deque(maxlen=500)
-        self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/thinghub"), "serve", "--mqtt-port", "0", "--http-port", "0",
-             "--host", "127.0.0.1", "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-        )  # fmt: skip
-        ready = threading.Event()
-        found: list[re.Match[str]] = []
-
-        def drain() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line.rstrip())
-                m = READY.search(line)
-                if m and not found:
-                    found.append(m)
-                    ready.set()
-            ready.set()
-
-        self._drain = threading.Thread(target=drain, daemon=True)
-        self._drain.start()
-        if not ready.wait(TIMEOUT) or not found:
-            self.stop()
-            raise AssertionError(f"the hub did not start:\n{self.log()}")
-        m = found[0]
-        self.host = m.group(1)
-        self.port, self.http_port = int(m.group(2)), int(m.group(3))
-        #: the TLS port (0: the hub serves no TLS)
-        self.tls_port = int(m.group(4) or 0)
+        super().__init__(data_dir, (KEY_ID, SECRET), settings=settings, timeout=TIMEOUT)
+        self.port = self.mqtt_port
         ca = subprocess.run(
             [str(ROOT / ".venv/bin/thinghub"), "ca", "show", "--data-dir", str(data_dir)],
             capture_output=True, text=True, check=True, timeout=TIMEOUT,
         )  # fmt: skip
         self.ca_file = self.files / "ca.pem"
         self.ca_file.write_text(ca.stdout)
-
-    def log(self) -> str:
-        return "\n".join(self.output)
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(TIMEOUT)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._drain.join(TIMEOUT)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
 
     # ------------------------------------------------------------------ clients
 

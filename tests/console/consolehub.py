@@ -12,13 +12,10 @@ Waits are on events with timeouts; the hub is stopped by its own PID.
 
 from __future__ import annotations
 
-import collections
 import json
-import os
 import queue
 import re
-import signal
-import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -36,73 +33,26 @@ from paho.mqtt.properties import Properties
 from thinghub.auth.aliyun_device import build_credentials
 from thinghub.cli import main as cli_main
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
+from hubprocess import HubProcess
+
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ID, SECRET = "LTAIconsoleTests00000000", "console-tests-secret-0123456789abcdef"
-READY = re.compile(r"ready mqtt=([\d.]+):(\d+) http=[\d.]+:(\d+)")
 TIMEOUT = 20.0
 
 
-class ConsoleHub:
+class ConsoleHub(HubProcess):
     def __init__(self, data_dir: Path, **settings: Any) -> None:
-        env = {
-            **os.environ,
-            "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
-            "THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID,
-            "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET,
-            "THINGHUB_TRACE_ENABLED": "true",
-            # Any free port for MQTT over TLS too: tests run side by side.
-            "THINGHUB_MQTT_TLS_PORT": "0",
-        }
-        for key, value in settings.items():
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            env[f"THINGHUB_{key.upper()}"] = str(value)
-        self.data_dir = data_dir
-        self.output: collections.deque[str] = collections.deque(maxlen=400)
-        self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/thinghub"), "serve", "--mqtt-port", "0", "--http-port", "0",
-             "--host", "127.0.0.1", "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-        )  # fmt: skip
-        ready = threading.Event()
-        found: list[re.Match[str]] = []
-
-        def drain() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line.rstrip())
-                match = READY.search(line)
-                if match and not found:
-                    found.append(match)
-                    ready.set()
-            ready.set()
-
-        self._drain = threading.Thread(target=drain, daemon=True)
-        self._drain.start()
-        if not ready.wait(TIMEOUT) or not found:
-            self.stop()
-            raise AssertionError("thinghub did not start:\n" + self.log())
-        self.host = found[0].group(1)
-        self.mqtt_port = int(found[0].group(2))
-        self.http_port = int(found[0].group(3))
-        self.url = f"http://{self.host}:{self.http_port}"
-
-    def log(self) -> str:
-        return "\n".join(self.output)
-
-    def stop(self) -> int:
-        """SIGTERM to the hub's own PID (SIGKILL after 15 s); its exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._drain.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
+        super().__init__(
+            data_dir,
+            (KEY_ID, SECRET),
+            defaults={
+                "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
+                "THINGHUB_TRACE_ENABLED": "true",
+            },
+            settings=settings,
+            timeout=TIMEOUT,
+        )
 
     # --- the registry, through the command line ---------------------------------------
 

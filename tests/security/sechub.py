@@ -4,14 +4,9 @@ Alibaba scheme over raw MQTT, and the hub's RSS and counters for the memory boun
 
 from __future__ import annotations
 
-import collections
 import errno
 import json
 import os
-import re
-import resource
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -31,84 +26,25 @@ from thinghub.cli import main as cli_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
 import rawmqtt
+from hubprocess import HubProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ID, SECRET = "LTAIsecurityTests000000", "security-tests-secret-0123456789ab"
-READY = re.compile(r"ready mqtt=([\d.]+):(\d+) http=[\d.]+:(\d+)")
 TIMEOUT = 20.0
 
 
-class SecHub:
+class SecHub(HubProcess):
     def __init__(self, data_dir: Path, *, nofile: int | None = None, **settings: Any) -> None:
         """Settings as ``THINGHUB_<KEY>``; with ``nofile``, that limit of open files (soft and
         hard) is set in the child before it starts."""
-        env = {
-            **os.environ,
-            "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
-            "THINGHUB_MQTT_TLS_PORT": "0",  # a free port: hubs run side by side
-            "THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID,
-            "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET,
-        }
-        for key, value in settings.items():
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            env[f"THINGHUB_{key.upper()}"] = str(value)
-        self.data_dir = data_dir
-
-        def limit_files() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        self.output: collections.deque[str] = collections.deque(maxlen=400)
-        self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/thinghub"), "serve", "--mqtt-port", "0", "--http-port", "0",
-             "--host", "127.0.0.1", "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-            preexec_fn=limit_files,
-        )  # fmt: skip
-        ready = threading.Event()
-        found: list[re.Match[str]] = []
-
-        def drain() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line.rstrip())
-                m = READY.search(line)
-                if m and not found:
-                    found.append(m)
-                    ready.set()
-            ready.set()
-
-        self._drain = threading.Thread(target=drain, daemon=True)
-        self._drain.start()
-        if not ready.wait(TIMEOUT) or not found:
-            self.stop()
-            raise AssertionError("thinghub did not start:\n" + self.log())
-        self.host = found[0].group(1)
-        self.mqtt_port = int(found[0].group(2))
-        self.http_port = int(found[0].group(3))
-
-    # --- lifecycle --------------------------------------------------------------------
-
-    def log(self) -> str:
-        return "\n".join(self.output)
-
-    def stop(self) -> int:
-        """SIGTERM (SIGKILL after 15 s); the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._drain.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-    def assert_alive(self) -> None:
-        assert self.proc.poll() is None, f"the hub exited:\n{self.log()}"
+        super().__init__(
+            data_dir,
+            (KEY_ID, SECRET),
+            defaults={"THINGHUB_MQTT_ALLOW_ANONYMOUS": "true"},
+            settings=settings,
+            nofile=nofile,
+            timeout=TIMEOUT,
+        )
 
     # --- the registry, through the command line ---------------------------------------
 
