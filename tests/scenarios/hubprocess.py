@@ -14,7 +14,7 @@ import resource
 import signal
 import subprocess
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -54,12 +54,13 @@ class HubProcess:
         *,
         defaults: Mapping[str, str] | None = None,
         settings: Mapping[str, Any] | None = None,
+        args: Sequence[str] = (),
         nofile: int | None = None,
         timeout: float = 20.0,
         keep_lines: int = 400,
     ) -> None:
-        """With ``nofile``, that limit of open files (soft and hard) is set in the child
-        before it starts."""
+        """``args``: more ``serve`` options (``--cluster URLS``). With ``nofile``, that limit
+        of open files (soft and hard) is set in the child before it starts."""
         self.data_dir = data_dir
         self.timeout = timeout
         env = environment(key, defaults or {}, settings or {})
@@ -71,7 +72,7 @@ class HubProcess:
         self.output: collections.deque[str] = collections.deque(maxlen=keep_lines)
         self.proc = subprocess.Popen(
             [str(THINGHUB), "serve", "--mqtt-port", "0", "--http-port", "0",
-             "--host", "127.0.0.1", "--data-dir", str(data_dir)],
+             "--host", "127.0.0.1", "--data-dir", str(data_dir), *args],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
             preexec_fn=limit_files if nofile is not None else None,
         )  # fmt: skip
