@@ -12,15 +12,15 @@ import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from aiohttp import web
 
 from .auth.aws_device import AwsDevices
 from .auth.broker_hooks import RegistryHooks
-from .auth.device_watch import DeviceWatch
+from .auth.device_watch import DeviceWatch, RegistrySignInGate
 from .auth.signed_url import SignedUrls
-from .broker.auth import DenyList
+from .broker.auth import Authenticator, DenyList
 from .broker.broker import Broker
 from .config import Settings
 from .health import Health
@@ -50,11 +50,11 @@ from .registry.ids import MessageIdGenerator
 from .registry.models import AccessKey
 from .registry.presence_writer import PresenceWriter
 from .registry.registry import Registry
-from .registry.store import RegistryStore
+from .registry.store import RegistryChange, RegistryStore
 from .registry.writer import RegistryWriter
 from .shadow.document import Limits as ShadowLimits
 from .shadow.service import ShadowService
-from .shadow.store import ShadowStore
+from .shadow.store import PgShadowStore, ShadowStore
 from .store.lock import DataDirLock
 from .store.sqlite import SQLiteStore, StoreLimits
 from .trace.recorder import TraceRecorder
@@ -65,6 +65,7 @@ from .transport.websocket import HANDSHAKE_SIGN_IN
 
 if TYPE_CHECKING:
     from .cluster.node import ClusterNode
+    from .registry.pg_store import PgRegistryStore
 
 log = logging.getLogger("thinghub")
 
@@ -129,7 +130,16 @@ class Hub:
         # One hub per data directory: taken before any file in it is opened (store/lock.py).
         if self._lock is None:
             self._lock = DataDirLock.acquire(settings.data_dir)
-        self._store = store = RegistryStore.open(settings.data_dir)
+        if settings.registry.url:
+            # Imported here: only a hub with a PostgreSQL registry loads the driver.
+            from .registry.pg_store import PgRegistryStore
+
+            store: RegistryStore = PgRegistryStore.open_url(
+                settings.registry.url, settings.data_dir
+            )
+        else:
+            store = RegistryStore.open(settings.data_dir)
+        self._store = store
         self.registry = registry = Registry(
             store, presence_max_pending=settings.registry.presence_max_pending
         )
@@ -174,12 +184,15 @@ class Hub:
         self.health.watch("presence", self.presence_writer)
         self.health.watch("registry-writer", self.registry_writer)
         registry.writer = self.registry_writer
+        self._share_registry(registry, identity)
         node_number = 0
         if settings.cluster.enabled:
             # MessageIds are unique across nodes by their node number (cluster/numbers.py).
             from .cluster.numbers import node_number as claim_node_number
 
             node_number = await claim_node_number(settings.cluster, settings.data_dir)
+        elif settings.cluster.node_id >= 0:
+            node_number = settings.cluster.node_id  # hubs sharing a registry (config.py)
         # The lease's fsync runs on its own short-lived thread, not on the event loop.
         ids = MessageIdGenerator(
             self._store,
@@ -215,10 +228,15 @@ class Hub:
                 lock=self._lock,
                 health=self.health,
             )
+        authenticator: Authenticator = hooks
+        if self._store.shared:
+            # Sign-ins the node cannot answer while PostgreSQL is out of reach are refused.
+            shared = cast("PgRegistryStore", self._store)
+            authenticator = RegistrySignInGate(hooks, registry, shared.is_fresh)
         self.broker = broker = Broker(
             mqtt,
             loop,
-            authenticator=hooks,
+            authenticator=authenticator,
             # $SYS: only mqtt.sys_readers of the root account read it, nobody writes it.
             authorizer=SysReaders(hooks, mqtt.sys_readers, hooks.anonymous_account, deny),
             observers=(hooks,),
@@ -255,7 +273,11 @@ class Hub:
         shadow = settings.shadow
         self.shadows = shadows = ShadowService(
             broker,
-            ShadowStore.open(settings.data_dir),
+            (
+                PgShadowStore(settings.registry.url)
+                if settings.registry.url
+                else ShadowStore.open(settings.data_dir)
+            ),
             limits=ShadowLimits(
                 max_state_bytes=shadow.max_document_bytes, max_depth=shadow.max_depth
             ),
@@ -401,6 +423,40 @@ class Hub:
         if self._lock is not None:
             self._lock.release()
             self._lock = None
+
+    def _share_registry(self, registry: Registry, identity: IdentityService) -> None:
+        """A PostgreSQL registry (registry/pg_store.py): follow the other nodes' changes,
+        tell the identity caches about theirs, and say on /healthz when it is out of reach."""
+        if self._store is None or not self._store.shared:
+            return
+        store = cast("PgRegistryStore", self._store)
+        health = self.health
+        health.register("registry")
+
+        def reachability(fresh: bool, why: str) -> None:
+            if fresh:
+                health.recover("registry")
+            else:
+                health.degrade("registry", f"the PostgreSQL registry is out of reach: {why}")
+
+        loop = asyncio.get_running_loop()
+
+        def identities(change: RegistryChange) -> None:
+            """On the thread that applied the change: the identity caches, and the live
+            connections of certificates another node revoked (as its own writes do)."""
+            if any(table.startswith("iot_") for table in change.tables):
+                identity.changes.committed(trust=True)
+            for account, ca_id in change.ca_certificates:
+                identity.changes.ca_changed(account, ca_id)
+            for account, cert_id in change.certificates:
+                try:
+                    loop.call_soon_threadsafe(identity.certificate_status_changed, account, cert_id)
+                except RuntimeError:  # the loop is closed: no connection is left
+                    return
+
+        store.on_reachability = reachability
+        store.add_change_listener(identities)
+        store.start_listening()
 
     def _server_tls(self) -> ServerTLS:
         """The TLS listener's contexts: the configured certificate, or the one the hub's CA

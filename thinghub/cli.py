@@ -19,7 +19,7 @@ from .cli_trace import trace
 from .config import ConfigError, Settings, load_settings
 from .demo import describe, ensure_demo
 from .observe.logs import LogPipe, start_logging
-from .registry.errors import RegistryError, SchemaVersionError
+from .registry.errors import RegistryError, SchemaVersionError, StoreUnavailable
 from .store.errors import StoreError
 
 
@@ -77,7 +77,7 @@ for _command in (*COMMANDS, backup, trace, ca):
     "registry_url",
     default=None,
     metavar="POSTGRES_URL",
-    help="A PostgreSQL registry shared by the cluster's nodes (not yet supported).",
+    help="A PostgreSQL registry shared by the cluster's nodes (postgresql://user:pw@host/db).",
 )
 def serve(
     mqtt_port: int | None,
@@ -108,12 +108,6 @@ def serve(
         settings = load_settings(config_file, overrides=overrides)
     except ConfigError as error:
         raise click.ClickException(str(error)) from None
-    if settings.registry.url:
-        # Kept in the settings for when it is: the nodes of a cluster share the registry there.
-        raise click.ClickException(
-            "registry.url: a PostgreSQL registry is not yet supported; each node keeps its "
-            "registry in registry.db in its data directory"
-        )
     # Records reach stderr through the log writer thread, never from the event loop.
     logs = start_logging(
         settings.log_level, settings.log.format, settings.log.queue, audit=settings.log.audit
@@ -127,7 +121,7 @@ def serve(
         pass
     try:
         runner(_serve(settings, logs))
-    except (OSError, StoreError, RegistryError, SchemaVersionError) as error:
+    except (OSError, StoreError, RegistryError, SchemaVersionError, StoreUnavailable) as error:
         raise click.ClickException(f"cannot start: {error}") from None
     finally:
         logs.close()  # the last records are written before the process ends

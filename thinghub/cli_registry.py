@@ -1,6 +1,7 @@
 """``thinghub account|product|device|topic``: the registry operations of the Alibaba API, for
 people who would rather not write code. Each command opens the registry in the data directory
-(SQLite in WAL mode, so it works beside a running hub), prints a table, or JSON with --json.
+(SQLite in WAL mode, so it works beside a running hub), or the cluster's PostgreSQL registry
+with ``--registry URL`` (``THINGHUB_REGISTRY_URL``), prints a table, or JSON with --json.
 """
 
 from __future__ import annotations
@@ -37,7 +38,24 @@ from .registry.store import RegistryStore
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+_REGISTRY_URL = "thinghub.registry_url"
+
+
+def _remember_registry(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    ctx.meta[_REGISTRY_URL] = value or None
+
+
 def _data_dir_option(func: F) -> F:
+    func = click.option(
+        "--registry",
+        metavar="POSTGRES_URL",
+        default=None,
+        envvar="THINGHUB_REGISTRY_URL",
+        expose_value=False,
+        callback=_remember_registry,
+        help="The cluster's PostgreSQL registry (what `serve --registry` takes), instead of "
+        "registry.db in the data directory.",
+    )(func)
     return click.option(
         "--data-dir",
         type=click.Path(path_type=Path),
@@ -46,6 +64,21 @@ def _data_dir_option(func: F) -> F:
         show_default=True,
         help="The hub's data directory.",
     )(func)
+
+
+def _open_store(data_dir: Path) -> RegistryStore:
+    """``registry.db`` in the data directory, or the PostgreSQL registry of ``--registry``
+    (read through a private in-memory copy: the data directory may be a running node's)."""
+    context = click.get_current_context(silent=True)
+    url = None if context is None else context.meta.get(_REGISTRY_URL)
+    if not url:
+        return RegistryStore.open(data_dir)
+    from .registry.pg_store import PgRegistryStore  # only then is the driver loaded
+
+    try:
+        return PgRegistryStore(url, ":memory:", node="command-line")
+    except StoreUnavailable as error:
+        raise click.ClickException(str(error)) from None
 
 
 def _common(func: F) -> F:
@@ -67,7 +100,7 @@ def _account_option(func: F) -> F:
 
 @contextmanager
 def _registry(data_dir: Path) -> Iterator[Registry]:
-    store = RegistryStore.open(data_dir)
+    store = _open_store(data_dir)
     try:
         registry = Registry(store)
         registry.ensure_root_account()

@@ -174,7 +174,8 @@ class ShadowSettings:
 
 @dataclass(frozen=True, slots=True)
 class RegistrySettings:
-    """The registry (accounts, products, devices), ``registry.db`` in the data directory."""
+    """The registry (accounts, products, devices), ``registry.db`` in the data directory, or
+    PostgreSQL (``url``)."""
 
     # Devices whose ONLINE/OFFLINE change waits for the presence writer; one entry per device
     # (later changes of the same device replace the earlier), so a fleet reconnecting at once
@@ -192,8 +193,10 @@ class RegistrySettings:
     # first (at most the cache's 100,000 entries; 0: none): a fleet reconnecting after a
     # restart signs in without a file read per device on the event loop.
     preload_devices: int = 100_000
-    # A PostgreSQL registry shared by the nodes of a cluster (``serve --registry URL``):
-    # accepted and kept, but ``serve`` refuses to start with it until it is supported.
+    # A PostgreSQL registry shared by the nodes of a cluster (``serve --registry URL``,
+    # THINGHUB_REGISTRY_URL): the registry, the AWS identities and the shadows live there,
+    # and each node reads a local copy kept current by LISTEN/NOTIFY
+    # (registry/pg_store.py). None: registry.db in the data directory.
     url: str | None = None
 
 
@@ -400,6 +403,13 @@ class Settings:
                 raise ConfigError(message)
         for problem in self.cluster.problems():
             raise ConfigError(problem)
+        if self.registry.url and not self.cluster.enabled and self.cluster.node_id < 0:
+            # Hubs sharing a registry without a cluster to claim numbers in: each needs its
+            # own number, or their MessageIds (registry/ids.py) could be the same.
+            raise ConfigError(
+                "registry.url without cluster.nats_urls needs cluster.node_id (--node-id "
+                "0-1023, a different one on each hub sharing the registry): MessageIds carry it"
+            )
         for name in ("aliyun_rate_limits", "aws_rate_limits"):
             try:
                 parse_rate_overrides(getattr(self.api, name))

@@ -64,20 +64,37 @@ class PgServer:
                 [str(BIN / "initdb"), "-D", str(self.data), "-U", "postgres", "-E", "UTF8",
                  "--auth-local=trust", "--auth-host=scram-sha-256", "--no-sync"],
             )  # fmt: skip
-            options = (
-                f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
-                "-c fsync=off -c max_connections=50"
-            )
-            self._as_owner(
-                [str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "pg.log"),
-                 "-o", options, "-w", "-t", str(int(TIMEOUT)), "start"],
-            )  # fmt: skip
-            self._started = True
+            self._pg_ctl_start()
             self.psql(f"CREATE ROLE {self.user} LOGIN PASSWORD '{self.password}'")
             self.psql(f"CREATE DATABASE {self.database} OWNER {self.user}")
         except BaseException:
             self.stop()
             raise
+
+    def _pg_ctl_start(self) -> None:
+        options = (
+            f"-p {self.port} -k {self.directory} -c listen_addresses=127.0.0.1 "
+            "-c fsync=off -c max_connections=50"
+        )
+        self._as_owner(
+            [str(BIN / "pg_ctl"), "-D", str(self.data), "-l", str(self.directory / "pg.log"),
+             "-o", options, "-w", "-t", str(int(TIMEOUT)), "start"],
+        )  # fmt: skip
+        self._started = True
+
+    def kill(self) -> None:
+        """Stop the server abruptly, by the postmaster's PID (SIGQUIT: its children exit at
+        once, no checkpoint), as a crash or a network cut would look to its clients; its
+        directory is kept for ``restart``."""
+        pid = self.pid()
+        assert pid is not None, "the server is not running"
+        _signal_and_wait(pid, signal.SIGQUIT)
+        self._started = False
+
+    def restart(self) -> None:
+        """Start the server again on the same directory and port (after ``kill``)."""
+        (self.data / "postmaster.pid").unlink(missing_ok=True)
+        self._pg_ctl_start()
 
     def psql(self, sql: str, *, as_hub: bool = False) -> str:
         """Run ``sql``: as the superuser over the Unix socket, or as the hub's user over TCP
@@ -132,8 +149,12 @@ class PgServer:
 
 def _kill(pid: int) -> None:
     """SIGKILL ``pid`` and wait until it is gone (it is pg_ctl's child, not ours to wait on)."""
+    _signal_and_wait(pid, signal.SIGKILL)
+
+
+def _signal_and_wait(pid: int, signum: int) -> None:
     try:
-        os.kill(pid, signal.SIGKILL)
+        os.kill(pid, signum)
     except ProcessLookupError:
         return
     deadline = time.monotonic() + 10

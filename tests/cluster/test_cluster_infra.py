@@ -60,15 +60,18 @@ def test_postgresql_serves_the_hub_user_over_tcp_with_its_password(postgres: PgS
     assert postgres.pid() is not None
 
 
-def test_a_postgresql_registry_is_refused_clearly_for_now(
+def test_hubs_sharing_a_registry_without_a_cluster_need_a_node_id(
     postgres: PgServer, tmp_path: Path
 ) -> None:
+    # Without NATS to claim node numbers in, two hubs on one registry could issue the same
+    # MessageIds: each must be given its own number.
     result = serve("--registry", postgres.url, tmp_path=tmp_path)
     assert result.returncode != 0
-    assert "not yet supported" in result.stderr
-    # Stored in the settings for when it is.
-    settings = load_settings(environ={}, overrides={"registry.url": postgres.url})
-    assert settings.registry.url == postgres.url
+    assert "needs cluster.node_id" in result.stderr
+    settings = load_settings(
+        environ={}, overrides={"registry.url": postgres.url, "cluster.node_id": 7}
+    )
+    assert (settings.registry.url, settings.cluster.node_id) == (postgres.url, 7)
 
 
 def test_cluster_settings_from_flags_environment_and_file(tmp_path: Path) -> None:

@@ -158,7 +158,16 @@ def test_cluster_subjects_per_account() -> None:
     assert subjects.message("acc-1", "a/b") == "thinghub.m.acc-1.t.a.b"
     assert subjects.message("", "a") == "thinghub.m.=.t.a"
     assert subjects.retained("root", "$SYS/x") == "thinghub.r.root.s.=24SYS.x"
-    assert subjects.subscriptions("root", "a/#") == ("thinghub.m.root.t.a.>", "thinghub.m.root.t.a")
+    assert subjects.subscriptions("root", "a/#") == (
+        "thinghub.m.root.t.a.>",
+        "thinghub.m.root.t.a",
+        "thinghub.q.root.t.a.>",
+        "thinghub.q.root.t.a",
+    )
+    # QoS 1/2 messages: the stream's space, matched by the filter's "q" subscriptions.
+    assert subjects.queued("acc-1", "a/b") == "thinghub.q.acc-1.t.a.b"
+    assert nats_matches(subjects.queued_all, "thinghub.q.acc-1.t.a.b")
+    assert subjects.topic_of("thinghub.q.acc-1.t.a.b") == ("acc-1", "a/b")
     assert subjects.topic_of("thinghub.m.=.t.=.x") == ("", "/x")
     assert subjects.topic_of(subjects.retained("a.b", "é/ /")) == ("a.b", "é/ /")
     with pytest.raises(ValueError):
@@ -175,7 +184,12 @@ def test_topics_and_filters_too_long_for_a_subject_still_reach_every_node() -> N
     assert hashed != subjects.retained("root", long_topic + "x")  # one subject per topic
     assert nats_matches(subjects.retained_all, hashed)
     # A long filter takes the whole account: the receiving node's trie decides.
-    assert subjects.subscriptions("root", long_topic + "/#") == ("thinghub.m.root.>",)
+    assert subjects.subscriptions("root", long_topic + "/#") == (
+        "thinghub.m.root.>",
+        "thinghub.q.root.>",
+    )
+    # A QoS 1/2 message on such a topic takes the core path (no stream subject).
+    assert subjects.queued("root", long_topic) is None
     assert nats_matches(subjects.long_all, subjects.long_subject("root"))
 
 

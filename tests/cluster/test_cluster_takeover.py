@@ -84,8 +84,9 @@ def test_the_will_goes_out_when_the_new_connection_starts_clean(
 def test_a_session_taken_over_ends_on_the_node_that_held_it(
     nodes: list[HubNode], client: MakeClient
 ) -> None:
-    """Sessions do not move between nodes yet: the new node starts a new one (Session
-    Present 0) and the old node drops its copy, so nothing more is queued there."""
+    """The new node resumes the session from the cluster's record (Session Present 1, its
+    subscription in place: cluster/consumers.py) and the old node drops its copy, so nothing
+    more is queued there."""
     n1, n2, n3 = nodes
     client_id = unique("persist")
     topic = unique("persist-topic")
@@ -97,13 +98,12 @@ def test_a_session_taken_over_ends_on_the_node_that_held_it(
     assert n1.get_json("/api/stats")["sessions"] == sessions + 1  # kept while offline
     before = claims(n2)
     again = client(n2, client_id=client_id, session_expiry=3600, connect=False)
-    assert again.connect(clean=False).session_present is False
+    assert again.connect(clean=False).session_present is True
     wait_for(lambda: claims(n2) > before, what="n2's claim")
     wait_for(
         lambda: n1.get_json("/api/stats")["sessions"] == sessions,
         what="n1 to end the session taken over",
     )
-    again.subscribe(topic, 1)
     settle(nodes)
     client(n3).publish(topic, b"to the new node", 1)
     assert again.expect_message().payload == b"to the new node"

@@ -43,14 +43,17 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from ..broker.auth import Credential, Decision
 from ..broker.broker import Broker, session_key
 from ..broker.session import Session
+from ..mqtt.packets import Connect
+from ..mqtt.types import ReasonCode
 from ..registry.models import Device
 from ..registry.registry import Registry
 from .aliyun_device import device_client_id
-from .broker_hooks import ANONYMOUS, RegistryHooks
+from .broker_hooks import ANONYMOUS, RegistryHooks, uses_device_sign_in
 
-__all__ = ["BATCH_SIZE", "WATCH_INTERVAL_S", "DeviceWatch"]
+__all__ = ["BATCH_SIZE", "WATCH_INTERVAL_S", "DeviceWatch", "RegistrySignInGate"]
 
 log = logging.getLogger("thinghub.auth")
 
@@ -221,8 +224,11 @@ class DeviceWatch:
     async def _compare(self) -> None:
         # A device deleted by another process may still sit in the sign-in cache (up to its
         # TTL): drop it first, so a sign-in from now on reads the record afresh, and every
-        # sign-in before this point is in the snapshot below.
-        self._registry.forget_cached_devices()
+        # sign-in before this point is in the snapshot below. A shared registry's copy has
+        # evicted exactly the devices each change touched already (registry/pg_store.py):
+        # the cache is kept, and serves sign-ins while PostgreSQL is out of reach.
+        if not self._registry.store.shared:
+            self._registry.forget_cached_devices()
         owned = [(key, iot) for key, iot in self._hooks.owners.items() if iot != ANONYMOUS]
         anonymous = self._hooks.anonymous_account
         products, present = await self._in_thread(
@@ -357,6 +363,43 @@ class DeviceWatch:
                         row[2], row[3], bool(row[4]), row[5] is not None
                     )
         return accounts, records
+
+
+# While a shared registry (registry/pg_store.py) is out of reach, this node's copy of it may
+# lag a change it will never hear of (a device disabled or deleted meanwhile): a sign-in it
+# cannot answer from the sign-in cache is refused before its credentials are looked at, MQTT 5
+# 0x88 Server unavailable (§3.2.2.2), 3.1.1 return code 3 (§3.2.2.3); the client retries.
+_REGISTRY_UNAVAILABLE = Decision.deny(
+    ReasonCode.SERVER_UNAVAILABLE, "the registry is out of reach from this node: try again later"
+)
+
+
+class RegistrySignInGate:
+    """The broker's authenticator in front of ``RegistryHooks`` on a node whose registry is
+    shared (PostgreSQL). While ``fresh()`` is False: an Alibaba device signs in only if the
+    sign-in cache holds it (``Registry.sign_in_cached``); a client certificate or a signed
+    URL (an AWS IoT identity, whose records the copy may hold stale) is refused; an anonymous
+    client, which the registry does not vouch for, is the hooks' to judge as always."""
+
+    def __init__(self, hooks: RegistryHooks, registry: Registry, fresh: Callable[[], bool]) -> None:
+        self._hooks = hooks
+        self._registry = registry
+        self._fresh = fresh
+
+    def authenticate(self, connect: Connect, peer: str) -> Decision:
+        if not self._fresh() and uses_device_sign_in(connect):
+            assert connect.username is not None
+            device_name, _amp, product_key = connect.username.partition("&")
+            if not self._registry.sign_in_cached(product_key, device_name):
+                return _REGISTRY_UNAVAILABLE
+        return self._hooks.authenticate(connect, peer)
+
+    def authenticate_credential(
+        self, connect: Connect, peer: str, credential: Credential
+    ) -> Decision:
+        if not self._fresh():
+            return _REGISTRY_UNAVAILABLE
+        return self._hooks.authenticate_credential(connect, peer, credential)
 
 
 def _batches(items: Sequence[T], size: int) -> Iterable[Sequence[T]]:

@@ -70,6 +70,14 @@ class SharePlan(Protocol):
     ) -> tuple[tuple[TrieKey, TrieValue], ...]: ...
 
 
+class AckTicket(Protocol):
+    """Replicated storage an acknowledgement waits for besides the store's commit (the
+    cluster's message stream, thinghub/cluster/stream.py): ``then`` calls back once, with 0
+    when it is stored there, else the MQTT 5 reason code its publisher is refused with."""
+
+    def then(self, callback: Callable[[int], None]) -> None: ...
+
+
 class ClusterLink(Protocol):
     """The seam to the other nodes of a cluster (thinghub/cluster/node.py); None on a hub of
     its own. Asked, for each message published here, which node delivers each shared group
@@ -83,6 +91,9 @@ class ClusterLink(Protocol):
 
     def forward(self, message: Message, plan: SharePlan | None) -> int: ...
 
+    def take_ticket(self) -> AckTicket | None:
+        """What the acknowledgement of the message just published waits for, if anything."""
+
     def subscribed(self, account: str, full_filter: str) -> None: ...
 
     def unsubscribed(self, account: str, full_filter: str) -> None: ...
@@ -90,6 +101,30 @@ class ClusterLink(Protocol):
     def session_opened(self, session: Session, clean_start: bool) -> None: ...
 
     def session_ended(self, session: Session) -> None: ...
+
+    # Persistent sessions kept in the cluster (thinghub/cluster/consumers.py): their
+    # subscriptions and QoS 1/2 copies live in JetStream, so they resume on any node.
+
+    def streams(self, message: Message) -> bool:
+        """Whether ``message`` goes through the cluster's message stream (then the fan-out
+        skips the copies of the sessions whose consumers bring them: ``Session.streamed``)."""
+
+    def resume_session(self, session: Session) -> bool:
+        """A new session here, not clean: rebuilt from the cluster's record of it, if it was
+        held on another node (its subscriptions restored); True then (Session Present)."""
+
+    def session_closed(self, session: Session) -> None:
+        """The session's connection is gone; the session lives on (its expiry runs)."""
+
+    def check_subscription(self, session: Session, topic_filter: str, qos: int) -> int | None:
+        """None if the subscription can be kept in the cluster, else the reason code to
+        refuse it with (its message stream or NATS out of reach: MQTT 5 0x97 / 0x80)."""
+
+    def subscription_kept(self, session: Session, entry: SubscriptionEntry, new: bool) -> None:
+        """A subscription of a persistent session (its SUBACK waits: ``take_ticket``)."""
+
+    def subscription_dropped(self, session: Session, full_filter: str) -> None:
+        """A persistent session's UNSUBSCRIBE (its UNSUBACK waits: ``take_ticket``)."""
 
 
 class Broker:
@@ -294,6 +329,9 @@ class Broker:
             self.set_session_expiry(session, expiry)
         session.client = client
         if self.cluster is not None:
+            if not present and not clean_start and session.persistent:
+                # Held on another node until now (or on one that died): resumed here.
+                present = self.cluster.resume_session(session)
             self.cluster.session_opened(session, clean_start)  # a client id is cluster-wide
         if session.persistent:
             # Durability: the session's expiry clock is stopped while connected.
@@ -319,6 +357,8 @@ class Broker:
     def close_session(self, session: Session, will: Will | None, will_delay: int) -> None:
         """The session's connection is gone: start its expiry clock and schedule its will."""
         session.client = None
+        if self.cluster is not None:
+            self.cluster.session_closed(session)
         expiry = session.expiry_interval
         if session.persistent and expiry > 0:
             # Durability: the store counts the expiry from this wall-clock time, so
@@ -415,8 +455,11 @@ class Broker:
                 space.groups[(group, topic_filter)] = shared
             shared.members.append(entry)
             space.subscriptions.add(topic_filter, ("$share", group), shared)
-        if self.cluster is not None:
-            self.cluster.subscribed(session.account, sub.topic_filter)
+        cluster = self.cluster
+        if cluster is not None:
+            cluster.subscribed(session.account, sub.topic_filter)
+            if session.persistent:
+                cluster.subscription_kept(session, entry, old is None)
         if session.persistent:
             self.store.save_subscription(session.key, _stored(entry))
         return old is None
@@ -430,6 +473,8 @@ class Broker:
         self._remove_from_trie(entry)
         if session.persistent:
             self.store.delete_subscription(session.key, full_filter)
+            if self.cluster is not None:
+                self.cluster.subscription_dropped(session, full_filter)
         return True
 
     def _remove_from_trie(self, entry: SubscriptionEntry) -> None:
@@ -540,11 +585,25 @@ class Broker:
             if recorder is not None and slot != UNTRACED:
                 recorder.hidden(slot, _subscribers(matches))
             return 0
+        deliver = self.deliver
+        cluster = self.cluster
+        if cluster is not None and message.qos and cluster.streams(message):
+            # The persistent sessions' QoS 1/2 copies come from their JetStream consumers.
+            if recorder is None or slot == UNTRACED:
+                return fan_out(message, matches, self._deliver_unstreamed, None, 0, deliver)
+            copies = fan_out(
+                message,
+                matches,
+                self._deliver_unstreamed,
+                recorder.handed[slot],
+                recorder.max_sessions,
+                deliver,
+            )
+            recorder.routed(slot, copies)
+            return copies
         if recorder is None or slot == UNTRACED:
-            return fan_out(message, matches, self.deliver)
-        copies = fan_out(
-            message, matches, self.deliver, recorder.handed[slot], recorder.max_sessions
-        )
+            return fan_out(message, matches, deliver)
+        copies = fan_out(message, matches, deliver, recorder.handed[slot], recorder.max_sessions)
         recorder.routed(slot, copies)
         return copies
 
@@ -602,6 +661,18 @@ class Broker:
                 self.trace.event(message.id, session.client_id, fates.SLOW_CONSUMER)
             return
         session.delivery.offer(Outgoing(message, qos, retain, subscription_ids))
+
+    def _deliver_unstreamed(
+        self,
+        session: Session,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...] = (),
+    ) -> None:
+        if qos and session.streamed:
+            return  # its consumer in the cluster's message stream brings this copy
+        self.deliver(session, message, qos, retain, subscription_ids)
 
     # ------------------------------------------------------------------ retained
 

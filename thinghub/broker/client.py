@@ -12,9 +12,11 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING, Protocol
+from functools import partial
+from typing import TYPE_CHECKING, Any, Protocol
 
 from ..message import Message
 from ..mqtt import codec
@@ -50,7 +52,7 @@ from .stats import SAMPLE_MASK
 
 if TYPE_CHECKING:
     from ..config import MQTTSettings
-    from .broker import Broker
+    from .broker import AckTicket, Broker
 
 log = logging.getLogger("thinghub.client")
 
@@ -83,8 +85,32 @@ class Link(Protocol):
         ...
 
 
+class _AllOf:
+    """Several acknowledgement tickets as one: calls back once all are in, with the first
+    refusal's reason code (0: all stored)."""
+
+    __slots__ = ("_tickets",)
+
+    def __init__(self, tickets: list[AckTicket]) -> None:
+        self._tickets = tickets
+
+    def then(self, callback: Callable[[int], None]) -> None:
+        state = [len(self._tickets), 0]
+
+        def one(refused: int) -> None:
+            if refused and not state[1]:
+                state[1] = refused
+            state[0] -= 1
+            if not state[0]:
+                callback(state[1])
+
+        for ticket in self._tickets:
+            ticket.then(one)
+
+
 class Client:
     __slots__ = (
+        "_ack_chain",
         "_acks_waiting",
         "_aliases_out",
         "_held",
@@ -139,6 +165,9 @@ class Client:
         self._aliases_out: dict[str, int] | None = None
         # Acknowledgements waiting for the store's commit (see _acknowledge).
         self._acks_waiting = 0
+        # In a cluster, answers that also wait for replicated storage, in request order
+        # (see _chain); None while there are none.
+        self._ack_chain: deque[list[Any]] | None = None
         # Bytes received before the CONNECT's turn came (Broker.may_connect_now): None once
         # the connection may be served, b"" (or more) while it waits.
         self._held: bytes | None = b""
@@ -651,6 +680,7 @@ class Client:
             return
 
         reason = ReasonCode.SUCCESS
+        ticket: AckTicket | None = None
         writes = broker.store.sequence
         if props.payload_format_indicator == 1 and not _is_utf8(packet.payload):
             reason = ReasonCode.PAYLOAD_FORMAT_INVALID  # §3.3.2.3.2 (MAY)
@@ -677,6 +707,8 @@ class Client:
                         f"not authorized to retain on {topic}",
                     )
                 matched = broker.publish(message, info)
+                if broker.cluster is not None:
+                    ticket = broker.cluster.take_ticket()
             except PublishRefused as refusal:
                 if (
                     refusal.kind is Refusal.NOT_AUTHORIZED
@@ -712,7 +744,69 @@ class Client:
                 if session.persistent:
                     broker.store.set_inbound_qos2(session.key, packet_id or 0, True)
             ack = PubRec(packet_id=packet_id or 0, reason_code=code)
-        self._acknowledge(ack, broker.store.sequence != writes)
+        if ticket is None:
+            self._acknowledge(ack, broker.store.sequence != writes)
+            return
+
+        def answer(refused: int) -> None:
+            # In a cluster: once the message stream has it (cluster/stream.py). Refused there,
+            # the publisher is not told it was accepted: 3.1.1 (no negative acknowledgement)
+            # is disconnected and sends it again, as when the store refuses.
+            if not refused:
+                self._send_unless_closed(ack)
+                return
+            if qos == 2:
+                self._forget_inbound(packet_id or 0)
+            if not self.is_v5:
+                log.warning("message stream not accepting: disconnecting %s", self.client_id)
+                self._close()
+            elif qos == 1:
+                self._send_unless_closed(PubAck(packet_id=packet_id or 0, reason_code=refused))
+            else:
+                self._send_unless_closed(PubRec(packet_id=packet_id or 0, reason_code=refused))
+
+        self._chain(answer, ticket)
+
+    def _forget_inbound(self, packet_id: int) -> None:
+        session = self.session
+        if session is not None and session.awaits_release(packet_id):
+            session.receiving(packet_id, False)
+            if session.persistent:
+                self.broker.store.set_inbound_qos2(session.key, packet_id, False)
+
+    def _chain(self, answer: Callable[[int], None], ticket: AckTicket | None) -> None:
+        """An answer that waits for the store's commit and for ``ticket`` (the cluster's
+        replicated storage), in request order [MQTT-4.6.0-2]: answers are queued here while
+        one of them waits for a ticket, and sent from the front as they become ready.
+        ``answer`` gets the ticket's refusal reason code, 0 when stored."""
+        chain = self._ack_chain
+        if chain is None:
+            chain = self._ack_chain = deque()
+        # [answer, conditions outstanding, refusal reason code]
+        entry: list[Any] = [answer, 1 if ticket is None else 2, 0]
+        chain.append(entry)
+        self._acks_waiting += 1
+
+        def one(refused: int = 0) -> None:
+            if refused and not entry[2]:
+                entry[2] = refused
+            entry[1] -= 1
+            if not entry[1]:
+                self._flush_chain()
+
+        # After everything the store was told so far (earlier answers waiting on it too).
+        self.broker.store.after_commit(one)
+        if ticket is not None:
+            ticket.then(one)
+
+    def _flush_chain(self) -> None:
+        chain = self._ack_chain
+        while chain and not chain[0][1]:
+            answer, _conditions, refused = chain.popleft()
+            self._acks_waiting -= 1
+            answer(refused)
+        if not chain:
+            self._ack_chain = None
 
     def _acknowledge(self, ack: Packet, must_wait: bool) -> None:
         """Acknowledged means stored: an answer whose request changed the store goes out once
@@ -721,6 +815,10 @@ class Client:
         behind it (the store runs commit callbacks in order)."""
         if not must_wait and not self._acks_waiting:
             self._send(ack)
+            return
+        if self._ack_chain is not None:
+            # Behind an answer that waits for the cluster: keep the order.
+            self._chain(lambda _refused: self._send_unless_closed(ack), None)
             return
         self._acks_waiting += 1
 
@@ -782,15 +880,25 @@ class Client:
         to_send: list[tuple[str, int, int | None]] = []
         if not self.is_v5 and self._denied_and_closed(packet):
             return
+        cluster = broker.cluster
+        # In a cluster, a persistent session's subscriptions are kept in JetStream before the
+        # SUBACK says so: (index in codes, filter, what it waits for).
+        waits: list[tuple[int, str, AckTicket]] = []
         for sub in packet.subscriptions:
             code = self._check_subscription(session, sub.topic_filter, sub.no_local)
+            granted = min(sub.qos, settings.max_qos)
+            if code is None and cluster is not None and session.persistent:
+                code = cluster.check_subscription(session, sub.topic_filter, granted)
             if code is not None:
                 codes.append(code if self.is_v5 else _FAILURE_V3)
                 continue
-            granted = min(sub.qos, settings.max_qos)
             sub = replace(sub, qos=granted) if granted != sub.qos else sub
             is_new = broker.subscribe(session, sub, subscription_id)
             codes.append(granted)
+            if cluster is not None:
+                ticket = cluster.take_ticket()
+                if ticket is not None:
+                    waits.append((len(codes) - 1, sub.topic_filter, ticket))
             shared = sub.topic_filter.startswith("$share/")
             # Retain Handling (§3.8.3.1); no retained messages for shared subscriptions (§4.8.2).
             if not shared and (sub.retain_handling == 0 or (sub.retain_handling == 1 and is_new)):
@@ -800,14 +908,23 @@ class Client:
             if self.closed:
                 return
             self._send(SubAck(packet_id=packet.packet_id, reason_codes=tuple(codes)))
+            refused = {f for i, f, _t in waits if codes[i] >= 0x80}
             for topic_filter, granted, sid in to_send:
+                if topic_filter in refused:
+                    continue
                 for message in broker.retained_for(self.account, topic_filter):
                     sub_ids = () if sid is None else (sid,)
                     broker.deliver(session, message, min(message.qos, granted), True, sub_ids)
 
         # A persistent session's new subscriptions are on disk before the SUBACK says so,
         # and the SUBACK keeps its place among the acknowledgements.
-        if broker.store.sequence != writes or self._acks_waiting:
+        if waits:
+            for index, topic_filter, ticket in waits:
+                ticket.then(partial(self._subscription_stored, index, topic_filter, codes))
+            self._chain(lambda _refused: answer(), _AllOf([t for _i, _f, t in waits]))
+        elif self._ack_chain is not None:
+            self._chain(lambda _refused: answer(), None)
+        elif broker.store.sequence != writes or self._acks_waiting:
             self._acks_waiting += 1
 
             def later() -> None:
@@ -817,6 +934,18 @@ class Client:
             broker.store.after_commit(later)
         else:
             answer()
+
+    def _subscription_stored(
+        self, index: int, topic_filter: str, codes: list[int], refused: int
+    ) -> None:
+        """The cluster could not keep a persistent session's subscription (its JetStream
+        consumer or its record): refused in the SUBACK (3.1.1: 0x80) and removed."""
+        if not refused:
+            return
+        codes[index] = refused if self.is_v5 else _FAILURE_V3
+        session = self.session
+        if session is not None:
+            self.broker.unsubscribe(session, topic_filter)
 
     def _denied_and_closed(self, packet: Subscribe) -> bool:
         """A 3.1.1 client whose policy says so (AWS IoT's answer) is disconnected, with
@@ -880,6 +1009,12 @@ class Client:
             for f in packet.topic_filters
         )
         ack = UnsubAck(packet_id=packet.packet_id, reason_codes=codes if self.is_v5 else ())
+        cluster = self.broker.cluster
+        ticket = cluster.take_ticket() if cluster is not None else None
+        if ticket is not None:
+            # A persistent session's subscription record in the cluster is updated first.
+            self._chain(lambda _refused: self._send_unless_closed(ack), ticket)
+            return
         self._acknowledge(ack, self.broker.store.sequence != writes)
 
     def _handle_pingreq(self, packet: PingReq) -> None:

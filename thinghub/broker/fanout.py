@@ -30,10 +30,15 @@ def fan_out(
     deliver: Deliver,
     handed: list[str] | None = None,
     limit: int = 0,
+    deliver_shared: Deliver | None = None,
 ) -> int:
     """Deliver one copy of ``message`` per matched session and shared group; returns how
     many copies were handed over. With ``handed``, the client ids of the sessions given a
-    copy are appended to it, in delivery order, until it holds ``limit``."""
+    copy are appended to it, in delivery order, until it holds ``limit``. A shared group's
+    copy goes to ``deliver_shared`` when given (in a cluster, ``deliver`` skips the copies a
+    session's JetStream consumers bring, and shared subscriptions have none)."""
+    if deliver_shared is None:
+        deliver_shared = deliver
     if len(matches) == 1:
         value = matches[0][1]
         entry = value.pick() if type(value) is SharedGroup else value
@@ -41,7 +46,7 @@ def fan_out(
         if entry.no_local and entry.session.client_id == message.origin:
             return 0
         sub_ids = () if entry.subscription_id is None else (entry.subscription_id,)
-        deliver(
+        (deliver if entry is value else deliver_shared)(
             entry.session,
             message,
             min(message.qos, entry.qos),
@@ -81,7 +86,7 @@ def fan_out(
         deliver(session, message, min(qos, granted), retain and rap, tuple(ids))
     for entry in shared:
         sub_ids = () if entry.subscription_id is None else (entry.subscription_id,)
-        deliver(
+        deliver_shared(
             entry.session,
             message,
             min(qos, entry.qos),

@@ -63,6 +63,9 @@ class Outgoing:
     # False while a QoS 2 copy for a persistent session waits for the store's commit: it is
     # not sent before it is durable (see Broker._deliver_outgoing).
     durable: bool = True
+    # A copy from the cluster's message stream (``offer_stream``): JetStream keeps it, the
+    # store never has it.
+    streamed: bool = False
 
     @property
     def size(self) -> int:
@@ -334,6 +337,36 @@ class SessionQueue:
         if self._session.client is not None:
             self.fill_window()
 
+    def offer_stream(self, out: Outgoing, packet_id: int, dup: bool) -> bool:
+        """A copy from the cluster's message stream (thinghub/cluster/consumers.py), which
+        holds it until ``out.on_acked`` acknowledges it there: it is never stored or queued
+        here. Sent now under ``packet_id`` (derived from its stream sequence, so that a
+        redelivery on another node carries the same one, [MQTT-4.4.0-1]), or the next free
+        one; False when the receiver cannot take it now (offline, window full): the stream
+        delivers it again later."""
+        client: Receiver | None = self._session.client
+        if client is None or not client.connected or self.window_full(client.window):
+            return False
+        inflight = self.inflight
+        while packet_id in inflight:
+            packet_id = packet_id % 65535 + 1
+        out.packet_id = packet_id
+        out.streamed = True
+        inflight[packet_id] = out
+        trace = self._ctx.trace
+        if trace is not None:
+            fate = fates.RESENT if dup else fates.SENT
+            trace.offered(out.message.id, self._session.client_id, fate, out.qos)
+        client.send_publish(out, dup)
+        return True
+
+    def forget(self, out: Outgoing) -> None:
+        """A copy from the cluster's message stream leaves without acknowledgement (its
+        connection closed, the session moved to another node): the stream delivers it again
+        wherever the session is next."""
+        if self.inflight.get(out.packet_id) is out:
+            del self.inflight[out.packet_id]
+
     # ------------------------------------------------------------------ messages out
 
     def fill_window(self) -> None:
@@ -457,7 +490,7 @@ class SessionQueue:
     def _done(self, out: Outgoing) -> None:
         """A QoS 1/2 delivery left the session: acknowledged, refused, expired or too large."""
         session = self._session
-        if session.persistent:
+        if session.persistent and not out.streamed:
             self._ctx.store.remove_delivery(session.key, out.message.id)
 
     # ------------------------------------------------------------------ acknowledgements
@@ -498,7 +531,7 @@ class SessionQueue:
             trace.event(out.message.id, self._session.client_id, fates.RECEIVED, 2)
         out.released = True
         session = self._session
-        if session.persistent:
+        if session.persistent and not out.streamed:
             self._ctx.store.set_released(session.key, packet_id)
         return PubRecOutcome.RELEASED
 

@@ -85,6 +85,7 @@ class Session:
         "key",
         "pending_will",
         "persistent",
+        "streamed",
         "subscription_bytes",
         "subscriptions",
         "will_timer",
@@ -101,6 +102,10 @@ class Session:
         self.expiry_interval = expiry_interval
         # Outlives its connection (Session Expiry Interval > 0), so its state is persisted.
         self.persistent = False
+        # In a cluster: its QoS 1/2 copies of the messages in the cluster's message stream
+        # come from its JetStream consumers (thinghub/cluster/consumers.py), not from the
+        # broker's fan-out, which skips them (Broker._route_here).
+        self.streamed = False
         self.client: Client | None = None
         # Keyed by the filter as sent (with any $share prefix) [MQTT-3.8.4-3].
         self.subscriptions: dict[str, SubscriptionEntry] = {}

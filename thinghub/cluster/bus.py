@@ -44,6 +44,9 @@ log = logging.getLogger("thinghub.cluster")
 
 #: Called with the subject (bytes, as it came off the wire) and the payload of a message.
 Handler = Callable[[bytes, bytes], None]
+#: Called with the subject, the reply subject and the payload (JetStream deliveries, whose
+#: reply subject is where they are acknowledged: cluster/consumers.py).
+ReplyHandler = Callable[[bytes, bytes, bytes], None]
 COMPONENT = "cluster"
 
 
@@ -53,6 +56,7 @@ class _Connection(NATSClient):
     def __init__(self, on_error: Callable[[BaseException], None]) -> None:
         super().__init__()
         self.inline: dict[int, Handler] = {}
+        self.inline_reply: dict[int, ReplyHandler] = {}
         self._on_error = on_error
 
     async def _process_msg(
@@ -60,8 +64,17 @@ class _Connection(NATSClient):
     ) -> None:
         handler = self.inline.get(sid)
         if handler is None:
-            # JetStream replies and anything else nats-py serves itself.
-            await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+            with_reply = self.inline_reply.get(sid)
+            if with_reply is None:
+                # JetStream API replies and anything else nats-py serves itself.
+                await super()._process_msg(sid, subject, reply, data, headers)  # type: ignore[arg-type]
+                return
+            self.stats["in_msgs"] += 1
+            self.stats["in_bytes"] += len(data)
+            try:
+                with_reply(subject, reply, data)
+            except Exception as error:
+                self._on_error(error)
             return
         self.stats["in_msgs"] += 1
         self.stats["in_bytes"] += len(data)
@@ -78,9 +91,10 @@ class BusSubscription:
 
     subject: str
     queue: str
-    handler: Handler
+    handler: Handler | None
     sub: Subscription | None = None
     cancelled: bool = False
+    reply_handler: ReplyHandler | None = None
 
 
 @dataclass
@@ -191,9 +205,17 @@ class Bus:
             and self._queued_bytes + size <= self.settings.outbound_buffer_bytes
         )
 
-    def send(self, subject: str, payload: bytes) -> bool:
+    def send(
+        self,
+        subject: str,
+        payload: bytes,
+        reply: str = "",
+        on_failed: Callable[[], None] | None = None,
+    ) -> bool:
         """Queue one message for NATS. False, and nothing queued, when NATS is out of reach
-        or ``outbound_buffer_bytes`` are already waiting."""
+        or ``outbound_buffer_bytes`` are already waiting. ``reply``: where the answer goes (a
+        JetStream publish acknowledgement, cluster/stream.py); ``on_failed`` is called if
+        nats-py will not take the message after all."""
         if not self._connected.is_set():
             self.counters.refused_disconnected += 1
             return False
@@ -202,7 +224,7 @@ class Bus:
             self.counters.refused_full += 1
             return False
         self._queued_bytes += size
-        self._ops.append(("pub", subject, payload))
+        self._ops.append(("pub", subject, payload, reply, on_failed))
         self._wake.set()
         return True
 
@@ -210,6 +232,15 @@ class Bus:
         """Subscribe (once connected, and again after every reconnect); ``queue`` makes it a
         member of that queue group: NATS gives each message to one member of a group."""
         subscription = BusSubscription(subject, queue, handler)
+        self._ops.append(("sub", subscription))
+        self._wake.set()
+        return subscription
+
+    def subscribe_with_reply(
+        self, subject: str, handler: ReplyHandler, queue: str = ""
+    ) -> BusSubscription:
+        """``subscribe`` for a handler that needs each message's reply subject."""
+        subscription = BusSubscription(subject, queue, None, reply_handler=handler)
         self._ops.append(("sub", subscription))
         self._wake.set()
         return subscription
@@ -313,10 +344,12 @@ class Bus:
                 payload: bytes = op[2]
                 self._queued_bytes -= len(payload)
                 try:
-                    await nc.publish(op[1], payload)
+                    await nc.publish(op[1], payload, reply=op[3])
                 except nats.errors.Error as error:
                     counters.failed += 1
                     log.debug("NATS would not take a message: %s", error)
+                    if op[4] is not None:
+                        op[4]()
                     continue
                 counters.sent += 1
                 counters.sent_bytes += len(payload)
@@ -326,12 +359,16 @@ class Bus:
                     continue
                 sub = await nc.subscribe(subscription.subject, queue=subscription.queue)
                 subscription.sub = sub
-                nc.inline[sub._id] = subscription.handler
+                if subscription.handler is not None:
+                    nc.inline[sub._id] = subscription.handler
+                elif subscription.reply_handler is not None:
+                    nc.inline_reply[sub._id] = subscription.reply_handler
             else:
                 subscription = op[1]
                 held = subscription.sub
                 if held is not None:
                     nc.inline.pop(held._id, None)
+                    nc.inline_reply.pop(held._id, None)
                     subscription.sub = None
                     try:
                         await held.unsubscribe()

@@ -18,12 +18,14 @@ node delivers each shared group a message matches (before its local fan-out), th
   publishing client's id) and Retain As Published, exactly as for a local publisher; of the
   shared groups, it serves those the publishing node gave it (cluster/shared.py).
 * sessions: claimed and released in the cluster's owners bucket (cluster/owners.py), and
-  taken over when a connection for the same client id comes to another node.
+  taken over when a connection for the same client id comes to another node; a persistent
+  one is kept in JetStream (its record, a consumer per QoS 1/2 subscription) and resumed on
+  whichever node its client comes back to (cluster/consumers.py).
 
-Across the hop a message is carried by NATS at most once (core NATS, no acknowledgement):
-a QoS 1/2 message is acknowledged by the publishing node once it is stored for that node's
-own sessions. That it is stored for the other nodes' persistent sessions before the
-acknowledgement is the next step of the cluster (JetStream), documented as a limit meanwhile.
+A QoS 0 message crosses on core NATS (at most once). A QoS 1/2 message is published into the
+cluster's replicated message stream (cluster/stream.py), whatever the interest table says:
+the other nodes' core subscriptions get it from the same publication, and its publisher's
+acknowledgement waits for JetStream's (``take_ticket``), as it waits for the store's commit.
 """
 
 from __future__ import annotations
@@ -39,17 +41,20 @@ from ..health import Health
 from ..message import Message
 from . import envelope
 from .bus import Bus
+from .consumers import PersistentSessions
 from .interest import Interest
 from .owners import Owners
 from .retained import RetainedStream
+from .rpc import ClusterRpc
 from .settings import ClusterSettings
 from .shared import SharePlan, SharePlanner
+from .stream import MessageStream, Ticket
 from .subjects import Subjects
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
     from ..broker.broker import SharePlan as BrokerSharePlan
-    from ..broker.session import Session
+    from ..broker.session import Session, SubscriptionEntry
 
 log = logging.getLogger("thinghub.cluster")
 
@@ -107,7 +112,31 @@ class ClusterNode:
             self.bus, self.subjects, settings, broker.keep_retained, self.clock.time, time.time
         )
         self._retained_prefix = f"{self.subjects.prefix}.r.".encode()
+        # QoS 1/2 messages in replicated storage before they are acknowledged.
+        self.stream = MessageStream(self.bus, self.subjects, settings)
+        # The JetStream acknowledgements the message being published waits for.
+        self.ticket: Ticket | None = None
+        # Persistent sessions in JetStream: resumed on any node (cluster/consumers.py).
+        self.persistent = PersistentSessions(
+            self.bus,
+            self.subjects,
+            settings,
+            broker,
+            self.stream,
+            self.name,
+            lambda: set(self.interest.remote.nodes),
+        )
         self.planner = SharePlanner(self.name)
+        # What the HTTP APIs here ask of the node holding a session (cluster/rpc.py).
+        self.rpc = ClusterRpc(
+            self.bus,
+            self.subjects,
+            settings,
+            self.name,
+            broker,
+            self.owners.bucket,
+            lambda: self.interest.remote.nodes,
+        )
         self._logged_unreadable = False
 
     async def start(self) -> bool:
@@ -115,9 +144,15 @@ class ClusterNode:
         False when NATS was not reached within ``connect_timeout`` (the node keeps trying)."""
         self.interest.start()
         self.owners.start()
+        self.rpc.start()
+        self.stream.start()
+        self.persistent.start()
         # The sessions restored from this node's store hold filters already, and one may
         # have been taken over elsewhere while this node was down.
         for session in list(self.broker.sessions.values()):
+            # Its QoS 1/2 copies come from its consumers (cluster/consumers.py), not from
+            # this node's fan-out as well.
+            session.streamed = session.persistent
             for full_filter in session.subscriptions:
                 self.interest.added(session.account, full_filter)
             self.owners.verify(session.account, session.client_id)
@@ -127,13 +162,18 @@ class ClusterNode:
     async def stop(self) -> None:
         self.broker.cluster = None
         self.interest.stop()
+        await self.rpc.stop()
         await self.owners.stop()
         await self.retained.stop()
+        await self.persistent.stop()
         await self.bus.close()
+        await self.stream.stop()
 
     def _connected(self) -> None:
         self.interest.connected()
         self.retained.connected()
+        self.stream.connected()
+        self.persistent.connected()
 
     def accepts_sign_ins(self) -> bool:
         """Whether a new connection may be accepted now: only while this node can claim its
@@ -150,21 +190,28 @@ class ClusterNode:
         (cluster/shared.py); None when the cluster holds no shared group it matches.
 
         Raises ClusterUnavailable, before anything is delivered, for a QoS 1/2 message other
-        nodes must get that NATS cannot take now: the publisher is refused and sends again,
-        and no subscriber here gets it twice (a QoS 2 copy delivered, then its publication
-        refused and repeated, would be)."""
+        nodes must get that NATS cannot take now, and for every QoS 1/2 message while the
+        message stream cannot take it (an offline persistent session elsewhere may need it):
+        the publisher is refused and sends again, and no subscriber here gets it twice (a QoS
+        2 copy delivered, then its publication refused and repeated, would be)."""
+        self.ticket = None  # a new publication: its own acknowledgements only
         account, topic = message.account, message.topic
         if topic.startswith(NODE_LOCAL_PREFIX):
             return None
-        if (
-            message.qos
-            and (message.retain or self.interest.interested(account, topic))
-            and not self.bus.can_take(_ENVELOPE_OVERHEAD + len(topic) * 3 + len(message.payload))
-        ):
-            self.counters.not_forwarded += 1
-            raise ClusterUnavailable(
-                "the cluster cannot take the message now (NATS out of reach or behind)"
-            )
+        if message.qos:
+            size = _ENVELOPE_OVERHEAD + len(topic) * 3 + len(message.payload)
+            if self.subjects.queued(account, topic) is not None:
+                refused = not self.stream.can_take(size)
+            else:
+                refused = (
+                    message.retain or self.interest.interested(account, topic)
+                ) and not self.bus.can_take(size)
+            if refused:
+                self.counters.not_forwarded += 1
+                raise ClusterUnavailable(
+                    "the cluster cannot take the message now (NATS or its message stream out "
+                    "of reach, or behind)"
+                )
         if not self.interest.any_shared:
             return None
         remote = self.interest.remote.shared_nodes(account, topic)
@@ -190,17 +237,31 @@ class ClusterNode:
             return 0
         account = message.account
         interested = self.interest.interested(account, topic)
-        if message.retain:
-            subject = self.subjects.retained(account, topic)  # every node keeps them
-        elif interested:
-            subject = self.subjects.message(account, topic)
-        else:
+        queued = self.subjects.queued(account, topic) if message.qos else None
+        if not (message.retain or interested or queued):
             self.counters.kept_local += 1
             return 0
         shares = plan.shares if isinstance(plan, SharePlan) else None  # made by ``plan``
         data = envelope.pack(message, self.name, time.time(), self.clock.time(), shares)
-        if self.bus.send(subject, data):
-            self.counters.forwarded += 1
+        sent = True
+        if message.retain:
+            # Every node keeps it; a QoS 1/2 one is routed from its "q" publication below
+            # (_arrived), so that no subscriber gets it twice.
+            sent = self.bus.send(self.subjects.retained(account, topic), data)
+        if sent and queued is not None:
+            ticket = self.ticket
+            if ticket is None:
+                ticket = self.ticket = Ticket()
+            sent = self.stream.publish(queued, data, ticket.part())
+        elif sent and interested and not message.retain:
+            sent = self.bus.send(self.subjects.message(account, topic), data)
+        if sent:
+            # Counted by interest: a QoS 1/2 message no other node's filter matches went
+            # into the stream only (for persistent sessions), not to another node.
+            if interested or message.retain:
+                self.counters.forwarded += 1
+            else:
+                self.counters.kept_local += 1
             return 1 if interested else 0
         self.counters.not_forwarded += 1
         if message.qos:
@@ -208,6 +269,12 @@ class ClusterNode:
                 "the cluster cannot take the message now (NATS out of reach or behind)"
             )
         return 0
+
+    def take_ticket(self) -> Ticket | None:
+        """What the acknowledgement of the message just published must wait for (its
+        JetStream publications), None when nothing; cleared."""
+        ticket, self.ticket = self.ticket, None
+        return ticket
 
     def subscribed(self, account: str, full_filter: str) -> None:
         self.interest.added(account, full_filter)
@@ -217,9 +284,39 @@ class ClusterNode:
 
     def session_opened(self, session: Session, clean_start: bool) -> None:
         self.owners.claim(session.account, session.client_id, clean_start)
+        self.persistent.opened(session, clean_start)
 
     def session_ended(self, session: Session) -> None:
         self.owners.release(session.account, session.client_id)
+        self.persistent.ended(session)
+
+    def session_closed(self, session: Session) -> None:
+        self.persistent.closed(session)
+
+    def streams(self, message: Message) -> bool:
+        topic = message.topic
+        return (
+            not topic.startswith(NODE_LOCAL_PREFIX)
+            and self.subjects.queued(message.account, topic) is not None
+        )
+
+    def resume_session(self, session: Session) -> bool:
+        return self.persistent.resume(session)
+
+    def check_subscription(self, session: Session, topic_filter: str, qos: int) -> int | None:
+        return self.persistent.check_subscription(session, topic_filter, qos)
+
+    def subscription_kept(self, session: Session, entry: SubscriptionEntry, new: bool) -> None:
+        self.persistent.kept(session, entry, self._ticket())
+
+    def subscription_dropped(self, session: Session, full_filter: str) -> None:
+        self.persistent.dropped(session, full_filter, self._ticket())
+
+    def _ticket(self) -> Ticket:
+        ticket = self.ticket
+        if ticket is None:
+            ticket = self.ticket = Ticket()
+        return ticket
 
     # ------------------------------------------------------------------ from other nodes
 
@@ -238,6 +335,12 @@ class ClusterNode:
         message = arrival.message
         if subject.startswith(self._retained_prefix):
             self.retained.live(message.account, message.topic)
+            if message.qos and self.subjects.queued(message.account, message.topic):
+                # Kept here; routed from its publication into the message stream, which
+                # this node receives when its filters match (forward).
+                if not arrival.expired:
+                    self.broker.keep_retained(message)
+                return
         if arrival.expired:
             # Its Message Expiry Interval ran out on the way (§3.3.2.3.3).
             self.counters.expired += 1
@@ -253,13 +356,17 @@ class ClusterNode:
     def _taken_over(self, account: str, client_id: str, clean_start: bool) -> None:
         """A connection for this client id came to another node, which now holds its
         session: the connection here is told 0x8E (as within one node, [MQTT-3.1.4-3]) and the
-        session here ends (its state does not move between nodes yet). Its will goes out as
+        session's copy here ends (a persistent one lives on in JetStream, resumed there:
+        cluster/consumers.py). Its will goes out as
         on one node: at once if its delay is 0 or the new connection starts clean, never if
         the client resumed elsewhere within the delay [MQTT-3.1.3-9]."""
         broker = self.broker
         session = broker.session_of(account, client_id)
         if session is None:
             return
+        # Its consumers and record stay: the node that took it over holds them now, and
+        # gets back what was in flight here (cluster/consumers.py).
+        self.persistent.moving(session)
         client = session.client
         if client is not None:
             client.taken_over(publish_will=clean_start)
@@ -288,6 +395,9 @@ class ClusterNode:
                 "held": len(self.owners.claims),
                 **asdict(self.owners.counters),
             },
+            "stream": self.stream.status(),
+            "persistent_sessions": self.persistent.status(),
+            "rpc": {"nodes": self.rpc.nodes(), **asdict(self.rpc.counters)},
             "retained": {
                 "ready": self.retained.ready,
                 "catch_ups": self.retained.catch_ups,

@@ -55,6 +55,22 @@ class ClusterSettings:
     # Session ownership claims waiting for JetStream (cluster/owners.py); past it a claim is
     # dropped and counted: that connection does not take over a session held elsewhere.
     max_pending_claims: int = 100_000
+    # QoS 1/2 messages handed to the cluster's message stream (cluster/stream.py) and not yet
+    # acknowledged by JetStream: past it a QoS 1/2 publish is refused (MQTT 5: 0x97, HTTP
+    # 503) until acknowledgements come back. Each one waits at most ``request_timeout``.
+    max_unacked_publishes: int = 10_000
+    # Bounds of that stream (``<prefix>_msgs``): bytes, messages, and seconds a message is
+    # kept for persistent sessions that have not taken it. Past the first two JetStream
+    # refuses new messages (discard new), so their publishers are refused, never acknowledged.
+    stream_max_bytes: int = 256 * MIB
+    stream_max_msgs: int = 1_000_000
+    stream_max_age: float = 7 * 24 * 3600.0
+    # Seconds JetStream waits for a persistent session's acknowledgement of a message before
+    # delivering it again (its node died with it in flight: cluster/consumers.py).
+    consumer_ack_wait: float = 30.0
+    # Seconds between two sweeps of the session records for sessions whose node died and
+    # whose expiry has passed (their consumers and records are removed).
+    session_sweep_interval: float = 60.0
 
     @property
     def enabled(self) -> bool:
@@ -90,4 +106,15 @@ class ClusterSettings:
             found.append("cluster.outbound_buffer_bytes must be at least 65536")
         if self.max_pending_claims < 1:
             found.append("cluster.max_pending_claims must be at least 1")
+        if self.consumer_ack_wait < 1 or self.session_sweep_interval <= 0:
+            found.append(
+                "cluster.consumer_ack_wait must be at least 1, session_sweep_interval above 0"
+            )
+        if self.max_unacked_publishes < 1:
+            found.append("cluster.max_unacked_publishes must be at least 1")
+        if self.stream_max_bytes < MIB or self.stream_max_msgs < 1 or self.stream_max_age <= 0:
+            found.append(
+                "cluster.stream_max_bytes must be at least 1 MiB, stream_max_msgs at least 1, "
+                "stream_max_age above 0"
+            )
         return found

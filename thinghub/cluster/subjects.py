@@ -29,7 +29,10 @@ which tests/cluster/test_cluster_subjects.py checks property-based. How each rul
   level. "#" is "t.>", which never matches "s.=24SYS.x".
 
 Whole subjects are ``<prefix>.<space>.<account>.<kind>.<levels...>``: the spaces are "m"
-(messages routed by interest) and "r" (retained messages, which every node keeps); the
+(QoS 0 messages routed by interest), "q" (QoS 1/2 messages: published into the cluster's
+replicated message stream, cluster/stream.py, and routed by interest like "m": a node
+subscribes to both spaces for each filter) and "r" (retained messages, which every node
+keeps); the
 account is one escaped token ("" is "="). A subject longer than ``MAX_SUBJECT`` bytes would
 not fit a NATS control line: such a topic goes on the account's "long" subject that every
 node takes (``long_subject``), a retained one on a subject named by the topic's hash (kind
@@ -145,7 +148,7 @@ def filter_subjects(topic_filter: str) -> tuple[str, ...]:
 class Subjects:
     """The subjects of one cluster, under its prefix (``cluster.subject_prefix``)."""
 
-    __slots__ = ("control", "long_all", "prefix", "retained_all")
+    __slots__ = ("control", "long_all", "prefix", "queued_all", "retained_all")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -154,11 +157,26 @@ class Subjects:
         # What every node takes whatever its filters: retained messages, long topics.
         self.retained_all = f"{prefix}.r.>"
         self.long_all = f"{prefix}.l.>"
+        # What the cluster's message stream captures: every QoS 1/2 message.
+        self.queued_all = f"{prefix}.q.>"
 
     def message(self, account: str, topic: str) -> str:
         """Where a message on ``topic`` is published, for the nodes whose filters match."""
         subject = f"{self.prefix}.m.{escape_level(account)}.{topic_subject(topic)}"
         return subject if len(subject) <= MAX_SUBJECT else self.long_subject(account)
+
+    def queued(self, account: str, topic: str) -> str | None:
+        """Where a QoS 1/2 message on ``topic`` is published (into the message stream); None
+        for a topic too long for a subject, which takes the core path of ``message``."""
+        subject = f"{self.prefix}.q.{escape_level(account)}.{topic_subject(topic)}"
+        return subject if len(subject) <= MAX_SUBJECT else None
+
+    def queued_filters(self, account: str, topic_filter: str) -> tuple[str, ...] | None:
+        """The stream subjects a filter (without ``$share``) matches; None when one would be
+        too long (such a filter cannot have a consumer of its own)."""
+        head = f"{self.prefix}.q.{escape_level(account)}."
+        subjects = tuple(head + s for s in filter_subjects(topic_filter))
+        return None if any(len(s) > MAX_SUBJECT for s in subjects) else subjects
 
     def retained(self, account: str, topic: str) -> str:
         """Where a retained message (or its deletion) is published, for every node; one
@@ -173,15 +191,22 @@ class Subjects:
     def long_subject(self, account: str) -> str:
         return f"{self.prefix}.l.{escape_level(account)}"
 
-    def account_wildcard(self, account: str) -> str:
-        return f"{self.prefix}.m.{escape_level(account)}.>"
+    def account_wildcard(self, account: str) -> tuple[str, str]:
+        token = escape_level(account)
+        return f"{self.prefix}.m.{token}.>", f"{self.prefix}.q.{token}.>"
 
     def subscriptions(self, account: str, topic_filter: str) -> tuple[str, ...]:
-        """What a node subscribes to for a filter of its sessions (without ``$share``)."""
-        head = f"{self.prefix}.m.{escape_level(account)}."
-        subjects = tuple(head + s for s in filter_subjects(topic_filter))
+        """What a node subscribes to for a filter of its sessions (without ``$share``): the
+        filter's subjects in the QoS 0 space and in the QoS 1/2 space. Two subscriptions, not
+        one ``<prefix>.*.<account>...``: that one would also match the retained space "r",
+        which every node takes anyway, and hand those messages over twice."""
+        token = escape_level(account)
+        found = filter_subjects(topic_filter)
+        subjects = tuple(
+            f"{self.prefix}.{space}.{token}.{s}" for space in ("m", "q") for s in found
+        )
         if any(len(s) > MAX_SUBJECT for s in subjects):
-            return (self.account_wildcard(account),)
+            return self.account_wildcard(account)
         return subjects
 
     def node(self, name: str) -> str:
@@ -195,6 +220,6 @@ class Subjects:
             raise ValueError(f"not a subject of this cluster: {subject!r}")
         space, _dot, rest = subject[len(head) :].partition(".")
         account, _dot, tokens = rest.partition(".")
-        if space not in ("m", "r") or not tokens:
+        if space not in ("m", "q", "r") or not tokens:
             raise ValueError(f"not a message subject: {subject!r}")
         return unescape_level(account), subject_topic(tokens)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 
 from ..broker.admission import API_CALLER, PublishRefused, Refusal
-from ..broker.broker import Broker
+from ..broker.broker import AckTicket, Broker
 from ..message import Message
 from ..registry.errors import StorageFull, StoreUnavailable
 
@@ -17,6 +17,7 @@ __all__ = [
     "committed",
     "publish",
     "publish_now",
+    "replicated",
 ]
 
 # ``StoreUnavailable`` (the store cannot take the work now: full, or its writer is behind or
@@ -41,20 +42,50 @@ async def publish(broker: Broker, message: Message) -> int:
     if not message.id:
         message.id = broker.new_message_id()
     writes = broker.store.sequence
-    matched = publish_now(broker, message)
+    tickets: list[AckTicket] = []
+    matched = publish_now(broker, message, tickets)
     if broker.store.sequence != writes:
         await committed(broker)
+    if tickets:
+        await replicated(tickets)
     return matched
 
 
-def publish_now(broker: Broker, message: Message) -> int:
-    """``Broker.publish`` as an API caller, with the store's refusal as StoreUnavailable."""
+def publish_now(broker: Broker, message: Message, tickets: list[AckTicket] | None = None) -> int:
+    """``Broker.publish`` as an API caller, with the store's refusal as StoreUnavailable.
+    In a cluster, what its answer must also wait for (the message stream's acknowledgement,
+    cluster/stream.py) is appended to ``tickets``: await ``replicated(tickets)``."""
     try:
-        return broker.publish(message, API_CALLER)
+        matched = broker.publish(message, API_CALLER)
     except PublishRefused as refusal:
         if refusal.kind is Refusal.UNAVAILABLE:
             raise StoreUnavailable(refusal.reason) from None
         raise
+    cluster = broker.cluster
+    if cluster is not None and tickets is not None:
+        ticket = cluster.take_ticket()
+        if ticket is not None:
+            tickets.append(ticket)
+    return matched
+
+
+async def replicated(tickets: list[AckTicket]) -> None:
+    """Wait until the cluster's message stream has stored every message of ``tickets``.
+    Raises StoreUnavailable (HTTP 503, nothing acknowledged) when it refused one, or gave no
+    answer within ``cluster.request_timeout`` (the ticket says so then)."""
+    loop = asyncio.get_running_loop()
+    for ticket in tickets:
+        outcome: asyncio.Future[int] = loop.create_future()
+
+        def settle(refused: int, outcome: asyncio.Future[int] = outcome) -> None:
+            if not outcome.done():
+                outcome.set_result(refused)
+
+        ticket.then(settle)
+        if await outcome:
+            raise StoreUnavailable(
+                "the cluster's message stream did not store the message; try again"
+            )
 
 
 async def committed(broker: Broker) -> None:

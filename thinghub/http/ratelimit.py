@@ -5,6 +5,15 @@ clouds do (reference: Alibaba's QPS per account and API; AWS's per-account data-
 A bucket holds at most one second's worth of requests (its rate) and refills continuously; a
 request that finds it empty is refused at once (the dialect answers with its throttling
 error) rather than queued, so one busy account never slows another.
+
+In a cluster (docs/architecture.md, *Cluster*) every node enforces ``rate / N`` for each
+account and action, N being the nodes live now (this one and those heard from within
+``cluster.node_timeout``), asked at every request (``nodes``); the nodes share no counter.
+A bucket then holds one second of its share, and at least one request: the cluster lets
+through at most the configured rate over time, plus a burst of at most one second's worth
+(one request per node where the share is below one per second). The cost of the rule: an
+account whose calls all reach one node gets 1/N of its rate; a node cut off from the others
+counts alone (N = 1) once it has not heard them for ``cluster.node_timeout``.
 """
 
 from __future__ import annotations
@@ -88,6 +97,12 @@ class _Bucket:
         self.tokens = self.capacity
         self.stamp = now
 
+    def resize(self, rate: float) -> None:
+        """The cluster's node count changed: this node's share of the rate with it."""
+        self.rate = rate
+        self.capacity = max(rate, 1.0)
+        self.tokens = min(self.tokens, self.capacity)
+
 
 class RateLimiter:
     def __init__(
@@ -113,6 +128,8 @@ class RateLimiter:
         # bounded set: shown by /metrics as thinghub_http_throttled_total).
         self.refused = 0
         self.refused_by: dict[str, int] = {}
+        # How many nodes share the rates (a cluster's live nodes; None: this hub alone).
+        self.nodes: Callable[[], int] | None = None
 
     def _budget(self, action: str) -> tuple[str, float | None]:
         """The bucket ``action`` draws from and its rate: its own, its group's, the default."""
@@ -134,6 +151,9 @@ class RateLimiter:
             action, rate = self._budget(action)
             if rate is None:
                 return True
+        nodes = self.nodes
+        if nodes is not None:
+            rate /= max(1, nodes())
         now = self._clock()
         key = (account, action)
         bucket = self._buckets.get(key)
@@ -144,6 +164,8 @@ class RateLimiter:
         else:
             bucket.tokens = min(bucket.capacity, bucket.tokens + (now - bucket.stamp) * bucket.rate)
             bucket.stamp = now
+            if bucket.rate != rate:
+                bucket.resize(rate)
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return True

@@ -8,6 +8,7 @@ name is the operator's, one per hub, and only ``thinghub_cluster_node_info`` car
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
@@ -54,6 +55,10 @@ def cluster_stats(node: ClusterNode) -> dict[str, Any]:
         "takeovers_sent": owners.counters.takeovers_sent,
         "takeovers_received": owners.counters.takeovers_received,
         "nats_disconnects": bus.counters.disconnects,
+        "stream": node.stream.status(),
+        "persistent_sessions": node.persistent.status(),
+        # Requests of the HTTP APIs for sessions held elsewhere (cluster/rpc.py).
+        "api_requests": asdict(node.rpc.counters),
     }
 
 
@@ -128,3 +133,53 @@ def cluster_metrics(node: ClusterNode) -> Iterator[Metric]:
     takeovers.add_metric(["sent"], owners.counters.takeovers_sent)
     takeovers.add_metric(["received"], owners.counters.takeovers_received)
     yield takeovers
+    stream = node.stream.counters
+    publishes = CounterMetricFamily(
+        "thinghub_cluster_stream_publishes",
+        "QoS 1/2 messages published into the cluster's message stream: acknowledged by "
+        "JetStream (their publishers were then acknowledged), refused (stream full, no "
+        "stream) or timed out (no answer within cluster.request_timeout); the publishers of "
+        "the last two were refused.",
+        labels=["outcome"],
+    )
+    publishes.add_metric(["acknowledged"], stream.acknowledged)
+    publishes.add_metric(["refused"], stream.refused)
+    publishes.add_metric(["timed_out"], stream.timed_out)
+    yield publishes
+    yield GaugeMetricFamily(
+        "thinghub_cluster_stream_unacknowledged",
+        "QoS 1/2 messages waiting for JetStream's acknowledgement (bounded by "
+        "cluster.max_unacked_publishes).",
+        value=node.stream.unacknowledged,
+    )
+    consumers = node.persistent.counters
+    deliveries = CounterMetricFamily(
+        "thinghub_cluster_consumer_deliveries",
+        "Copies the persistent sessions' JetStream consumers delivered here: first deliveries, "
+        "redeliveries (the session moved, its node died, or no acknowledgement in time), "
+        "acknowledged by their receivers, given back (connection closed, window full).",
+        labels=["kind"],
+    )
+    deliveries.add_metric(["first"], consumers.deliveries)
+    deliveries.add_metric(["redelivery"], consumers.redeliveries)
+    deliveries.add_metric(["acknowledged"], consumers.acknowledged)
+    deliveries.add_metric(["given_back"], consumers.given_back)
+    yield deliveries
+    yield CounterMetricFamily(
+        "thinghub_cluster_sessions_resumed",
+        "Persistent sessions rebuilt here from the cluster's record (held on another node).",
+        value=consumers.resumed,
+    )
+    rpc = node.rpc.counters
+    requests = CounterMetricFamily(
+        "thinghub_cluster_api_requests",
+        "Requests of the HTTP APIs for a session held on another node (cluster/rpc.py): sent "
+        "by this node, failed (no answer in time, the node gone, or an error answer), served "
+        "here for other nodes, refused here as busy (too many in hand).",
+        labels=["kind"],
+    )
+    requests.add_metric(["sent"], rpc.sent)
+    requests.add_metric(["failed"], rpc.failed)
+    requests.add_metric(["served"], rpc.served)
+    requests.add_metric(["busy"], rpc.busy)
+    yield requests

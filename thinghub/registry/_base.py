@@ -31,7 +31,7 @@ from .models import (
     TopicCategory,
 )
 from .presence import PresenceBook
-from .store import RegistryStore
+from .store import RegistryChange, RegistryStore
 from .validation import (
     check_device_name,
     check_iot_id,
@@ -121,6 +121,33 @@ class RegistryBase:
         # The thread the API's registry writes run on while the hub runs (writer.py, set by
         # app.py); None: on the caller's thread (the command line, tests).
         self.writer: RegistryWriter | None = None
+        # A registry shared with other nodes (pg_store.py) tells what their writes changed.
+        listen = getattr(store, "add_change_listener", None)
+        if listen is not None:
+            listen(self._store_changed)
+
+    def _store_changed(self, change: RegistryChange) -> None:
+        """A change reached the local copy of a shared registry (pg_store.py; on the thread
+        that applied it): drop what the caches hold of it. A presence change leaves the
+        sign-in cache alone (it holds no presence)."""
+        tables = change.tables
+        if "access_keys" in tables or "accounts" in tables:
+            self._key_cache.clear()
+        if "topic_categories" in tables or "products" in tables:
+            self._category_cache.clear()
+        if "devices" not in tables and "products" not in tables:
+            return
+        self._device_writes += 1
+        if change.devices is None or "products" in tables:
+            self._device_cache.clear()
+        else:
+            for key in change.devices:
+                self._device_cache.pop(key, None)
+        if change.credentials is None or "products" in tables:
+            self._sign_in_cache.clear()
+        else:
+            for key in change.credentials:
+                self._sign_in_cache.pop(key, None)
 
     @contextmanager
     def _device_write(self, touched: list[tuple[str, str]]) -> Iterator[sqlite3.Connection]:

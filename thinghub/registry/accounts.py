@@ -69,7 +69,17 @@ class AccountsMixin(RegistryBase):
         try:
             return self.get_account(ROOT_ACCOUNT_ID)
         except NotFoundError:
+            pass
+        try:
             return self.create_account("root", account_id=ROOT_ACCOUNT_ID)
+        except ConflictError:
+            # Created meanwhile by another writer (nodes of a shared registry starting
+            # together, pg_store.py): read where it was written.
+            with self.store.write() as conn:
+                row = conn.execute(
+                    "SELECT * FROM accounts WHERE account_id = ?", (ROOT_ACCOUNT_ID,)
+                ).fetchone()
+            return Account(row["account_id"], row["name"], row["created_at"])
 
     def create_access_key(self, account_id: str, *, description: str = "") -> AccessKey:
         """A new enabled key: AccessKeyId ``LTAI`` + 20 alphanumerics (24 characters, the

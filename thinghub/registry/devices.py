@@ -364,6 +364,11 @@ class DevicesMixin(RegistryBase):
         ONLINE/OFFLINE status and last sign-in may not be."""
         return self._cached_device(self._sign_in_cache, product_key, device_name, overlay=False)
 
+    def sign_in_cached(self, product_key: str, device_name: str) -> bool:
+        """Whether the sign-in cache holds this device (whatever its age): while a shared
+        registry is out of reach, only such sign-ins are answered (pg_store.py notes)."""
+        return (product_key, device_name) in self._sign_in_cache
+
     def _cached_device(
         self,
         cache: dict[tuple[str, str], tuple[float, Device | None]],
@@ -516,12 +521,24 @@ class DevicesMixin(RegistryBase):
         self.flush_presence()
         now = self._clock()
         with self.store.write() as conn:
-            changed = conn.execute(
-                "UPDATE devices SET online = 0, status_changed_at = ? WHERE online = 1", (now,)
-            ).rowcount
+            # A registry shared by several nodes (pg_store.py): only this node's devices, and
+            # the rows of devices online elsewhere are the truth there, not overlaid here.
+            node: str | None = getattr(conn, "node", None)
+            if node is not None:
+                changed = conn.execute(
+                    "UPDATE devices SET online = 0, status_changed_at = ? "
+                    "WHERE online = 1 AND online_node = ?",
+                    (now, node),
+                ).rowcount
+            else:
+                changed = conn.execute(
+                    "UPDATE devices SET online = 0, status_changed_at = ? WHERE online = 1",
+                    (now,),
+                ).rowcount
         self._device_writes += 1
         self.forget_cached_devices()  # once, before any sign-in
-        self.presence.take_ownership()
+        if node is None:
+            self.presence.take_ownership()
         return int(changed)
 
 

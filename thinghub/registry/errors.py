@@ -33,6 +33,7 @@ __all__ = [
     "NotFoundError",
     "QuotaExceededError",
     "RegistryError",
+    "RegistryUnreachable",
     "SchemaVersionError",
     "StorageFull",
     "StoreUnavailable",
@@ -85,6 +86,12 @@ class StorageFull(StoreUnavailable):
     """A write was refused because the data directory's disk is full (SQLite ``SQLITE_FULL``,
     ``ENOSPC``). The transaction was rolled back; the hub works again by itself once there is
     room (no restart: the next write simply succeeds)."""
+
+
+class RegistryUnreachable(StorageFull):
+    """The PostgreSQL registry (``pg_store.py``) cannot be reached now. A ``StorageFull`` for
+    its callers: the same passing trouble (nothing changed, 503, the hub recovers by itself),
+    so every path that turns a full disk into 503 turns this one into 503 too."""
 
 
 def is_disk_full(error: BaseException) -> bool:

@@ -318,8 +318,32 @@ _CHANGES = (
 _ALL_OFFLINE = "UPDATE devices SET online = 0, status_changed_at = ? WHERE online = 1"
 
 
+# The same on the PostgreSQL registry (pg_store.py), where several nodes write presence: a row
+# records the node that wrote it online (``online_node``), and a node writes a device offline
+# only if it is the one that had it online (the device may have signed in on another node
+# since); a resync marks offline only this node's devices. Elements as above.
+_PG_CHANGES = (
+    "UPDATE devices SET "
+    "online = CASE WHEN disabled <> 0 THEN 0 ELSE (c.value->>0)::bigint END, "
+    "status_changed_at = (c.value->>1)::bigint, "
+    "last_online_at = COALESCE((c.value->>2)::bigint, last_online_at), "
+    "ip_address = COALESCE(c.value->>3, ip_address), "
+    "activated_at = COALESCE(activated_at, (c.value->>4)::bigint), "
+    "online_node = CASE WHEN (c.value->>0) = '1' THEN ? ELSE online_node END "
+    "FROM json_array_elements(?::json) AS c(value) WHERE devices.iot_id = c.value->>5 "
+    "AND ((c.value->>0) = '1' OR devices.online_node IS NOT DISTINCT FROM ?)"
+)
+_PG_ALL_OFFLINE = (
+    "UPDATE devices SET online = 0, status_changed_at = ? WHERE online = 1 AND online_node = ?"
+)
+
+
 def write_batch(conn: sqlite3.Connection, batch: PresenceBatch) -> None:
     """Write ``batch`` inside the caller's transaction (``RegistryStore.write``)."""
+    node: str | None = getattr(conn, "node", None)
+    if node is not None:
+        _write_batch_pg(conn, batch, node)
+        return
     if batch.resync is not None:
         conn.execute(_ALL_OFFLINE, (batch.taken_at,))
         rows: list[tuple[int, int, int | None, str | None, int | None, str]] = [
@@ -340,3 +364,19 @@ def write_batch(conn: sqlite3.Connection, batch: PresenceBatch) -> None:
     ]
     if rows:
         conn.execute(_CHANGES, (json.dumps(rows),))
+
+
+def _write_batch_pg(conn: sqlite3.Connection, batch: PresenceBatch, node: str) -> None:
+    if batch.resync is not None:
+        conn.execute(_PG_ALL_OFFLINE, (batch.taken_at, node))
+        resync = [
+            (1, c.signed_in_at, c.signed_in_at, c.ip_address, c.signed_in_at, iot_id)
+            for iot_id, c in batch.resync
+        ]
+        conn.execute(_PG_CHANGES, (node, json.dumps(resync), node))
+    rows = [
+        (int(c.online), c.changed_at, c.signed_in_at, c.ip_address, c.first_signed_in_at, c.iot_id)
+        for c in batch.changes
+    ]
+    if rows:
+        conn.execute(_PG_CHANGES, (node, json.dumps(rows), node))

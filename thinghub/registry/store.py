@@ -31,11 +31,12 @@ import threading
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import SchemaVersionError, full_disk_refuses
 
-__all__ = ["FILE_NAME", "MIGRATIONS", "RegistryStore"]
+__all__ = ["FILE_NAME", "MIGRATIONS", "RegistryChange", "RegistryStore"]
 
 FILE_NAME = "registry.db"
 
@@ -254,11 +255,30 @@ _V3: tuple[str, ...] = (
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2, _V3)
 
+
+@dataclass(frozen=True, slots=True)
+class RegistryChange:
+    """What a change applied to the copy of a shared registry touched (pg_store.py): its
+    tables, the devices (ProductKey, DeviceName) whose rows changed, those whose sign-in
+    columns changed (a presence change is not one), and the (account, certificate id) of
+    the certificates and of the CA certificates whose status changed or that are gone. None:
+    every one (a whole copy)."""
+
+    tables: frozenset[str]
+    devices: frozenset[tuple[str, str]] | None = frozenset()
+    credentials: frozenset[tuple[str, str]] | None = frozenset()
+    certificates: frozenset[tuple[str, str]] = frozenset()
+    ca_certificates: frozenset[tuple[str, str]] = frozenset()
+
+
 _ID_LEASE_KEY = "message_id_lease_ms"
 
 
 class RegistryStore:
     """One SQLite connection to ``registry.db`` (or ``":memory:"``), migrated at open."""
+
+    #: whether other processes share the registry through a server (pg_store.py)
+    shared = False
 
     def __init__(
         self,

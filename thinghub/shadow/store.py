@@ -25,18 +25,26 @@ from __future__ import annotations
 import json
 import sqlite3
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from ..registry.errors import full_disk_refuses
+from ..registry.errors import RegistryUnreachable, full_disk_refuses
 from ..registry.store import FILE_NAME
 from .document import Shadow, dumps
 from .names import CLASSIC
 
-__all__ = ["SCHEMA_VERSION", "ShadowKey", "ShadowStore", "ShadowStoreError", "StoredShadow"]
+__all__ = [
+    "SCHEMA_VERSION",
+    "PgShadowStore",
+    "ShadowKey",
+    "ShadowStore",
+    "ShadowStoreError",
+    "StoredShadow",
+]
 
 #: the registry schema version that created the shadows table
 SCHEMA_VERSION = 2
@@ -183,3 +191,118 @@ class ShadowStore:
                 "DELETE FROM shadows WHERE document IS NULL AND updated_at < ?", (before,)
             )
         return cursor.rowcount
+
+
+# A connection idle longer than this is checked before use (PgShadowStore._connection).
+_IDLE_CHECK_S = 1.0
+
+
+class PgShadowStore(ShadowStore):
+    """``ShadowStore`` on the PostgreSQL registry (``serve --registry``; the ``shadows`` table
+    of ``registry/pg_schema.py``), used by the shadow writer thread alone, so every node reads
+    and writes the same shadows. A connection lost is opened again at the next transaction;
+    while PostgreSQL cannot be reached, ``RegistryUnreachable`` (503, as a full disk)."""
+
+    def __init__(self, url: str) -> None:  # no SQLite file: nothing of the base is opened
+        self.path = self.url = url
+        self._lock = threading.RLock()
+        self._pg: Any = None
+        self._used_at = 0.0
+
+    def _connection(self) -> Any:
+        import psycopg  # only a hub with a PostgreSQL registry loads the driver
+
+        conn = self._pg
+        if conn is not None and not conn.closed and not conn.broken:
+            if time.monotonic() - self._used_at < _IDLE_CHECK_S:
+                self._used_at = time.monotonic()
+                return conn
+            # Idle for a while: the server may have restarted meanwhile. One round trip, so
+            # that the first request after an outage does not fail on a dead connection.
+            try:
+                conn.execute(b"SELECT 1")
+                self._used_at = time.monotonic()
+                return conn
+            except psycopg.OperationalError:
+                conn.close()
+        try:
+            self._pg = psycopg.connect(
+                self.url, autocommit=True, connect_timeout=2, application_name="thinghub-shadows"
+            )
+        except psycopg.Error as error:
+            raise RegistryUnreachable(f"the shadow cannot be changed now: {error}") from None
+        self._used_at = time.monotonic()
+        return self._pg
+
+    def close(self) -> None:
+        with self._lock:
+            if self._pg is not None:
+                self._pg.close()
+                self._pg = None
+
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        import psycopg
+
+        with self._lock:
+            conn = self._connection()
+            try:
+                with conn.transaction():
+                    yield
+            except psycopg.OperationalError as error:
+                conn.close()
+                raise RegistryUnreachable(f"the shadow cannot be changed now: {error}") from None
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        with self._lock, self._connection().transaction():  # nested: a savepoint
+            yield
+
+    def _execute(self, sql: bytes, args: tuple[object, ...]) -> Any:
+        return self._connection().execute(sql, args)
+
+    def load(self, key: ShadowKey) -> StoredShadow | None:
+        row = self._execute(
+            b"SELECT version, document, updated_at FROM shadows "
+            b"WHERE account_id = %s AND thing_name = %s AND shadow_name = %s",
+            tuple(key),
+        ).fetchone()
+        if row is None:
+            return None
+        version, text, updated_at = int(row[0]), row[1], int(row[2])
+        if text is None:
+            return StoredShadow(None, version, updated_at)
+        document = json.loads(text)
+        shadow = Shadow(document.get("state", {}), document.get("metadata", {}), version)
+        return StoredShadow(shadow, version, updated_at)
+
+    def save(self, key: ShadowKey, shadow: Shadow, now: int) -> None:
+        text = dumps({"state": shadow.state, "metadata": shadow.metadata}).decode()
+        self._upsert(key, shadow.version, text, now)
+
+    def delete(self, key: ShadowKey, version: int, now: int) -> None:
+        self._upsert(key, version, None, now)
+
+    def _upsert(self, key: ShadowKey, version: int, text: str | None, now: int) -> None:
+        self._execute(
+            b"INSERT INTO shadows (account_id, thing_name, shadow_name, version, document, "
+            b"updated_at) VALUES (%s, %s, %s, %s, %s, %s) "
+            b"ON CONFLICT (account_id, thing_name, shadow_name) DO UPDATE SET "
+            b"version = excluded.version, document = excluded.document, "
+            b"updated_at = excluded.updated_at",
+            (*key, version, text, now),
+        )
+
+    def list_names(self, account: str, thing: str, after: str | None, limit: int) -> list[str]:
+        rows = self._execute(
+            b"SELECT shadow_name FROM shadows WHERE account_id = %s AND thing_name = %s "
+            b"AND shadow_name > %s AND document IS NOT NULL ORDER BY shadow_name LIMIT %s",
+            (account, thing, CLASSIC if after is None else after, limit),
+        ).fetchall()
+        return [str(row[0]) for row in rows]
+
+    def purge_tombstones(self, before: int) -> int:
+        cursor = self._execute(
+            b"DELETE FROM shadows WHERE document IS NULL AND updated_at < %s", (before,)
+        )
+        return int(cursor.rowcount)

@@ -19,9 +19,9 @@ deleted device's connection ...) happens on the loop once the write has returned
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
+import logging
 import re
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from ...auth import topic_acl
 from ...auth.aliyun_device import device_client_id
 from ...broker.admission import API_CALLER
-from ...broker.broker import Broker
+from ...broker.broker import AckTicket, Broker
 from ...message import Message
 from ...mqtt.properties import NO_PROPERTIES, Properties
 from ...registry.errors import NOT_EXISTED_DEVICE, NotFoundError, RegistryError
@@ -48,14 +48,18 @@ from ...registry.validation import (
     check_product_key,
 )
 from ...topics import validate_topic_name
+from .. import sessions
 from ..context import HubContext
-from ..publishing import committed, publish, publish_now
+from ..publishing import StoreUnavailable, committed, publish, publish_now, replicated
+from ..sessions import RrpcOutcome
 from . import errors as e
 from .errors import ApiError
 from .params import Params
 from .render import gmt_china, gmt_cookie, utc_iso
 
 __all__ = ["ACTIONS", "Call", "Handler"]
+
+log = logging.getLogger("thinghub.http.aliyun")
 
 Fields = dict[str, Any]
 
@@ -410,12 +414,15 @@ async def _publish_all(broker: Broker, messages: list[Message]) -> None:
         # All or nothing: a message the gate would refuse refuses the batch before any leaves.
         broker.admission.authorize(message, API_CALLER)
     writes = broker.store.sequence
+    tickets: list[AckTicket] = []
     for message in messages:
         if not message.id:
             message.id = broker.new_message_id()
-        publish_now(broker, message)
+        publish_now(broker, message, tickets)
     if broker.store.sequence != writes:
         await committed(broker)
+    if tickets:
+        await replicated(tickets)  # in a cluster: the message stream has them all
 
 
 async def pub_broadcast(call: Call) -> Fields:
@@ -442,25 +449,18 @@ async def pub_broadcast(call: Call) -> Fields:
     if not call.ctx.aliyun_limits.allow(call.account_id, ALL_ONLINE_BROADCAST):
         raise e.throttled()
     message_id = broker.new_message_id()
+    names: list[str] = []
     page = 1
     while True:
         devices = registry.list_devices(
             call.account_id, pk, page=page, page_size=50, instance_id=call.instance_id
         )
-        for device in devices.items:
-            copy = Message(
-                topic=f"/sys/{pk}/{device.device_name}/broadcast/request/{message_id}",
-                payload=payload,
-                account=call.account_id,
-                origin=call.origin,
-                id=message_id,
-            )
-            broker.send_direct(
-                call.account_id, device_client_id(pk, device.device_name), copy, API_CALLER
-            )
+        names.extend(device.device_name for device in devices.items)
         if page >= devices.page_count:
             break
         page += 1
+    # Each node sends to the devices connected to it (http/sessions.py).
+    await sessions.broadcast(call.ctx, call.account_id, pk, names, message_id, payload, call.origin)
     return {"MessageId": message_id}
 
 
@@ -502,44 +502,29 @@ async def rrpc(call: Call) -> Fields:
     else:
         request_topic = f"/sys/{pk}/{dn}/rrpc/request/{message_id}"
         reply_topic = f"/sys/{pk}/{dn}/rrpc/response/{message_id}"
-    session = broker.session_of(call.account_id, device_client_id(pk, dn))
-    if session is None or session.client is None:
+    message = Message(
+        topic=request_topic,
+        payload=request,
+        account=call.account_id,
+        origin=call.origin,
+        id=message_id,
+    )
+    # Published, and the reply watched, by the node the device is connected to, whichever
+    # that is (http/sessions.py).
+    outcome, payload = await sessions.rrpc(
+        call.ctx, device_client_id(pk, dn), message, reply_topic, timeout_ms / 1000
+    )
+    if outcome is RrpcOutcome.OFFLINE:
         raise ApiError(
             e.RRPC_OFFLINE, "The device is offline.", RrpcCode="OFFLINE", MessageId=message_id
         )
-    loop = asyncio.get_running_loop()
-    reply: asyncio.Future[bytes] = loop.create_future()
-    client_id = session.client_id
-
-    def on_reply(message: Message) -> None:
-        # With the custom form the request itself is on the reply topic: only the device's
-        # own publications answer.
-        if message.origin == client_id and not reply.done():
-            reply.set_result(message.payload)
-
-    watch = broker.watch(call.account_id, reply_topic, on_reply)
-    try:
-        await publish(
-            broker,
-            Message(
-                topic=request_topic,
-                payload=request,
-                account=call.account_id,
-                origin=call.origin,
-                id=message_id,
-            ),
+    if outcome is RrpcOutcome.TIMEOUT:
+        raise ApiError(
+            e.RRPC_TIMEOUT,
+            f"The device did not answer within {timeout_ms} ms.",
+            RrpcCode="TIMEOUT",
+            MessageId=message_id,
         )
-        try:
-            payload = await asyncio.wait_for(reply, timeout_ms / 1000)
-        except TimeoutError:
-            raise ApiError(
-                e.RRPC_TIMEOUT,
-                f"The device did not answer within {timeout_ms} ms.",
-                RrpcCode="TIMEOUT",
-                MessageId=message_id,
-            ) from None
-    finally:
-        watch.cancel()
     return {
         "RrpcCode": "SUCCESS",
         "PayloadBase64Byte": base64.b64encode(payload).decode("ascii"),
@@ -552,10 +537,10 @@ async def query_device_sub_topic(call: Call) -> Fields:
     each SUBSCRIBE in ms. A device without a session has none."""
     p = call.params
     device = _device(call, p.required("ProductKey"), p.required("DeviceName"))
-    session = call.ctx.broker.session_of(
-        call.account_id, device_client_id(device.product_key, device.device_name)
+    info = await sessions.session_info(
+        call.ctx, call.account_id, device_client_id(device.product_key, device.device_name)
     )
-    entries = [] if session is None else list(session.subscriptions.values())
+    entries = () if info is None else info.subscriptions
     return {
         "TopicList": [
             {"TopicName": entry.full_filter, "Timestamp": entry.subscribed_at_ms}
@@ -842,12 +827,7 @@ async def delete_device(call: Call) -> Fields:
     """DeleteDevice; a connected device is disconnected and its session ended."""
     delete = functools.partial(call.ctx.registry.delete_device, call.account_id, **_identity(call))
     device = await _write(call, delete)
-    call.ctx.broker.disconnect_client(
-        call.account_id,
-        device_client_id(device.product_key, device.device_name),
-        clean_session=True,
-        prevent_will=False,
-    )
+    await _disconnect(call, device, clean_session=True)
     return {}
 
 
@@ -858,13 +838,21 @@ async def disable_thing(call: Call) -> Fields:
         call.ctx.registry.disable_device, call.account_id, **_identity(call)
     )
     device = await _write(call, disable)
-    call.ctx.broker.disconnect_client(
-        call.account_id,
-        device_client_id(device.product_key, device.device_name),
-        clean_session=False,
-        prevent_will=False,
-    )
+    await _disconnect(call, device, clean_session=False)
     return {}
+
+
+async def _disconnect(call: Call, device: Device, *, clean_session: bool) -> None:
+    """Close a deleted or disabled device's connection on whichever node it is. The registry
+    change is made already: a node that cannot be asked now is logged, not answered 503 (its
+    device is refused at its next sign-in)."""
+    client_id = device_client_id(device.product_key, device.device_name)
+    try:
+        await sessions.disconnect(
+            call.ctx, call.account_id, client_id, clean_session=clean_session, prevent_will=False
+        )
+    except StoreUnavailable as error:
+        log.warning("device %s could not be disconnected: %s", client_id, error)
 
 
 async def enable_thing(call: Call) -> Fields:

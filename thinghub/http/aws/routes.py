@@ -10,7 +10,6 @@ does not exist.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import bisect
 import json
@@ -20,12 +19,12 @@ from typing import TypeVar
 
 from aiohttp import web
 
-from ...broker.admission import API_CALLER
 from ...message import Message
 from ...registry.ids import decode_message_id
+from .. import sessions
 from ..context import HubContext
-from ..publishing import StoreUnavailable
 from ..publishing import publish as publish_message
+from ..sessions import DirectOutcome
 from . import shadow_routes
 from .errors import GATEWAY_TIMEOUT, AwsError, json_response, ok_response
 from .paging import next_token, token_position
@@ -174,44 +173,40 @@ def last_modified_ms(message: Message) -> int | None:
 
 async def get_connection(ctx: HubContext, call: Call) -> web.Response:
     """``GET /connections/{clientId}``: the client's session and, while it is connected, its
-    connection (socket details only with ``includeSocketInformation=true``)."""
+    connection (socket details only with ``includeSocketInformation=true``), on whichever
+    node of a cluster holds it (http/sessions.py)."""
     client_id = check_client_id(call.label)
     include_socket = parse_bool(
         "includeSocketInformation", call.params.get("includeSocketInformation")
     )
-    session = ctx.broker.session_of(call.account, client_id)
-    if session is None:
+    info = await sessions.session_info(ctx, call.account, client_id)
+    if info is None:
         raise AwsError.not_found(f"No connection exists for client ID {client_id}.")
-    client = session.client
-    connected = client is not None and client.connected
     body: dict[str, object] = {
         "clientId": client_id,
-        "connected": connected,
+        "connected": info.connected,
         # "true for clean sessions or false for persistent sessions": a session that ends
         # with its connection (expiry 0) is a clean one.
-        "cleanSession": session.expiry_interval == 0,
-        "sessionExpiry": session.expiry_interval,
+        "cleanSession": info.expiry_interval == 0,
+        "sessionExpiry": info.expiry_interval,
     }
-    if client is not None and connected:
-        body["keepAliveDuration"] = client.keep_alive
-        since = _int_attr(client, "connected_at_ms")
-        if since is not None:
-            body["connectedSince"] = since
+    if info.connected:
+        if info.keep_alive is not None:
+            body["keepAliveDuration"] = info.keep_alive
+        if info.connected_at_ms is not None:
+            body["connectedSince"] = info.connected_at_ms
         if include_socket:
-            source = _split_host_port(client.link.peer)
+            source = _split_host_port(info.peer) if info.peer else None
             if source is not None:
                 body["sourceIp"], body["sourcePort"] = source
-            local = getattr(client.link, "local", None)
-            target = _split_host_port(local) if isinstance(local, str) else None
+            target = _split_host_port(info.local) if info.local else None
             if target is not None:
                 body["targetIp"], body["targetPort"] = target
     else:
-        since = _int_attr(session, "disconnected_at_ms")
-        if since is not None:
-            body["disconnectedSince"] = since
-        reason = getattr(session, "disconnect_reason", None)
-        if isinstance(reason, str) and reason:
-            body["disconnectReason"] = reason
+        if info.disconnected_at_ms is not None:
+            body["disconnectedSince"] = info.disconnected_at_ms
+        if info.disconnect_reason:
+            body["disconnectReason"] = info.disconnect_reason
     return call.ok(body)
 
 
@@ -222,10 +217,10 @@ async def list_subscriptions(ctx: HubContext, call: Call) -> web.Response:
     client_id = check_client_id(call.label)
     limit = parse_int("maxResults", params.get("maxResults"), DEFAULT_SUBSCRIPTIONS_PAGE, 1, 200)
     after = token_position("subscriptions", params.get("nextToken"))
-    session = ctx.broker.session_of(call.account, client_id)
-    if session is None:
+    info = await sessions.session_info(ctx, call.account, client_id)
+    if info is None:
         raise AwsError.not_found(f"No connection exists for client ID {client_id}.")
-    entries = sorted(session.subscriptions.values(), key=lambda e: e.full_filter)
+    entries = sorted(info.subscriptions, key=lambda e: e.full_filter)
     page, token = _page(entries, lambda e: e.full_filter, after, limit, "subscriptions")
     body: dict[str, object] = {
         "subscriptions": [{"topicFilter": e.full_filter, "qos": e.qos} for e in page]
@@ -243,8 +238,8 @@ async def delete_connection(ctx: HubContext, call: Call) -> web.Response:
     client_id = check_client_id(call.label)
     clean = parse_bool("cleanSession", params.get("cleanSession"))
     prevent_will = parse_bool("preventWillMessage", params.get("preventWillMessage"))
-    done = ctx.broker.disconnect_client(
-        call.account, client_id, clean_session=clean, prevent_will=prevent_will
+    done = await sessions.disconnect(
+        ctx, call.account, client_id, clean_session=clean, prevent_will=prevent_will
     )
     if not done:
         raise AwsError.not_found(f"No connected client has the client ID {client_id}.")
@@ -255,7 +250,8 @@ async def send_direct_message(ctx: HubContext, call: Call) -> web.Response:
     """``POST /connections/{clientId}/messages``: one message to one connected client,
     whatever it subscribed to. ``confirmation=true`` sends it at QoS 1 and answers once the
     device's PUBACK arrives, or 504 ``GatewayTimeoutException`` after ``timeout`` seconds;
-    otherwise QoS 0 and an immediate answer (model documentation)."""
+    otherwise QoS 0 and an immediate answer (model documentation). The node holding the
+    client's session sends it (http/sessions.py)."""
     params = call.params
     client_id = check_client_id(call.label)
     raw_topic = params.get("topic")
@@ -278,30 +274,14 @@ async def send_direct_message(ctx: HubContext, call: Call) -> web.Response:
         origin=call.origin,
     )
     message.id = broker.new_message_id()
-    not_connected = f"No connected client has the client ID {client_id}."
-    if not confirmation:
-        if not broker.send_direct(call.account, client_id, message, API_CALLER):
-            raise AwsError.not_found(not_connected)
-        return call.ok({"message": "OK", "traceId": call.request_id})
-    acked: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_acked() -> None:
-        if not acked.done():
-            acked.set_result(None)
-
-    if not broker.store.accepting:
-        # A QoS 1 copy to a persistent session is stored: refused like any publish while the
-        # store cannot take more, before anything is sent.
-        raise StoreUnavailable("the message store is not accepting new messages")
-    if not broker.send_direct(call.account, client_id, message, API_CALLER, on_acked):
-        raise AwsError.not_found(not_connected)
-    try:
-        await asyncio.wait_for(acked, timeout)
-    except TimeoutError:
+    outcome = await sessions.send_direct(ctx, call.account, client_id, message, timeout)
+    if outcome is DirectOutcome.OFFLINE:
+        raise AwsError.not_found(f"No connected client has the client ID {client_id}.")
+    if outcome is DirectOutcome.TIMEOUT:
         raise AwsError(
             GATEWAY_TIMEOUT,
             f"The client did not confirm delivery (PUBACK) within {timeout} seconds.",
-        ) from None
+        )
     return call.ok({"message": "OK", "traceId": call.request_id})
 
 
@@ -310,11 +290,6 @@ async def send_direct_message(ctx: HubContext, call: Call) -> web.Response:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
-
-
-def _int_attr(obj: object, name: str) -> int | None:
-    value = getattr(obj, name, None)
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 def _split_host_port(address: str) -> tuple[str, int] | None:

@@ -1,0 +1,677 @@
+"""Persistent sessions kept in JetStream, so that they resume on any node.
+
+Modelled on how nats-server keeps MQTT sessions (server/mqtt.go), written for ThingHub:
+
+* **Where a session's QoS 1/2 messages wait.** Each QoS 1/2 subscription (not shared) of a
+  persistent session (Session Expiry Interval above 0; 3.1.1: clean session 0) is a durable
+  JetStream consumer on the cluster's message stream (cluster/stream.py): filter = the
+  subscription's "q" subject (two consumers for "a/#", which maps to two subjects: nats-server
+  2.9 takes one filter per consumer), deliver new, explicit acknowledgement,
+  ``max_ack_pending`` = the hub's inflight bound (``mqtt.max_inflight``), ``ack_wait`` =
+  ``cluster.consumer_ack_wait``. The stream's interest retention keeps a message until every
+  consumer it matches has acknowledged it. The consumer is created before the SUBACK leaves
+  (the SUBACK waits, as for the store's commit), deleted at UNSUBSCRIBE and when the session
+  ends or expires. The broker's fan-out skips these sessions' QoS 1/2 copies of streamed
+  messages (``Session.streamed``, Broker._deliver_unstreamed): they come from the consumer
+  only, so nothing arrives twice; QoS 0 copies, shared subscriptions, retained messages sent
+  at SUBSCRIBE and direct sends still take the broker's own path.
+* **Delivery.** While the session's client is connected to this node, the node subscribes to
+  each consumer's deliver subject (``<prefix>.dlv.<consumer>``, in a queue group: one node
+  gets each delivery). A delivery is checked for No Local (the envelope's origin,
+  [MQTT-3.8.3-3]) and its expiry (an absolute time, §3.3.2.3.3), given the subscription's
+  options (QoS downgrade, Retain As Published, subscription identifier), and handed to the
+  session's queue (broker/queue.py ``offer_stream``) under a packet id derived from its
+  stream sequence (``seq % 65535 + 1``, the next free one if taken), with DUP when JetStream
+  delivers it again (delivery count above 1): a redelivery on another node carries the same
+  packet id, so a QoS 2 receiver that got it before answers PUBREC again and hands it on
+  once (§4.3.3). The client's PUBACK (QoS 1) or PUBCOMP (QoS 2) acknowledges it in
+  JetStream. The node's own store (store/) never holds these copies.
+* **The session's record** is a key of the key-value bucket ``<prefix>_session_state``
+  (replicated like the stream), ``account.clientid`` (escaped as in cluster/owners.py):
+  protocol level, expiry interval, when it went offline, the generation of its consumers,
+  its subscriptions with their options and consumers. Written at CONNECT, before the
+  SUBACK/UNSUBACK, at disconnection; deleted when the session ends. Every node keeps a copy
+  of the bucket in memory (a watch), so that a CONNECT can be answered at once: a CONNECT
+  with Clean Start 0 on a node that does not hold the session rebuilds it from the record
+  (CONNACK Session Present 1), claims it (cluster/owners.py), binds to its consumers and
+  delivers what waits. The node that held it, told of the takeover, gives back (NAK) what it
+  had in flight, which comes back at once; if that node died, it comes back after
+  ``consumer_ack_wait``.
+* **Expiry.** A node that finds an expired record when a client claims it removes its
+  consumers and the record; besides, every node sweeps the records every
+  ``cluster.session_sweep_interval`` seconds and removes those offline past their expiry
+  (their node died: nobody else would). Removing twice is harmless.
+* **Faults.** While NATS, the bucket or the stream is not available, a persistent session's
+  SUBSCRIBE is refused (SUBACK 0x80: its record cannot be written), and a failed consumer
+  creation or record write refuses it too (and removes it); at most
+  ``cluster.max_pending_claims`` changes wait (past that: 0x97).
+
+Limits (docs/architecture.md, *Cluster*): a message published while a subscription's
+consumer is being created may miss it (the SUBACK has not been sent); overlapping QoS 1/2
+subscriptions of one session get a copy each ([MQTT-3.3.4-2] allows it); an acknowledgement
+lost while NATS is out of reach makes JetStream deliver the message again after
+``consumer_ack_wait``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+import secrets
+import time
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+import nats
+from nats.js.api import (
+    AckPolicy,
+    ConsumerConfig,
+    DeliverPolicy,
+    KeyValueConfig,
+    StorageType,
+)
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.kv import KeyValue
+
+from ..broker.queue import Outgoing
+from ..mqtt.packets import Subscription
+from . import envelope
+from .bus import Bus, BusSubscription
+from .settings import ClusterSettings
+from .stream import UNSPECIFIED, MessageStream, Ticket
+from .subjects import Subjects, escape_level
+
+if TYPE_CHECKING:
+    from ..broker.broker import Broker
+    from ..broker.session import Session, SubscriptionEntry
+
+log = logging.getLogger("thinghub.cluster")
+
+WORKERS = 16
+FORMAT = 1
+_NAK_LATER = b'-NAK {"delay": 1000000000}'  # the receiver's window is full: in a second
+_NAK = b"-NAK"
+_ACK = b"+ACK"
+
+#: What a change waits on: called with 0 (done) or a refusal's reason code.
+Done = Callable[[int], None]
+
+
+@dataclass
+class ConsumerCounters:
+    # Copies JetStream delivered to this node's sessions (the first time, and again: the
+    # session moved, its node died, or no acknowledgement came within consumer_ack_wait),
+    # acknowledged by their receivers, given back (a connection closed, the session moved,
+    # the window was full); consumers created and deleted; sessions resumed from another
+    # node's record; expired records removed; changes that failed.
+    deliveries: int = 0
+    redeliveries: int = 0
+    acknowledged: int = 0
+    given_back: int = 0
+    consumers_created: int = 0
+    consumers_deleted: int = 0
+    resumed: int = 0
+    expired: int = 0
+    failed: int = 0
+    dropped: int = 0
+
+
+@dataclass(eq=False)
+class _Copy:
+    reply: bytes
+    out: Outgoing
+
+
+@dataclass(eq=False)
+class _Held:
+    """A persistent session of this node that has consumers: what binds it to them."""
+
+    session: Session
+    generation: str
+    # The session's key in the records bucket; also what orders its changes (one worker).
+    record_key: str
+    # Bound to its consumers' deliver subjects (its client is connected here).
+    attached: bool = False
+    # Full filter -> its consumers' names.
+    consumers: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Deliver subscriptions while the client is connected here.
+    subscriptions: list[BusSubscription] = field(default_factory=list)
+    # Stream sequence -> the copy in flight here.
+    copies: dict[int, _Copy] = field(default_factory=dict)
+
+
+class PersistentSessions:
+    def __init__(
+        self,
+        bus: Bus,
+        subjects: Subjects,
+        settings: ClusterSettings,
+        broker: Broker,
+        stream: MessageStream,
+        node: str,
+        alive: Callable[[], set[str]],
+    ) -> None:
+        # This node's name, and the nodes heard of lately (cluster/interest.py): a record
+        # held by a node that is not among them is expired from when that was first seen.
+        self.node = node
+        self.alive = alive
+        self._dead_since: dict[str, float] = {}
+        self.bus = bus
+        self.subjects = subjects
+        self.settings = settings
+        self.broker = broker
+        self.stream = stream
+        self.counters = ConsumerCounters()
+        self.bucket = subjects.prefix.replace(".", "_") + "_session_state"
+        # Every session record of the cluster, by bucket key (the watch keeps it current).
+        self.records: dict[str, dict[str, Any]] = {}
+        self._held: dict[str, _Held] = {}
+        # Sessions ending here because another node took them over (kept in JetStream).
+        self._moving: set[str] = set()
+        # Set while a session is rebuilt from its record: its consumers exist already.
+        self._resuming: dict[str, tuple[str, ...]] | None = None
+        self._kv: KeyValue | None = None
+        self._watching = False
+        self._queues: list[asyncio.Queue[tuple[Any, ...]]] = []
+        self._tasks: list[asyncio.Task[None]] = []
+        self._watch_task: asyncio.Task[None] | None = None
+        self._waiting = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._queues = [asyncio.Queue() for _ in range(WORKERS)]
+        self._tasks = [loop.create_task(self._work(queue)) for queue in self._queues]
+        self._tasks.append(loop.create_task(self._sweep()))
+
+    def connected(self) -> None:
+        """(Re)connected to NATS: open the bucket and (re)read every record."""
+        if self._watch_task is not None and not self._watch_task.done():
+            self._watch_task.cancel()
+        self._watching = False
+        self._watch_task = asyncio.get_running_loop().create_task(self._watch())
+
+    async def stop(self) -> None:
+        if self.bus.connected and self._waiting:
+            try:
+                await asyncio.wait_for(asyncio.gather(*(q.join() for q in self._queues)), 2.0)
+            except TimeoutError:
+                log.info("stopping with %d session record changes unwritten", self._waiting)
+        tasks = [*self._tasks, *([self._watch_task] if self._watch_task else [])]
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+
+    @property
+    def ready(self) -> bool:
+        return self._kv is not None and self._watching and self.stream.ready
+
+    # ------------------------------------------------------------------ from the broker
+
+    def check_subscription(self, session: Session, topic_filter: str, qos: int) -> int | None:
+        """Every subscription of a persistent session goes into its record (a QoS 1/2 one
+        also gets consumers): refused while they cannot be written."""
+        if not (self.ready and self.bus.connected):
+            return UNSPECIFIED
+        if self._waiting >= self.settings.max_pending_claims:
+            return 0x97
+        if (
+            qos
+            and not topic_filter.startswith("$share/")
+            and self.subjects.queued_filters(session.account, topic_filter) is None
+        ):
+            return 0x97  # too long for a subject of its own: an implementation limit
+        return None
+
+    def kept(self, session: Session, entry: SubscriptionEntry, ticket: Ticket) -> None:
+        """A subscription of a persistent session: its consumers (new ones created, those of
+        a filter now at QoS 0 deleted), then the session's record."""
+        held = self._hold(session)
+        streamed = bool(entry.qos) and entry.share_group is None
+        resuming = self._resuming
+        if resuming is not None:
+            # Rebuilt from its record: the consumers exist, the record is current.
+            if streamed:
+                session.streamed = True
+                held.consumers[entry.full_filter] = resuming.get(entry.full_filter, ())
+            return
+        key = held.record_key
+        names = held.consumers.pop(entry.full_filter, ())
+        if streamed:
+            session.streamed = True
+            subjects = self.subjects.queued_filters(session.account, entry.topic_filter) or ()
+            wanted = tuple(
+                _consumer_name(session.key, held.generation, entry.full_filter, index)
+                for index in range(len(subjects))
+            )
+            held.consumers[entry.full_filter] = wanted
+            for name, subject in zip(wanted, subjects, strict=True):
+                if name not in names:
+                    self._enqueue(key, ("consumer", name, subject, ticket.part()))
+                    if held.attached:
+                        self._bind(held, entry.full_filter, name)
+            names = tuple(n for n in names if n not in wanted)
+        for name in names:
+            self._enqueue(key, ("delete_consumer", name, ticket.part()))
+        self.save(session, ticket)
+
+    def dropped(self, session: Session, full_filter: str, ticket: Ticket) -> None:
+        held = self._held.get(session.key)
+        if held is None:
+            return
+        for name in held.consumers.pop(full_filter, ()):
+            self._enqueue(held.record_key, ("delete_consumer", name, ticket.part()))
+        self.save(session, ticket)
+
+    def resume(self, session: Session) -> bool:
+        """Rebuild ``session`` from its record, if another node held it: True then."""
+        key = _record_key(session.account, session.client_id)
+        record = self.records.get(key)
+        if record is None:
+            return False
+        if _expired(record, time.time()):
+            self._remove_record(key, record)
+            return False
+        generation = str(record.get("g", "")) or secrets.token_hex(6)
+        self._held[session.key] = _Held(session, generation, key)
+        resuming: dict[str, tuple[str, ...]] = {}
+        subscriptions: list[tuple[Subscription, int | None]] = []
+        try:
+            for stored in record.get("s", ()):
+                resuming[str(stored["f"])] = tuple(str(c) for c in stored.get("c", ()))
+                sub = Subscription(
+                    topic_filter=str(stored["f"]),
+                    qos=int(stored["q"]),
+                    no_local=bool(stored.get("nl")),
+                    retain_as_published=bool(stored.get("rap")),
+                    retain_handling=int(stored.get("rh", 0)),
+                )
+                sid = stored.get("id")
+                subscriptions.append((sub, None if sid is None else int(sid)))
+        except (KeyError, TypeError, ValueError) as error:
+            log.warning("session record of %r unreadable, not resumed: %s", key, error)
+            del self._held[session.key]
+            return False
+        self._resuming = resuming
+        try:
+            for sub, sid in subscriptions:
+                self.broker.subscribe(session, sub, sid)
+        finally:
+            self._resuming = None
+        self.counters.resumed += 1
+        return True
+
+    def opened(self, session: Session, clean_start: bool) -> None:
+        """A connection took the session here: a clean one replaces whatever record the
+        cluster held; then its consumers deliver here."""
+        key = _record_key(session.account, session.client_id)
+        if clean_start:
+            record = self.records.get(key)
+            held = self._held.get(session.key)
+            if record is not None and (held is None or record.get("g") != held.generation):
+                self._remove_record(key, record, keep_record=session.persistent)
+        if not session.persistent:
+            return
+        held = self._hold(session)
+        self.save(session, None)
+        self._attach(held)
+
+    def closed(self, session: Session) -> None:
+        held = self._held.get(session.key)
+        if held is None:
+            return
+        self._detach(held)
+        if session.persistent and session.key not in self._moving:
+            self.save(session, None, offline_since=int(time.time() * 1000))
+
+    def ended(self, session: Session) -> None:
+        held = self._held.pop(session.key, None)
+        moving = session.key in self._moving
+        self._moving.discard(session.key)
+        if held is not None:
+            self._detach(held)
+        if moving:
+            return  # another node holds it now, with its consumers and record
+        key = _record_key(session.account, session.client_id)
+        if held is not None:
+            for names in held.consumers.values():
+                for name in names:
+                    self._enqueue(key, ("delete_consumer", name, None))
+        if held is not None or key in self.records:
+            self.records.pop(key, None)
+            self._enqueue(key, ("delete", key, None))
+
+    def moving(self, session: Session) -> None:
+        """``session`` is about to end here because another node resumed it."""
+        self._moving.add(session.key)
+
+    def save(self, session: Session, ticket: Ticket | None, offline_since: int = 0) -> None:
+        held = self._held.get(session.key)
+        record = {
+            "v": FORMAT,
+            "n": self.node,
+            "e": session.expiry_interval,
+            "d": offline_since or None,
+            "g": held.generation if held is not None else "",
+            "s": [
+                {
+                    "f": entry.full_filter,
+                    "q": entry.qos,
+                    "nl": entry.no_local,
+                    "rap": entry.retain_as_published,
+                    "rh": entry.retain_handling,
+                    "id": entry.subscription_id,
+                    "c": list(held.consumers.get(entry.full_filter, ())) if held else [],
+                }
+                for entry in session.subscriptions.values()
+            ],
+        }
+        if session.client is not None:
+            record["p"] = int(session.client.version)
+        key = _record_key(session.account, session.client_id)
+        self.records[key] = record  # this node's view at once; the watch confirms it
+        done = ticket.part() if ticket is not None else None
+        self._enqueue(key, ("put", key, json.dumps(record).encode(), done))
+
+    # ------------------------------------------------------------------ delivery
+
+    def _hold(self, session: Session) -> _Held:
+        held = self._held.get(session.key)
+        if held is None:
+            generation = secrets.token_hex(6)
+            consumers: dict[str, tuple[str, ...]] = {}
+            # A session restored from this node's store after a restart: its consumers are
+            # those of its record.
+            key = _record_key(session.account, session.client_id)
+            record = self.records.get(key)
+            if record is not None and record.get("g"):
+                generation = str(record["g"])
+                for stored in record.get("s", ()):
+                    names = tuple(str(c) for c in stored.get("c", ()))
+                    if names:
+                        consumers[str(stored["f"])] = names
+                        session.streamed = True
+            held = self._held[session.key] = _Held(session, generation, key, False, consumers)
+        return held
+
+    def _attach(self, held: _Held) -> None:
+        self._detach(held)
+        held.attached = True
+        for full_filter, names in held.consumers.items():
+            for name in names:
+                self._bind(held, full_filter, name)
+
+    def _bind(self, held: _Held, full_filter: str, name: str) -> None:
+        handler = partial(self._delivered, held, full_filter)
+        held.subscriptions.append(
+            self.bus.subscribe_with_reply(self._deliver_subject(name), handler, "dlv")
+        )
+
+    def _detach(self, held: _Held) -> None:
+        held.attached = False
+        for subscription in held.subscriptions:
+            self.bus.unsubscribe(subscription)
+        held.subscriptions = []
+        session = held.session
+        for copy in held.copies.values():
+            session.delivery.forget(copy.out)
+            self.bus.send(copy.reply.decode(), _NAK)  # back at once, wherever it is wanted
+            self.counters.given_back += 1
+        held.copies.clear()
+
+    def _deliver_subject(self, name: str) -> str:
+        return f"{self.subjects.prefix}.dlv.{name}"
+
+    def _delivered(
+        self, held: _Held, full_filter: str, _subject: bytes, reply: bytes, data: bytes
+    ) -> None:
+        session = held.session
+        if self._held.get(session.key) is not held or session.client is None:
+            # Not this node's any more (moved, ended): back to the stream for the one it is.
+            self.bus.send(reply.decode(), _NAK)
+            return
+        count, sequence = _ack_metadata(reply)
+        counters = self.counters
+        if count > 1:
+            counters.redeliveries += 1
+        else:
+            counters.deliveries += 1
+        copy = held.copies.get(sequence)
+        if copy is not None:
+            copy.reply = reply  # delivered again while in flight here: acknowledged once
+            return
+        entry = session.subscriptions.get(full_filter)
+        try:
+            arrival = envelope.unpack(data, time.time(), self.broker.clock.time())
+        except envelope.EnvelopeError as error:
+            log.info("an unreadable message in the stream was skipped: %s", error)
+            self.bus.send(reply.decode(), _ACK)
+            return
+        message = arrival.message
+        if (
+            entry is None
+            or arrival.expired
+            or (entry.no_local and message.origin == session.client_id)
+        ):
+            # Unsubscribed meanwhile, expired on the way (§3.3.2.3.3), or No Local.
+            if arrival.expired:
+                self.broker.stats.dropped_expired += 1
+            self.bus.send(reply.decode(), _ACK)
+            return
+        message.id = message.id or arrival.origin_message_id
+        out = Outgoing(
+            message,
+            min(message.qos, entry.qos),
+            message.retain and entry.retain_as_published,
+            () if entry.subscription_id is None else (entry.subscription_id,),
+        )
+        out.on_acked = partial(self._acknowledged, held, sequence)
+        if not session.delivery.offer_stream(out, sequence % 65535 + 1, count > 1):
+            counters.given_back += 1
+            self.bus.send(reply.decode(), _NAK_LATER)
+            return
+        held.copies[sequence] = _Copy(reply, out)
+
+    def _acknowledged(self, held: _Held, sequence: int) -> None:
+        copy = held.copies.pop(sequence, None)
+        if copy is not None:
+            self.counters.acknowledged += 1
+            self.bus.send(copy.reply.decode(), _ACK)
+
+    # ------------------------------------------------------------------ JetStream work
+
+    def _enqueue(self, key: str, op: tuple[Any, ...]) -> None:
+        done: Done | None = op[-1]
+        if self._waiting >= self.settings.max_pending_claims or not self._queues:
+            self.counters.dropped += 1
+            if done is not None:
+                done(0x97)
+            return
+        self._waiting += 1
+        self._queues[zlib.crc32(key.encode()) % WORKERS].put_nowait(op)
+
+    async def _work(self, queue: asyncio.Queue[tuple[Any, ...]]) -> None:
+        while True:
+            op = await queue.get()
+            done: Done | None = op[-1]
+            outcome = 0
+            try:
+                kv = self._kv
+                if kv is None or not self.bus.connected:
+                    raise TimeoutError("NATS or the session records bucket not available")
+                await self._apply(kv, op)
+            except (TimeoutError, nats.errors.Error) as error:
+                self.counters.failed += 1
+                outcome = UNSPECIFIED
+                log.info("session record change %s failed: %s", op[0], error)
+            finally:
+                queue.task_done()
+                self._waiting -= 1
+            if done is not None:
+                done(outcome)
+
+    async def _apply(self, kv: KeyValue, op: tuple[Any, ...]) -> None:
+        kind = op[0]
+        js = self.bus.jetstream()
+        if kind == "consumer":
+            _kind, name, subject, _done = op
+            await js.add_consumer(
+                self.stream.name,
+                ConsumerConfig(
+                    durable_name=name,
+                    deliver_subject=self._deliver_subject(name),
+                    deliver_group="dlv",
+                    filter_subject=subject,
+                    deliver_policy=DeliverPolicy.NEW,
+                    ack_policy=AckPolicy.EXPLICIT,
+                    ack_wait=self.settings.consumer_ack_wait,
+                    max_ack_pending=self.broker.settings.max_inflight,
+                    max_deliver=-1,
+                ),
+            )
+            self.counters.consumers_created += 1
+        elif kind == "delete_consumer":
+            try:
+                await js.delete_consumer(self.stream.name, op[1])
+            except NotFoundError:
+                pass
+            self.counters.consumers_deleted += 1
+        elif kind == "put":
+            await kv.put(op[1], op[2])
+        else:
+            try:
+                await kv.delete(op[1])
+            except NotFoundError:
+                pass
+
+    async def _watch(self) -> None:
+        while True:
+            await self.bus.wait_connected()
+            js = self.bus.jetstream()
+            try:
+                try:
+                    kv = await js.key_value(self.bucket)
+                except BucketNotFoundError:
+                    kv = await js.create_key_value(
+                        KeyValueConfig(
+                            bucket=self.bucket,
+                            history=1,
+                            replicas=self.settings.stream_replicas,
+                            storage=StorageType.FILE,
+                            description="ThingHub: persistent sessions, resumed on any node",
+                        )
+                    )
+                watcher = await kv.watchall()
+            except (TimeoutError, nats.errors.Error) as error:
+                log.info("session records bucket not ready: %s", error)
+                await asyncio.sleep(self.settings.reconnect_wait)
+                continue
+            self._kv = kv
+            records: dict[str, dict[str, Any]] = {}
+            try:
+                async for entry in watcher:
+                    if entry is None:
+                        # Caught up: the bucket as it is, and this node's own view of the
+                        # sessions it holds (newer, or not written yet).
+                        for held in self._held.values():
+                            mine = self.records.get(held.record_key)
+                            if mine is not None:
+                                records[held.record_key] = mine
+                        self.records = records
+                        self._watching = True
+                        continue
+                    target = self.records if self._watching else records
+                    if entry.operation in ("DEL", "PURGE") or not entry.value:
+                        target.pop(entry.key, None)
+                        continue
+                    try:
+                        target[entry.key] = json.loads(entry.value)
+                    except ValueError:
+                        continue
+            finally:
+                try:
+                    await watcher.stop()  # type: ignore[no-untyped-call]
+                except (nats.errors.Error, AttributeError):
+                    pass
+            return
+
+    async def _sweep(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.session_sweep_interval)
+            if not self.ready:
+                continue
+            now = time.time()
+            mine = {held.record_key for held in self._held.values()}
+            alive = self.alive() | {self.node}
+            dead_since = self._dead_since
+            for key, record in list(self.records.items()):
+                if key in mine:
+                    continue
+                if not record.get("d") and record.get("n") not in alive:
+                    # Its node went while the client was connected there: offline since
+                    # this node noticed, for its expiry's sake.
+                    record = {**record, "d": int(dead_since.setdefault(key, now) * 1000)}
+                else:
+                    dead_since.pop(key, None)
+                if _expired(record, now):
+                    dead_since.pop(key, None)
+                    self._remove_record(key, record)
+
+    def _remove_record(self, key: str, record: dict[str, Any], keep_record: bool = False) -> None:
+        """An expired or replaced session: its consumers and (unless replaced) record go."""
+        self.counters.expired += 1
+        for stored in record.get("s", ()):
+            for name in stored.get("c", ()):
+                self._enqueue(key, ("delete_consumer", str(name), None))
+        if not keep_record:
+            self.records.pop(key, None)
+            self._enqueue(key, ("delete", key, None))
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "ready": self.ready,
+            "records": len(self.records),
+            "held": len(self._held),
+            "waiting": self._waiting,
+            **self.counters.__dict__,
+        }
+
+
+def _record_key(account: str, client_id: str) -> str:
+    return f"{escape_level(account)}.{escape_level(client_id)}"
+
+
+def _consumer_name(session_key: str, generation: str, full_filter: str, index: int) -> str:
+    digest = hashlib.sha256(f"{session_key}\x00{generation}\x00{full_filter}".encode())
+    return f"s{digest.hexdigest()[:30]}{index}"
+
+
+def _expired(record: dict[str, Any], now: float) -> bool:
+    offline = record.get("d")
+    expiry = record.get("e", 0)
+    if not offline or not isinstance(expiry, int) or expiry >= 0xFFFFFFFF:
+        return False
+    return bool(now * 1000 >= int(offline) + expiry * 1000)
+
+
+def _ack_metadata(reply: bytes) -> tuple[int, int]:
+    """(delivery count, stream sequence) of a JetStream delivery's reply subject:
+    ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,
+    or the longer form with domain and account hash (nats-server 2.10+)."""
+    tokens = reply.split(b".")
+    try:
+        if len(tokens) == 9:
+            return int(tokens[4]), int(tokens[5])
+        return int(tokens[6]), int(tokens[7])
+    except (IndexError, ValueError):
+        return 1, 0
