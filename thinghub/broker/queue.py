@@ -255,7 +255,9 @@ class SessionQueue:
                 self._persist(out)
             self.inflight[out.packet_id] = out
             trace = self._ctx.trace
-            if trace is not None:
+            # A message without an id is not traced (every traced one has one: Broker._route,
+            # TraceRecorder.begin): the hot path of an untraced copy makes no call.
+            if trace is not None and out.message.id:
                 trace.offered(out.message.id, session.client_id, fates.SENT, out.qos)
             client.send_publish(out, False)
             return
@@ -503,7 +505,7 @@ class SessionQueue:
             return
         del self.inflight[packet_id]
         trace = self._ctx.trace
-        if trace is not None:
+        if trace is not None and out.message.id:  # untraced without an id (as above)
             trace.event(out.message.id, self._session.client_id, fates.ACKNOWLEDGED, qos)
         self._done(out)
         if out.on_acked is not None:
