@@ -79,6 +79,9 @@ class SessionInfo:
     #: messages waiting for the client (queued, in memory or on disk)
     queued: int
     subscriptions: tuple[SubscriptionInfo, ...]
+    #: their bytes, and the QoS 1/2 copies sent and not yet acknowledged (the console's)
+    queued_bytes: int = 0
+    in_flight: int = 0
 
     def to_wire(self) -> dict[str, Any]:
         return {
@@ -94,6 +97,8 @@ class SessionInfo:
             "pe": self.peer,
             "lo": self.local,
             "q": self.queued,
+            "qb": self.queued_bytes,
+            "fl": self.in_flight,
             "s": [
                 [
                     s.full_filter,
@@ -132,6 +137,9 @@ class SessionInfo:
                 local=_opt_str(raw["lo"]),
                 queued=int(raw["q"]),
                 subscriptions=subscriptions,
+                # Absent from a node of an earlier version: not known there.
+                queued_bytes=int(raw.get("qb", 0)),
+                in_flight=int(raw.get("fl", 0)),
             )
         except (KeyError, TypeError, ValueError) as error:
             raise ValueError(f"not a session description: {error}") from None
@@ -181,6 +189,8 @@ def session_info(broker: Broker, node: str, account: str, client_id: str) -> Ses
         peer=peer,
         local=local,
         queued=session.delivery.queued,
+        queued_bytes=session.delivery.queued_bytes,
+        in_flight=len(session.delivery.inflight),
         subscriptions=tuple(
             SubscriptionInfo(
                 e.full_filter,

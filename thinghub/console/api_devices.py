@@ -25,12 +25,14 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from ..auth.aliyun_device import device_client_id
+from ..http import sessions as hub_sessions
+from ..http.context import HubContext
 from ..registry.errors import NotFoundError, RegistryError
 from ..registry.models import DeviceStatus
 from ..shadow.document import ShadowError
 from ..shadow.names import check_thing_name
 from ..trace.report import CONNECTED, ENDED, OFFLINE, report
-from .errors import CONFLICT, ConsoleError
+from .errors import CONFLICT, UNAVAILABLE, ConsoleError
 from .params import query_int
 from .reads import (
     MATCH_MODES,
@@ -98,11 +100,17 @@ async def device(console: Console, request: web.Request, session: ConsoleSession
     dev = found.device
     ctx = console.ctx
     client_id = device_client_id(dev.product_key, dev.device_name)
-    broker_session = ctx.broker.session_of(session.account_id, client_id)
+    body: dict[str, Any] = {"device": device_view(dev, found.product_name), "clientId": client_id}
+    try:
+        # On whichever node of a cluster holds it (http/sessions.py).
+        body["session"] = session_view(
+            await hub_sessions.session_info(ctx, session.account_id, client_id)
+        )
+    except hub_sessions.ClusterUnreachable as error:
+        body["session"] = None
+        body["sessionUnknown"] = str(error)
     return {
-        "device": device_view(dev, found.product_name),
-        "clientId": client_id,
-        "session": session_view(broker_session),
+        **body,
         "shadow": await _shadow(console, session.account_id, dev.device_name),
         "deliveries": _deliveries(console, session.account_id, client_id),
         "trace": ctx.broker.trace is not None,
@@ -122,24 +130,31 @@ async def device_action(console: Console, request: web.Request, session: Console
             console, functools.partial(registry.disable_device, session.account_id, **scope)
         )
         # As DisableThing: the connection closes, the session stays (its queue is delivered
-        # if the device is enabled again before the session expires).
-        ctx.broker.disconnect_client(
-            session.account_id, client_id, clean_session=False, prevent_will=False
-        )
+        # if the device is enabled again before the session expires). In a cluster the
+        # registry's change closes it on any node too (auth/device_watch.py).
+        await _disconnect(ctx, session.account_id, client_id)
     elif action == "enable":
         await _write(
             console, functools.partial(registry.enable_device, session.account_id, **scope)
         )
     elif action == "disconnect":
-        closed = ctx.broker.disconnect_client(
-            session.account_id, client_id, clean_session=False, prevent_will=False
-        )
+        closed = await _disconnect(ctx, session.account_id, client_id)
         if not closed:
             raise ConsoleError(CONFLICT, "The device is not connected.")
     else:
         raise ConsoleError.not_found(f"No action {action!r}; use disable, enable or disconnect.")
     updated = await console.reader.run(device_by_iot_id, registry, session.account_id, dev.iot_id)
     return {"device": None if updated is None else device_view(updated.device, found.product_name)}
+
+
+async def _disconnect(ctx: HubContext, account: str, client_id: str) -> bool:
+    """Close the client's connection (DISCONNECT 0x98), on whichever node holds it."""
+    try:
+        return await hub_sessions.disconnect(
+            ctx, account, client_id, clean_session=False, prevent_will=False
+        )
+    except hub_sessions.ClusterUnreachable as error:
+        raise ConsoleError(UNAVAILABLE, str(error)) from None
 
 
 async def list_products(console: Console, request: web.Request, session: ConsoleSession) -> Any:

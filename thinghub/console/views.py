@@ -13,7 +13,7 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-from ..broker.session import Session
+from ..cluster.sessionops import SessionInfo
 from ..message import Message
 from ..mqtt.properties import Properties
 from ..mqtt.types import ProtocolVersion
@@ -22,7 +22,11 @@ from ..registry.models import Device
 
 __all__ = ["device_view", "message_view", "payload_view", "properties_view", "session_view"]
 
-_VERSIONS = {ProtocolVersion.V31: "3.1", ProtocolVersion.V311: "3.1.1", ProtocolVersion.V5: "5.0"}
+_VERSIONS: dict[int, str] = {
+    ProtocolVersion.V31: "3.1",
+    ProtocolVersion.V311: "3.1.1",
+    ProtocolVersion.V5: "5.0",
+}
 
 
 def device_view(device: Device, product_name: str) -> dict[str, Any]:
@@ -42,22 +46,21 @@ def device_view(device: Device, product_name: str) -> dict[str, Any]:
     }
 
 
-def session_view(session: Session | None) -> dict[str, Any] | None:
-    """A broker session: its connection (if any), expiry, queue and subscriptions."""
-    if session is None:
+def session_view(info: SessionInfo | None) -> dict[str, Any] | None:
+    """A client's session, on whichever node holds it (http/sessions.py): its connection (if
+    any), expiry, queue and subscriptions."""
+    if info is None:
         return None
-    client = session.client
-    delivery = session.delivery
     body: dict[str, Any] = {
-        "clientId": session.client_id,
-        "connected": client is not None and client.connected,
+        "clientId": info.client_id,
+        "connected": info.connected,
         # Session Expiry Interval 0 (3.1.1: Clean Session 1) ends the session with its
         # connection (§3.1.2.11.2); above 0 it is persistent.
-        "persistent": session.persistent,
-        "expiryInterval": session.expiry_interval,
-        "queued": delivery.queued,
-        "queuedBytes": delivery.queued_bytes,
-        "inFlight": len(delivery.inflight),
+        "persistent": info.expiry_interval > 0,
+        "expiryInterval": info.expiry_interval,
+        "queued": info.queued,
+        "queuedBytes": info.queued_bytes,
+        "inFlight": info.in_flight,
         "subscriptions": [
             {
                 "filter": entry.full_filter,
@@ -67,15 +70,17 @@ def session_view(session: Session | None) -> dict[str, Any] | None:
                 "subscriptionId": entry.subscription_id,
                 "subscribedAt": entry.subscribed_at_ms or None,
             }
-            for entry in session.subscriptions.values()
+            for entry in info.subscriptions
         ],
     }
-    if client is not None:
+    if info.node:
+        body["node"] = info.node
+    if info.connected:
         body["connection"] = {
-            "address": client.link.peer,
-            "protocol": _VERSIONS.get(client.version, str(int(client.version))),
-            "connectedAt": client.connected_at_ms or None,
-            "keepAlive": client.keep_alive,
+            "address": info.peer,
+            "protocol": _VERSIONS.get(info.protocol, str(info.protocol)),
+            "connectedAt": info.connected_at_ms,
+            "keepAlive": info.keep_alive,
         }
     return body
 

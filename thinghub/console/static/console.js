@@ -536,7 +536,7 @@
           ["Last sign-in", when(d.lastOnlineAt)],
           ["From", d.ipAddress || "—"],
         ])),
-        h("section", { class: "card", "aria-labelledby": "ses-h" }, h("h2", { id: "ses-h" }, "Session"), sessionFacts(s, data.clientId))),
+        h("section", { class: "card", "aria-labelledby": "ses-h" }, h("h2", { id: "ses-h" }, "Session"), sessionFacts(s, data.clientId, data.sessionUnknown))),
       h("section", { class: "card", "aria-labelledby": "sub-h" }, h("h2", { id: "sub-h" }, "Subscriptions"),
         table([
           { label: "Topic filter", cell: (e) => h("span", { class: "mono" }, e.filter) },
@@ -558,12 +558,14 @@
     ]);
   }
 
-  function sessionFacts(s, clientId) {
+  function sessionFacts(s, clientId, unknown) {
+    if (unknown) return h("p", { class: "empty" }, `The session of ${clientId} cannot be read now: ${unknown}`);
     if (!s) return h("p", { class: "empty" }, `No session for ${clientId}: the device has not connected, or its session ended.`);
     const c = s.connection;
     return facts([
       ["State", s.connected ? pill("ONLINE", "ONLINE") : pill("offline", "OFFLINE")],
       ["Client id", h("span", { class: "mono" }, s.clientId)],
+      s.node ? ["Node", s.node] : null,
       ["Kind", s.persistent ? `persistent, expires ${duration(s.expiryInterval)} after it disconnects` : "clean: ends with its connection"],
       c ? ["Protocol", `MQTT ${c.protocol}`] : null,
       c ? ["Address", c.address] : null,
