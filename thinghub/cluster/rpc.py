@@ -64,9 +64,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("thinghub.cluster")
 
 VERSION = 1
-#: Requests a node has in hand at once (each RRpc or confirmed direct message waits for its
-#: device); beyond it the node answers "busy".
-MAX_CONCURRENT = 256
 #: Requests nats-py holds unread for this node's subscription.
 _PENDING_MSGS = 4096
 _BROADCAST_CHUNK = 1000
@@ -101,8 +98,6 @@ class ClusterRpc:
         broker: Broker,
         owners_bucket: str,
         live_nodes: Callable[[], Collection[str]],
-        *,
-        max_concurrent: int = MAX_CONCURRENT,
     ) -> None:
         self.bus = bus
         self.subjects = subjects
@@ -112,7 +107,9 @@ class ClusterRpc:
         self.owners_bucket = owners_bucket
         #: The other nodes heard from within ``node_timeout`` (cluster/interest.py).
         self.live_nodes = live_nodes
-        self.max_concurrent = max_concurrent
+        # Requests in hand at once (each RRpc or confirmed direct message waits for its
+        # device); beyond it this node answers "busy".
+        self.max_concurrent = settings.rpc_max_concurrent
         self.counters = RpcCounters()
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()

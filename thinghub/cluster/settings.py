@@ -55,6 +55,10 @@ class ClusterSettings:
     # Session ownership claims waiting for JetStream (cluster/owners.py); past it a claim is
     # dropped and counted: that connection does not take over a session held elsewhere.
     max_pending_claims: int = 100_000
+    # Requests from other nodes this node handles at once (a session's state, a disconnect, a
+    # direct message, an RRpc, which waits for its device: cluster/rpc.py); past it the node
+    # answers "busy" and the asking node's API call gets a 503.
+    rpc_max_concurrent: int = 256
     # QoS 1/2 messages handed to the cluster's message stream (cluster/stream.py) and not yet
     # acknowledged by JetStream: past it a QoS 1/2 publish is refused (MQTT 5: 0x97, HTTP
     # 503) until acknowledgements come back. Each one waits at most ``request_timeout``.
@@ -96,6 +100,8 @@ class ClusterSettings:
             found.append("cluster.node_id must be 0..1023 (or -1: claimed in the cluster)")
         if not SUBJECT_PREFIX.fullmatch(self.subject_prefix):
             found.append("cluster.subject_prefix must be dot-separated letters, digits, - or _")
+        if self.rpc_max_concurrent < 1:
+            found.append("cluster.rpc_max_concurrent must be at least 1")
         if not 1 <= self.stream_replicas <= 5:
             found.append("cluster.stream_replicas must be 1..5 (JetStream's limit)")
         if min(self.connect_timeout, self.reconnect_wait, self.request_timeout) <= 0:
