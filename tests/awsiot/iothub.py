@@ -10,14 +10,13 @@ where it lives, ``stop()``."""
 
 from __future__ import annotations
 
-import asyncio
-import threading
+import sys
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 import boto3
@@ -27,15 +26,15 @@ from botocore.awsrequest import AWSRequest
 from botocore.config import Config
 from botocore.credentials import Credentials
 
-from thinghub.app import Hub
-from thinghub.config import load_settings
 from thinghub.identity.service import IdentityService
 from thinghub.registry.models import AccessKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
+from loophub import LoopHub
 
 KEY_ID, SECRET = "AKIAAWSIOTCONTROLTEST", "aws-iot-control-plane-tests-secret-0123"
 TIMEOUT = 10.0
 NO_RETRIES = Config(retries={"mode": "standard", "total_max_attempts": 1}, read_timeout=TIMEOUT)
-T = TypeVar("T")
 
 
 @dataclass
@@ -45,70 +44,20 @@ class RawResponse:
     body: bytes
 
 
-class IotHub:
+class IotHub(LoopHub):
     def __init__(self, data_dir: Path, **overrides: Any) -> None:
         """``overrides``: settings by dotted key (``"aws.endpoint_host"``)."""
-        settings = load_settings(
-            None,
-            environ={},
-            overrides={
-                "data_dir": data_dir,
-                "mqtt.host": "127.0.0.1",
-                "http.host": "127.0.0.1",
-                "mqtt.port": 0,
-                "mqtt.tls_port": 0,
-                "http.port": 0,
-                **overrides,
-            },
-        )
-        environ = {"THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID, "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET}
-        self.data_dir = data_dir
-        self.hub = Hub(settings, environ=environ)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="iothub-loop")
-        self.thread.start()
-        self.stopped = False
         self._pool = urllib3.PoolManager()
-        try:
-            endpoints = self.run(self.hub.start())
-        except BaseException:
-            self._stop_loop()
-            raise
-        self.http_port = endpoints.http[1]
-        self.mqtt_port = endpoints.mqtt[1]
+        super().__init__(
+            data_dir, (KEY_ID, SECRET), overrides, thread_name="iothub-loop", timeout=TIMEOUT
+        )
         assert self.hub.registry is not None
         root_key = self.hub.registry.lookup_access_key(KEY_ID)
         assert root_key is not None
         self.root_key: AccessKey = root_key
 
-    # --- lifecycle --------------------------------------------------------------------
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 2 * TIMEOUT) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def on_loop(self, fn: Callable[[], T]) -> T:
-        """``fn()`` on the hub's event loop thread, where its state lives."""
-
-        async def call() -> T:
-            return fn()
-
-        return self.run(call())
-
-    def stop(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        try:
-            self.run(self.hub.stop())
-        finally:
-            self._stop_loop()
-            self._pool.clear()
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        assert not self.thread.is_alive(), "the hub's loop did not stop"
-        self.loop.close()
+    def closing(self) -> None:
+        self._pool.clear()
 
     @property
     def identity(self) -> IdentityService:

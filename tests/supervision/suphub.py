@@ -8,88 +8,45 @@ what users see. Nothing else is replaced."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sys
 import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import boto3
 from aliyunsdkcore.client import AcsClient
 from botocore.config import Config
 
-from thinghub.app import Hub
-from thinghub.config import load_settings
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
 import rawmqtt
+from loophub import LoopHub
 
 KEY_ID, SECRET = "LTAIsupervisionTests000", "supervision-tests-secret-0123456789"
 TIMEOUT = 10.0
-T = TypeVar("T")
 
 
-class InProcessHub:
+class InProcessHub(LoopHub):
     def __init__(self, data_dir: Path, *, id_lease_ms: int = 10_000, **overrides: Any) -> None:
         """``overrides``: settings by dotted key (``"mqtt.queue_page_messages"``)."""
-        settings = load_settings(
-            None,
-            environ={},
-            overrides={
-                "data_dir": data_dir,
-                "mqtt.host": "127.0.0.1",
-                "http.host": "127.0.0.1",
-                "mqtt.port": 0,
-                "mqtt.tls_port": 0,
-                "http.port": 0,
-                "mqtt.allow_anonymous": True,
-                **overrides,
-            },
-        )
-        environ = {"THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID, "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET}
-        self.data_dir = data_dir
-        self.hub = Hub(settings, environ=environ, id_lease_ms=id_lease_ms)
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, name="suphub-loop")
-        self.thread.start()
-        self.stopped = False
         # Closed by ``stop``: every client a test opened (an unclosed socket is a warning).
         self._clients: list[Any] = []
-        try:
-            endpoints = self.run(self.hub.start())
-        except BaseException:
-            self._stop_loop()
-            raise
-        self.mqtt_port = endpoints.mqtt[1]
-        self.http_port = endpoints.http[1]
+        super().__init__(
+            data_dir,
+            (KEY_ID, SECRET),
+            {"mqtt.allow_anonymous": True, **overrides},
+            thread_name="suphub-loop",
+            timeout=TIMEOUT,
+            id_lease_ms=id_lease_ms,
+        )
 
-    # --- lifecycle --------------------------------------------------------------------
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout: float = 2 * TIMEOUT) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def stop(self) -> None:
-        """Stop the hub (it must stop within the timeout), then its loop."""
-        if self.stopped:
-            return
-        self.stopped = True
-        try:
-            self.run(self.hub.stop())
-        finally:
-            self._stop_loop()
-            for client in self._clients:
-                client.close()
-
-    def _stop_loop(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(TIMEOUT)
-        assert not self.thread.is_alive(), "the hub's loop did not stop"
-        self.loop.close()
+    def closing(self) -> None:
+        for client in self._clients:
+            client.close()
 
     # --- what users see ---------------------------------------------------------------
 
