@@ -232,7 +232,7 @@ class Hub:
         if self._store.shared:
             # Sign-ins the node cannot answer while PostgreSQL is out of reach are refused.
             shared = cast("PgRegistryStore", self._store)
-            authenticator = RegistrySignInGate(hooks, registry, shared.is_fresh)
+            authenticator = RegistrySignInGate(hooks, registry, shared.is_fresh, self.aws_devices)
         self.broker = broker = Broker(
             mqtt,
             loop,

@@ -269,6 +269,13 @@ class AwsDevices:
             True, account=key.account, subject=KeyClient(key.account, key.access_key_id)
         )
 
+    def cached(self, certificate: ClientCertificate) -> bool:
+        """Whether the certificate's sign-in record is cached and current: while a shared
+        registry is out of reach its copy takes no changes, so such a record is as good as
+        any other node's (auth/device_watch.py, ``RegistrySignInGate``)."""
+        cached = self._principals.get(hashlib.sha256(certificate.der).hexdigest())
+        return cached is not None and cached.generation == self.changes.grants
+
     def principal(self, certificate_id: str) -> _Principal | None:
         """The certificate's sign-in record, cached while no identity write has committed
         since it was read (None: no account holds it)."""

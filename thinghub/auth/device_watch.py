@@ -43,7 +43,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
-from ..broker.auth import Credential, Decision
+from ..broker.auth import ClientCertificate, Credential, Decision
 from ..broker.broker import Broker, session_key
 from ..broker.session import Session
 from ..mqtt.packets import Connect
@@ -51,6 +51,7 @@ from ..mqtt.types import ReasonCode
 from ..registry.models import Device
 from ..registry.registry import Registry
 from .aliyun_device import device_client_id
+from .aws_device import AwsDevices
 from .broker_hooks import ANONYMOUS, RegistryHooks, uses_device_sign_in
 
 __all__ = ["BATCH_SIZE", "WATCH_INTERVAL_S", "DeviceWatch", "RegistrySignInGate"]
@@ -377,14 +378,23 @@ _REGISTRY_UNAVAILABLE = Decision.deny(
 class RegistrySignInGate:
     """The broker's authenticator in front of ``RegistryHooks`` on a node whose registry is
     shared (PostgreSQL). While ``fresh()`` is False: an Alibaba device signs in only if the
-    sign-in cache holds it (``Registry.sign_in_cached``); a client certificate or a signed
-    URL (an AWS IoT identity, whose records the copy may hold stale) is refused; an anonymous
-    client, which the registry does not vouch for, is the hooks' to judge as always."""
+    sign-in cache holds it (``Registry.sign_in_cached``), and an AWS IoT client certificate
+    only if its sign-in record is cached (``AwsDevices.cached``): what this node knew when it
+    lost PostgreSQL holds, nothing new is read from a copy that may be stale. A signed URL is
+    refused; an anonymous client, which the registry does not vouch for, is the hooks' to
+    judge as always."""
 
-    def __init__(self, hooks: RegistryHooks, registry: Registry, fresh: Callable[[], bool]) -> None:
+    def __init__(
+        self,
+        hooks: RegistryHooks,
+        registry: Registry,
+        fresh: Callable[[], bool],
+        aws: AwsDevices | None = None,
+    ) -> None:
         self._hooks = hooks
         self._registry = registry
         self._fresh = fresh
+        self._aws = aws
 
     def authenticate(self, connect: Connect, peer: str) -> Decision:
         if not self._fresh() and uses_device_sign_in(connect):
@@ -397,7 +407,11 @@ class RegistrySignInGate:
     def authenticate_credential(
         self, connect: Connect, peer: str, credential: Credential
     ) -> Decision:
-        if not self._fresh():
+        if not self._fresh() and not (
+            isinstance(credential, ClientCertificate)
+            and self._aws is not None
+            and self._aws.cached(credential)
+        ):
             return _REGISTRY_UNAVAILABLE
         return self._hooks.authenticate_credential(connect, peer, credential)
 
