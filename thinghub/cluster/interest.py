@@ -49,8 +49,11 @@ class Interest:
         heartbeat_interval: float,
         node_timeout: float,
         clock: Callable[[], float],
+        nodes_gone: Callable[[list[str]], None] | None = None,
     ) -> None:
+        """``nodes_gone``: told the names of the nodes not heard of for ``node_timeout``."""
         self.bus = bus
+        self.nodes_gone = nodes_gone
         self.subjects = subjects
         self.node = node
         self.boot = secrets.token_hex(8)
@@ -275,3 +278,5 @@ class Interest:
             gone = self.remote.expire(self.clock())
             if gone:
                 log.warning("cluster nodes %s not heard of: their interest is dropped", gone)
+                if self.nodes_gone is not None:
+                    self.nodes_gone(gone)

@@ -50,6 +50,7 @@ from .settings import ClusterSettings
 from .shared import SharePlan, SharePlanner
 from .stream import MessageStream, Ticket
 from .subjects import Subjects
+from .wills import ClusterWills
 
 if TYPE_CHECKING:
     from ..broker.broker import Broker
@@ -106,8 +107,20 @@ class ClusterNode:
             heartbeat_interval=settings.heartbeat_interval,
             node_timeout=settings.node_timeout,
             clock=self.clock.time,
+            nodes_gone=self._nodes_gone,
         )
         self.owners = Owners(self.bus, self.subjects, settings, self.name, self._taken_over)
+        # Wills of connected clients, for the others to publish should this node die.
+        self.wills = ClusterWills(
+            self.bus,
+            self.subjects,
+            settings,
+            self.name,
+            self.interest.boot,
+            broker,
+            lambda: self.interest.remote.nodes,
+            self.owners.owner,
+        )
         self.retained = RetainedStream(
             self.bus, self.subjects, settings, broker.keep_retained, self.clock.time, time.time
         )
@@ -144,6 +157,7 @@ class ClusterNode:
         False when NATS was not reached within ``connect_timeout`` (the node keeps trying)."""
         self.interest.start()
         self.owners.start()
+        self.wills.start()
         self.rpc.start()
         self.stream.start()
         self.persistent.start()
@@ -164,6 +178,7 @@ class ClusterNode:
         self.interest.stop()
         await self.rpc.stop()
         await self.owners.stop()
+        await self.wills.stop()
         await self.retained.stop()
         await self.persistent.stop()
         await self.bus.close()
@@ -174,6 +189,7 @@ class ClusterNode:
         self.retained.connected()
         self.stream.connected()
         self.persistent.connected()
+        self.wills.rejoined()
 
     def accepts_sign_ins(self) -> bool:
         """Whether a new connection may be accepted now: only while this node can claim its
@@ -285,13 +301,19 @@ class ClusterNode:
     def session_opened(self, session: Session, clean_start: bool) -> None:
         self.owners.claim(session.account, session.client_id, clean_start)
         self.persistent.opened(session, clean_start)
+        self.wills.connected(session)
 
     def session_ended(self, session: Session) -> None:
         self.owners.release(session.account, session.client_id)
         self.persistent.ended(session)
+        self.wills.closed(session)
 
     def session_closed(self, session: Session) -> None:
         self.persistent.closed(session)
+        self.wills.closed(session)
+
+    def _nodes_gone(self, names: list[str]) -> None:
+        self.wills.nodes_gone(names)
 
     def streams(self, message: Message) -> bool:
         topic = message.topic
@@ -398,6 +420,7 @@ class ClusterNode:
             "stream": self.stream.status(),
             "persistent_sessions": self.persistent.status(),
             "rpc": {"nodes": self.rpc.nodes(), **asdict(self.rpc.counters)},
+            "wills": self.wills.status(),
             "retained": {
                 "ready": self.retained.ready,
                 "catch_ups": self.retained.catch_ups,

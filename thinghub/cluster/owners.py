@@ -139,6 +139,17 @@ class Owners:
         if key in self.claims or key in self._in_flight:
             self._enqueue(key, ("release", key, account, client_id, False))
 
+    async def owner(self, account: str, client_id: str) -> str | None:
+        """The node holding the client id now, as the bucket says (None: no node). Raises
+        TimeoutError or nats' errors when the bucket cannot be read."""
+        assert self._kv is not None
+        kv = await self._kv
+        try:
+            entry = await kv.get(_kv_key(account, client_id))
+        except KeyNotFoundError:
+            return None
+        return _owner(entry.value)
+
     def _enqueue(self, key: str, op: tuple[Any, ...]) -> bool:
         if self._waiting >= self.settings.max_pending_claims:
             self.counters.dropped += 1
