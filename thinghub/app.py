@@ -440,6 +440,8 @@ class Hub:
                 health.degrade("registry", f"the PostgreSQL registry is out of reach: {why}")
 
         loop = asyncio.get_running_loop()
+        aws_devices = self.aws_devices
+        assert aws_devices is not None
 
         def identities(change: RegistryChange) -> None:
             """On the thread that applied the change: the identity caches, and the live
@@ -453,10 +455,29 @@ class Hub:
                     loop.call_soon_threadsafe(identity.certificate_status_changed, account, cert_id)
                 except RuntimeError:  # the loop is closed: no connection is left
                     return
+            if change.devices is None and "iot_certificates" in change.tables:
+                # A whole copy (after the listener reconnected): which certificates changed
+                # while nothing was heard is not known, so every connected one is checked.
+                try:
+                    loop.call_soon_threadsafe(aws_devices.recheck_connections)
+                except RuntimeError:
+                    return
+
+        def swept() -> None:
+            """On the heartbeat thread: another node marked this one's devices offline (its
+            heartbeat was late); the presence writer writes the connected ones again."""
+            try:
+                loop.call_soon_threadsafe(registry.presence.resync)
+            except RuntimeError:  # the loop is closed: no connection is left
+                return
 
         store.on_reachability = reachability
+        store.on_swept = swept
         store.add_change_listener(identities)
         store.start_listening()
+        # Devices of a node that died are marked offline by the others (registry/pg_store.py).
+        settings = self.settings.registry
+        store.start_heartbeat(settings.node_heartbeat, settings.node_timeout_s)
 
     def _server_tls(self) -> ServerTLS:
         """The TLS listener's contexts: the configured certificate, or the one the hub's CA

@@ -3,7 +3,9 @@ boto3's ``iot`` client on a ``thinghub serve --registry postgresql://...`` hub, 
 device signing in with that certificate over mutual TLS. While PostgreSQL is out of reach
 (stopped by its PID) a certificate the hub has already seen signs in again, one it has never
 seen is refused with CONNACK 0x88 (Server unavailable; 3.1.1: 3) rather than judged on a copy
-that may be stale; once PostgreSQL is back the new one signs in too, without a restart."""
+that may be stale; once PostgreSQL is back the new one signs in too, without a restart. A
+certificate revoked while the hub heard no change is disconnected once it copies the
+registry again."""
 
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "awsdevice"))
 from certs import tls_answer
 from devhub import DevHub, wait_for
+from sdk import Sdk311
 
 pytestmark = pytest.mark.thinghub_only
 
@@ -65,3 +68,31 @@ def test_certificates_sign_in_from_a_registry_on_postgresql(
         lambda: tls_answer(hub, unseen.cert_file, unseen.key_file, unseen.thing) == "connack:0",
         what="the hub to recover by itself once PostgreSQL is back",
     )
+
+
+def test_a_certificate_revoked_while_no_change_was_heard_is_disconnected_after_the_copy(
+    hub: DevHub, pg: pgserver.PgServer
+) -> None:
+    iot = hub.iot()
+    device = hub.device(iot)
+    sdk = Sdk311(hub, device, device.thing)
+    try:
+        sdk.connect()
+        # Revoked behind the hub's back: no NOTIFY (as when the change lands while this
+        # node's listener is away).
+        trigger = "iot_certificates_notify"
+        pg.psql(
+            f"ALTER TABLE iot_certificates DISABLE TRIGGER {trigger}; "
+            "UPDATE iot_certificates SET status = 'REVOKED' "
+            f"WHERE certificate_id = '{device.certificate_id}'; "
+            f"ALTER TABLE iot_certificates ENABLE TRIGGER {trigger}",
+            as_hub=True,
+        )
+        assert sdk.interrupted.empty()
+        # The listener loses PostgreSQL and, once it is back, copies the registry whole.
+        pg.kill()
+        pg.restart()
+        sdk.interrupted.get(timeout=30)  # closed: the revocation was found in the copy
+    finally:
+        sdk.close()
+    assert tls_answer(hub, device.cert_file, device.key_file, device.thing) == "connack:5"

@@ -406,6 +406,14 @@ class AwsDevices:
             for device in list(self._connections.get(certificate_id, ())):
                 self._close(device, reason)
 
+    def recheck_connections(self) -> None:
+        """Every connected certificate checked again (on the loop): after a shared registry
+        was copied whole, what changed while its changes were not heard is not known
+        (registry/pg_store.py), and a certificate revoked meanwhile must not stay connected."""
+        for certificate_id, devices in list(self._connections.items()):
+            if devices:
+                self.certificate_changed(next(iter(devices)).account_id, certificate_id)
+
     def ca_changed(self, account_id: str, ca_certificate_id: str) -> None:
         """A registered CA certificate changed (committed; on the loop)."""
         ca = self._reader.ca_certificate(account_id, ca_certificate_id)
