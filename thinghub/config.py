@@ -198,6 +198,20 @@ class RegistrySettings:
     # and each node reads a local copy kept current by LISTEN/NOTIFY
     # (registry/pg_store.py). None: registry.db in the data directory.
     url: str | None = None
+    # With ``url``: devices of a node that died (SIGKILL, a lost machine) are shown OFFLINE
+    # by the others. Each node writes a heartbeat to PostgreSQL every ``node_heartbeat``
+    # seconds and, in the same transaction, marks OFFLINE the devices online on a node whose
+    # last heartbeat is older than ``node_timeout`` seconds (None: 3 heartbeats), on
+    # PostgreSQL's clock. So a dead node's devices are OFFLINE everywhere within
+    # node_timeout + node_heartbeat; a node only paused longer than node_timeout writes its
+    # connected devices ONLINE again at its next heartbeat (registry/pg_store.py).
+    node_heartbeat: float = 5.0
+    node_timeout: float | None = None
+
+    @property
+    def node_timeout_s(self) -> float:
+        """``node_timeout``, or 3 heartbeats when unset."""
+        return 3 * self.node_heartbeat if self.node_timeout is None else self.node_timeout
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,6 +365,10 @@ class Settings:
                 "registry settings must be at least 1",
             ),
             (self.registry.preload_devices >= 0, "registry.preload_devices must be at least 0"),
+            (
+                0 < self.registry.node_heartbeat < self.registry.node_timeout_s,
+                "registry.node_heartbeat must be above 0 and below registry.node_timeout",
+            ),
             (
                 min(self.trace.max_messages, self.trace.max_sessions) >= 1
                 and self.trace.max_age_s > 0

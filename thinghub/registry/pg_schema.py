@@ -18,6 +18,9 @@ Compatibility notes (STYLE.md §3.14):
   ``pg_store.py``).
 * ``devices.online_node``: the node whose presence writer last wrote the device online; a node
   starting marks offline only its own devices (``Registry.mark_all_offline``).
+* ``registry_nodes`` (version 2): each node's last heartbeat, on PostgreSQL's clock, and
+  whether a sweep found it late (``swept``); the devices online on a node that stopped
+  heartbeating are marked offline by the others (``pg_store.py``, "Nodes that die").
 * Every registry table has a row trigger that sends ``NOTIFY thinghub_registry`` with the
   table and the row's key (JSON ``{"t": table, "k": [key values]}``), delivered at commit,
   whoever writes (a node's API, its presence writer, the command line). ``shadows`` has none:
@@ -272,4 +275,14 @@ _V1: tuple[str, ...] = (
     ),
 )
 
-PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1,)
+# Version 2: the nodes' heartbeats (pg_store.py, "Nodes that die"). Not replicated and
+# without a trigger: only the nodes' heartbeat threads read it, in PostgreSQL.
+_V2: tuple[str, ...] = (
+    f"""CREATE TABLE registry_nodes (
+        node {_T} PRIMARY KEY,
+        last_seen TIMESTAMPTZ NOT NULL,
+        swept BIGINT NOT NULL DEFAULT 0
+    )""",
+)
+
+PG_MIGRATIONS: tuple[tuple[str, ...], ...] = (_V1, _V2)

@@ -41,6 +41,25 @@ Theory of operation
 * **Per node:** the MessageId lease stays in the copy's ``meta`` table (never replicated),
   and presence is written with this node's tag (``devices.online_node``), so a node starting
   marks offline only the devices it had online.
+* **Nodes that die.** A node killed (SIGKILL, a lost machine) cannot write its devices
+  offline. So each node heartbeats a row of ``registry_nodes`` (its tag, ``last_seen`` on
+  PostgreSQL's clock) every ``registry.node_heartbeat`` seconds, on a thread of its own
+  (``thinghub-registry-heartbeat``: the presence writer sleeps while no device comes or
+  goes), and in the same transaction sweeps: one conditional UPDATE marks OFFLINE every
+  device online on a node that has not heartbeated for ``registry.node_timeout`` (at the
+  node's start, also those of nodes without a row). The transaction takes the registry's
+  write lock, so heartbeats and sweeps are serialized and each statement reads the clock
+  after the lock is held: two nodes sweeping at once do no harm (the second finds nothing
+  left to do). The change reaches every copy by the usual notifications. A device's status
+  is so OFFLINE on every node within ``node_timeout`` plus one heartbeat of its node's
+  death. The first heartbeat is written at start, before any device can sign in. A node
+  whose heartbeats failed (PostgreSQL out of reach) sweeps again only once it has been back
+  for ``node_timeout``: after an outage of PostgreSQL itself, every node gets as long to
+  heartbeat again before its devices are taken for dead.
+* **A node that was swept** (its heartbeats were late: a long pause, PostgreSQL out of
+  reach for it only) is told by the ``swept`` flag the sweep left on its row: it writes the
+  presence of the devices still connected to it again (``on_swept``: a presence resync,
+  ``presence.py``), so they are ONLINE again one heartbeat after it is back.
 """
 
 from __future__ import annotations
@@ -48,8 +67,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import sqlite3
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -59,6 +80,7 @@ from typing import Any, cast
 import psycopg
 
 from .errors import RegistryUnreachable, SchemaVersionError
+from .ids import wall_clock_ms
 from .pg_schema import CHANNEL, PG_MIGRATIONS, REPLICATED, SCHEMA_TABLE
 from .pg_sql import PgConnection
 from .store import RegistryChange, RegistryStore
@@ -104,6 +126,33 @@ def node_tag(data_dir: Path) -> str:
         return tag
 
 
+# Heartbeat and sweep (module notes, "Nodes that die"). Each statement reads the clock after
+# the write lock is held (statement_timestamp(), not the transaction's start).
+_WAS_SWEPT_SQL = b"SELECT swept FROM registry_nodes WHERE node = %s"
+_HEARTBEAT_SQL = (
+    b"INSERT INTO registry_nodes (node, last_seen, swept) VALUES (%s, statement_timestamp(), 0) "
+    b"ON CONFLICT (node) DO UPDATE SET last_seen = excluded.last_seen, swept = 0"
+)
+_LATE_NODES_SQL = (
+    b"UPDATE registry_nodes SET swept = 1 WHERE swept = 0 "
+    b"AND last_seen < statement_timestamp() - make_interval(secs => %s) RETURNING node"
+)
+# Each heartbeat: the devices of the late nodes, found through the index of online devices
+# by node (pg_schema.py), so a sweep that finds nothing costs a probe per late node.
+_SWEEP_SQL = (
+    b"UPDATE devices SET online = 0, status_changed_at = %s WHERE online = 1 "
+    b"AND online_node IN (SELECT node FROM registry_nodes "
+    b"WHERE last_seen < statement_timestamp() - make_interval(secs => %s))"
+)
+# At a node's start, once: also the devices of nodes without a heartbeat row at all (online
+# before this schema version, or written by the command line); a scan of the online devices.
+_SWEEP_ALL_SQL = (
+    b"UPDATE devices SET online = 0, status_changed_at = %s WHERE online = 1 "
+    b"AND (online_node IS NULL OR online_node NOT IN (SELECT node FROM registry_nodes "
+    b"WHERE last_seen >= statement_timestamp() - make_interval(secs => %s)))"
+)
+
+
 class PgRegistryStore(RegistryStore):
     """``RegistryStore`` whose writes go to PostgreSQL and whose reads run on a local copy
     (module notes). ``start_listening()`` once the hub runs; ``close()`` at stop."""
@@ -137,6 +186,17 @@ class PgRegistryStore(RegistryStore):
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._listen_conn: psycopg.Connection[Any] | None = None
+        self._heartbeat: threading.Thread | None = None
+        #: called on the heartbeat thread when another node swept this one's devices
+        self.on_swept: Callable[[], None] | None = None
+        #: heartbeats that failed (PostgreSQL out of reach) or raised (a bug); sweeps that
+        #: marked devices offline, and how many devices
+        self.heartbeat_failures = 0
+        self.sweeps = 0
+        self.swept_devices = 0
+        self._heartbeat_failing = False
+        # time.monotonic() from which this node sweeps (_beat)
+        self._sweep_after = 0.0
         self._pg_ready = True
         listen: psycopg.Connection[Any] | None = None
         try:
@@ -454,6 +514,79 @@ class PgRegistryStore(RegistryStore):
             if changes:
                 self._apply(conn, changes)
 
+    # ------------------------------------------------------------------ nodes that die
+
+    def start_heartbeat(
+        self, every_s: float, timeout_s: float, clock: Callable[[], int] = wall_clock_ms
+    ) -> None:
+        """Heartbeat (and sweep) now, before any device signs in here, then every
+        ``every_s`` seconds on a thread; devices online on a node silent for ``timeout_s``
+        are marked offline, at ``clock()`` (epoch ms). Module notes, "Nodes that die"."""
+        if every_s <= 0 or timeout_s <= every_s:
+            raise ValueError("the heartbeat must be above 0 and below the node timeout")
+        self._beat(timeout_s, clock, first=True)
+        self._heartbeat = threading.Thread(
+            target=self._heartbeats,
+            args=(every_s, timeout_s, clock),
+            name="thinghub-registry-heartbeat",
+            daemon=True,
+        )
+        self._heartbeat.start()
+
+    def _heartbeats(self, every_s: float, timeout_s: float, clock: Callable[[], int]) -> None:
+        while not self._stop.wait(every_s):
+            try:
+                self._beat(timeout_s, clock, first=False)
+            except Exception:  # supervised: a bug is said, and the next heartbeat tries again
+                self.heartbeat_failures += 1
+                log.exception("the registry heartbeat failed")
+
+    def _beat(self, timeout_s: float, clock: Callable[[], int], *, first: bool) -> None:
+        # A node that could not heartbeat (PostgreSQL out of reach) sweeps again only once it
+        # has been back for a whole timeout: after an outage of everyone's, the others get as
+        # long to heartbeat again before their devices are taken for dead.
+        sweeps = time.monotonic() >= self._sweep_after
+        late: list[str] = []
+        swept = 0
+        try:
+            with self.write() as conn:
+                raw = cast(PgConnection, conn).raw
+                row = raw.execute(_WAS_SWEPT_SQL, (self.node,)).fetchone()
+                raw.execute(_HEARTBEAT_SQL, (self.node,))
+                if sweeps:
+                    late = [str(r[0]) for r in raw.execute(_LATE_NODES_SQL, (timeout_s,))]
+                    sweep = _SWEEP_ALL_SQL if first else _SWEEP_SQL
+                    swept = raw.execute(sweep, (clock(), timeout_s)).rowcount
+        except RegistryUnreachable as error:
+            self.heartbeat_failures += 1
+            self._sweep_after = math.inf
+            if not self._heartbeat_failing:
+                self._heartbeat_failing = True
+                log.warning("the registry heartbeat cannot be written: %s", error)
+            return
+        if self._heartbeat_failing:
+            self._heartbeat_failing = False
+            self._sweep_after = time.monotonic() + timeout_s
+            log.warning("the registry heartbeat is written again")
+        if swept > 0:
+            self.sweeps += 1
+            self.swept_devices += swept
+            log.warning(
+                "%d devices marked offline: their node has not heartbeated for %g s "
+                "(registry.node_timeout; late nodes: %s)",
+                swept,
+                timeout_s,
+                ", ".join(late) or "seen before",
+            )
+        was_swept = row is not None and int(row[0]) != 0
+        if was_swept and not first:
+            log.warning(
+                "this node's heartbeat was late and its devices were marked offline by "
+                "another node: writing the connected ones online again"
+            )
+            if self.on_swept is not None:
+                self.on_swept()
+
     def _set_fresh(self, fresh: bool, why: str) -> None:
         if fresh == self.fresh:
             return
@@ -474,6 +607,8 @@ class PgRegistryStore(RegistryStore):
         thread = self._thread
         if thread is not None:
             thread.join(timeout=5)
+        if self._heartbeat is not None:
+            self._heartbeat.join(timeout=5)
         with self._pg_lock:
             if self._pg is not None:
                 self._pg.close()

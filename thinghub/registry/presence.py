@@ -202,6 +202,13 @@ class PresenceBook:
         if len(pending) == 1 and self.wake is not None:
             self.wake()
 
+    def resync(self) -> None:
+        """Write every connected device's status afresh, as after an overflow: the registry
+        lost them (another node swept this one's devices offline: ``pg_store.py``)."""
+        self._resync_due = True
+        if self.wake is not None:
+            self.wake()
+
     # ------------------------------------------------------------------ the writer's side
 
     def take(self, limit: int) -> PresenceBatch | None:
