@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from .auth.aliyun_device import build_credentials
+from .registry.errors import ConflictError, NotFoundError
 from .registry.models import AccessKey, Device, Product
 from .registry.registry import Registry
 
@@ -28,9 +29,20 @@ def ensure_demo(registry: Registry) -> Demo | None:
     if product is None:
         if products:
             return None  # the user's own products: no demo
-        product = registry.create_product(root, DEMO_PRODUCT, 0, description="made by make run")
-        registry.register_device(root, product.product_key, DEMO_DEVICE)
-    device = registry.get_device(root, product_key=product.product_key, device_name=DEMO_DEVICE)
+        try:
+            product = registry.create_product(root, DEMO_PRODUCT, 0, description="made by make run")
+            registry.register_device(root, product.product_key, DEMO_DEVICE)
+        except ConflictError:
+            # Nodes starting together on a new shared registry (PostgreSQL): another one
+            # made it first.
+            products = registry.list_products(root, page=1, page_size=50).items
+            product = next((p for p in products if p.name == DEMO_PRODUCT), None)
+            if product is None:
+                return None
+    try:
+        device = registry.get_device(root, product_key=product.product_key, device_name=DEMO_DEVICE)
+    except NotFoundError:
+        return None  # the other node has not registered the device yet, or it was deleted
     return Demo(product, device)
 
 

@@ -12,6 +12,7 @@ in, ``/healthz`` says degraded; with PostgreSQL back, the nodes recover by thems
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import sys
 import time
@@ -299,3 +300,26 @@ def test_postgresql_out_of_reach_then_back(
             what=f"a device registered after the outage to sign in on {node.name}",
         )
     assert _signs_in(n2, unknown)
+
+
+def test_nodes_starting_together_on_a_new_registry_all_start(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Each makes the demo product and device of a new registry at start (demo.py): the one
+    that finds another made them first uses theirs."""
+    if not pgserver.available():
+        pytest.skip(f"PostgreSQL 15 is not installed in {pgserver.BIN}")
+    fresh = pgserver.PgServer()
+    fresh.start()
+    try:
+        with concurrent.futures.ThreadPoolExecutor(3) as pool:
+            starting = [
+                pool.submit(PgNode, f"t{n}", fresh.url, tmp_path_factory.mktemp(f"t{n}"), 10 + n)
+                for n in range(3)
+            ]
+            started = [future.result() for future in starting]
+        for node in started:
+            node.assert_alive()
+            node.stop()
+    finally:
+        fresh.stop()
