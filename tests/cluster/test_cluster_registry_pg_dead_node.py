@@ -19,6 +19,7 @@ import signal
 import sys
 import threading
 import time
+import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -31,6 +32,7 @@ from aliyunsdkiot.request.v20180120.GetDeviceStatusRequest import GetDeviceStatu
 from aliyunsdkiot.request.v20180120.QueryDeviceDetailRequest import QueryDeviceDetailRequest
 from aliyunsdkiot.request.v20180120.RegisterDeviceRequest import RegisterDeviceRequest
 from click.testing import CliRunner
+from prometheus_client.parser import text_string_to_metric_families
 
 from thinghub.cli import main as cli_main
 
@@ -160,6 +162,16 @@ def statuses(node: PgNode, iot_id: str) -> set[str]:
     return set(found)
 
 
+def swept_devices(node: PgNode) -> float:
+    """``thinghub_registry_swept_devices_total`` on the node's ``/metrics``."""
+    with urllib.request.urlopen(f"{node.url}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    for family in text_string_to_metric_families(text):
+        if family.name == "thinghub_registry_swept_devices":
+            return sum(sample.value for sample in family.samples)
+    return 0.0
+
+
 def test_devices_of_a_killed_node_are_shown_offline_then_online_once_it_is_back(
     pg: pgserver.PgServer, nodes: list[PgNode], tmp_path: Path
 ) -> None:
@@ -172,6 +184,7 @@ def test_devices_of_a_killed_node_are_shown_offline_then_online_once_it_is_back(
     took = wait_for(lambda: statuses(n1, iot_id) == {"OFFLINE"}, what="node 1 to say OFFLINE")
     client.close()
     assert took < NODE_TIMEOUT_S + HEARTBEAT_S + SLACK_S, f"OFFLINE after {took:.2f} s"
+    assert swept_devices(n1) >= 1  # node 1 swept it, and says so on /metrics
     # Node 2 started again on its data directory: the device signs in there again.
     nodes[1] = n2 = PgNode("n2", pg.url, tmp_path / "n2", 2)
     client = sign_in(n2, device)

@@ -14,6 +14,7 @@ a component name). What a client chooses (client ids, topics, key ids) is never 
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, cast
 
 from prometheus_client import generate_latest
 from prometheus_client.core import (
@@ -30,6 +31,9 @@ from .cluster import cluster_metrics
 from .figures import broker_figures
 from .histogram import Buckets
 from .sources import Sources
+
+if TYPE_CHECKING:
+    from ..registry.pg_store import PgRegistryStore
 
 __all__ = ["HubCollector", "render_metrics"]
 
@@ -337,6 +341,29 @@ class HubCollector(Collector):
                 ["result"],
                 [(("done",), writer.writes), (("refused",), writer.refused)],
             )
+
+        if context.registry.store.shared:
+            # The registry on PostgreSQL: heartbeats and the sweeps of the devices of nodes
+            # that stopped heartbeating (a string cast: psycopg is imported only with it).
+            store = cast("PgRegistryStore", context.registry.store)
+            for name, doc, value in (
+                (
+                    "heartbeat_failures",
+                    "Registry heartbeats that failed (PostgreSQL out of reach).",
+                    store.heartbeat_failures,
+                ),
+                (
+                    "node_sweeps",
+                    "Sweeps of the devices of silent nodes this node made.",
+                    store.sweeps,
+                ),
+                (
+                    "swept_devices",
+                    "Devices of silent nodes this node marked OFFLINE.",
+                    store.swept_devices,
+                ),
+            ):
+                yield _counter(f"thinghub_registry_{name}_total", doc, value)
 
     def _health(self) -> Iterator[Metric]:
         snapshot = self._sources.context.health.snapshot()
