@@ -1,23 +1,25 @@
-"""Cross-node scenarios: publishers on node 1, subscribers on node 2 of a ThingHub cluster.
+"""Cross-node scenarios: publishers on node 1, subscribers on the other nodes of a cluster.
 
-``python -m bench.cluster`` runs fan-in (QoS 0), qos1 and qos1-persistent (bench/scenarios.py)
-twice per run: against one plain ThingHub (the single-node figure of the same run), then
-across two clustered nodes on one NATS server with JetStream, publishers on n1 and
-subscribers on n2. The figure compared is messages per hub CPU-second: deliveries divided by
-the CPU seconds of the hubs (both nodes together for the cluster), so that it does not depend
-on how many cores this machine lends the processes. NATS's own CPU is shown beside it. The
-issue's targets: cross-node QoS 0 at least 0.5x the single node, QoS 1 into persistent
-sessions at least 0.4x.
+``python -m bench.cluster`` runs fan-in (QoS 0), fan-out (QoS 0), qos1 and qos1-persistent
+(bench/scenarios.py) twice per run: against one plain ThingHub (the single-node figure of the
+same run), then across clustered nodes on one NATS server with JetStream, publishers on n1 and
+subscribers on n2 (fan-out: the 100 subscribers spread over n2 and n3, so that each message
+crosses to two nodes). The figure compared is messages per hub CPU-second: deliveries divided
+by the CPU seconds of the hubs over the measurement window, warm-up excluded (every node
+together for the cluster), so that it does not depend on how many cores this machine lends the
+processes. NATS's own CPU is shown beside it. The issue's targets: cross-node QoS 0 at least
+0.5x the single node, QoS 1 into persistent sessions at least 0.4x.
 
-Before the first publish the bench waits until n1 knows n2's filters (``GET
+Before the first publish the bench waits until n1 knows every receiving node's filters (``GET
 /thinghub/cluster``): from then on every message crosses, none is forwarded blindly.
-Processes are not pinned to CPUs (three of them share the machine's cores).
+Processes are not pinned to CPUs (the nodes and NATS share the machine's cores).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import functools
 import json
 import shutil
 import statistics
@@ -35,8 +37,10 @@ from bench.mqttload import SetupError, StreamResult, run_stream
 from bench.runner import run_loop
 from bench.scenarios import SCENARIOS
 
-SCENARIO_NAMES = ("fan-in", "qos1", "qos1-persistent")
-TARGETS = {"fan-in": 0.5, "qos1": None, "qos1-persistent": 0.4}
+SCENARIO_NAMES = ("fan-in", "fan-out", "qos1", "qos1-persistent")
+TARGETS = {"fan-in": 0.5, "fan-out": 0.5, "qos1": None, "qos1-persistent": 0.4}
+#: The nodes the subscribers are spread over, besides the publishers' n1.
+RECEIVERS = {"fan-out": 2}
 SETTLE_TIMEOUT = 20.0
 
 
@@ -98,11 +102,23 @@ class SumProbe:
         self.probes = probes
         self.aside = aside
         self.aside_readings: list[float] = []
+        # Each node's CPU seconds at each reading (the first and last bound the measurement
+        # window): the cost of a message on each node.
+        self.readings: list[list[float]] = []
 
     def cpu_seconds(self) -> float:
         if self.aside is not None:
             self.aside_readings.append(self.aside.cpu_seconds())
-        return sum(p.cpu_seconds() for p in self.probes)
+        each = [p.cpu_seconds() for p in self.probes]
+        self.readings.append(each)
+        return sum(each)
+
+    def per_node(self) -> list[float]:
+        """CPU seconds of each node over the measurement window."""
+        if len(self.readings) < 2:
+            return []
+        first, last = self.readings[0], self.readings[-1]
+        return [b - a for a, b in zip(first, last, strict=True)]
 
     def rss_kb(self) -> int:
         return sum(p.rss_kb() for p in self.probes)
@@ -124,6 +140,10 @@ class Figure:
     lost: int | None = None
     p50_ms: float | None = None
     p99_ms: float | None = None
+    # Cross-node only: µs of CPU per published message on each node (n1 publishes) and on
+    # NATS, and the routing state of the nodes at the end of the run.
+    node_us: dict[str, float] | None = None
+    routing: dict[str, Any] | None = None
 
 
 def _figure(scenario: str, setup: str, r: StreamResult, nats_cpu: float | None) -> Figure:
@@ -157,19 +177,19 @@ def single_run(scenario: str, seconds: float, warmup: float) -> Figure:
         hub.stop()
 
 
-def _settled(sender: ClusterHub, receiver: ClusterHub) -> Callable[[], Awaitable[None]]:
-    """Until ``sender`` knows ``receiver``'s filters at their current version."""
+def _settled(sender: ClusterHub, receivers: Sequence[ClusterHub]) -> Callable[[], Awaitable[None]]:
+    """Until ``sender`` knows every receiver's filters at their current version."""
 
     def check() -> bool:
-        mine, theirs = sender.cluster_status(), receiver.cluster_status()
-        interest = mine["interest"]
-        known = interest["nodes"].get(receiver.node_name)
-        return (
-            not interest["blind"]
-            and known is not None
-            and known["synced"]
-            and known["version"] == theirs["interest"]["interest_version"]
-        )
+        interest = sender.cluster_status()["interest"]
+        if interest["blind"]:
+            return False
+        for receiver in receivers:
+            known = interest["nodes"].get(receiver.node_name)
+            theirs = receiver.cluster_status()["interest"]["interest_version"]
+            if known is None or not known["synced"] or known["version"] != theirs:
+                return False
+        return True
 
     async def wait() -> None:
         loop = asyncio.get_running_loop()
@@ -182,7 +202,11 @@ def _settled(sender: ClusterHub, receiver: ClusterHub) -> Callable[[], Awaitable
     return wait
 
 
-def cross_run(scenario: str, seconds: float, warmup: float) -> Figure:
+def cross_run(
+    scenario: str, seconds: float, warmup: float, fanout_nodes: int = RECEIVERS["fan-out"]
+) -> Figure:
+    """The scenario across nodes: publishers on n1, subscribers on n2 (fan-out: spread over
+    ``fanout_nodes`` nodes n2, n3, ...)."""
     spec = SCENARIOS[scenario].spec
     assert spec is not None
     nats = NatsServer()
@@ -190,32 +214,69 @@ def cross_run(scenario: str, seconds: float, warmup: float) -> Figure:
     try:
         nats.start()
         started.append(nats)
-        n1, n2 = ClusterHub(nats.url, "n1"), ClusterHub(nats.url, "n2")
-        for hub in (n1, n2):
+        receiving = fanout_nodes if scenario == "fan-out" else RECEIVERS.get(scenario, 1)
+        names = [f"n{i + 1}" for i in range(1 + receiving)]
+        hubs = [ClusterHub(nats.url, name) for name in names]
+        for hub in hubs:
             hub.start()
             started.append(hub)
-        assert n1.probe is not None and n2.probe is not None
-        probe = SumProbe([n1.probe, n2.probe], nats.probe)
+        probes = [hub.probe for hub in hubs if hub.probe is not None]
+        assert len(probes) == len(hubs)
+        probe = SumProbe(probes, nats.probe)
+        sender, receivers = hubs[0], hubs[1:]
+        settled = _settled(sender, receivers)
+        routing: dict[str, Any] = {}
+
+        async def ready() -> None:
+            # Once settled, every subscriber is in: the routing state of the run.
+            await settled()
+            loop = asyncio.get_running_loop()
+            routing.update(await loop.run_in_executor(None, _routing, hubs))
+
         r = run_loop(
             run_stream(
                 spec,
                 brokers.HOST,
-                n2.port,
+                receivers[0].port,
                 seconds,
                 warmup,
                 probe,
-                pub_port=n1.port,
-                ready=_settled(n1, n2),
+                pub_port=sender.port,
+                ready=ready,
+                sub_ports=[hub.port for hub in receivers],
             )
         )
         readings = probe.aside_readings
         nats_cpu = 100.0 * (readings[-1] - readings[0]) / r.elapsed if len(readings) >= 2 else None
-        return _figure(scenario, "cross-node", r, nats_cpu)
+        figure = _figure(scenario, "cross-node", r, nats_cpu)
+        if r.sent:
+            figure.node_us = {
+                hub.node_name: round(cpu * 1e6 / r.sent, 2)
+                for hub, cpu in zip(hubs, probe.per_node(), strict=False)
+            }
+            if len(readings) >= 2:
+                figure.node_us["nats"] = round((readings[-1] - readings[0]) * 1e6 / r.sent, 2)
+        figure.routing = routing
+        return figure
     except (BrokerUnavailable, OSError, SetupError, TimeoutError) as error:
         return Figure(scenario, "cross-node", ok=False, error=str(error) or type(error).__name__)
     finally:
         for broker in reversed(started):
             broker.stop()
+
+
+def _routing(hubs: Sequence[ClusterHub]) -> dict[str, Any]:
+    """Per node: the distinct filters its sessions hold, its NATS subscriptions, and the
+    entries of its remote interest table (the other nodes' filters it knows)."""
+    found: dict[str, Any] = {}
+    for hub in hubs:
+        interest = hub.cluster_status()["interest"]
+        found[hub.node_name] = {
+            "filters": interest["filters"],
+            "nats_subscriptions": interest["nats_subscriptions"],
+            "remote_filters": sum(node["filters"] for node in interest["nodes"].values()),
+        }
+    return found
 
 
 def _median(figures: Sequence[Figure], field: str) -> float | None:
@@ -229,7 +290,8 @@ def _num(value: float | None, digits: int = 0) -> str:
 
 def report(figures: Sequence[Figure], scenarios: Sequence[str]) -> tuple[list[str], list[dict]]:
     lines = [
-        "### Cross-node: publishers on n1, subscribers on n2 (one NATS server)",
+        "### Cross-node: publishers on n1, subscribers on n2 (fan-out: spread over n2, n3...; "
+        "one NATS server)",
         "",
         "| scenario | single msgs/s | single hub CPU | single msgs/CPU-s | cross msgs/s "
         "| cross hubs CPU | NATS CPU | cross msgs/CPU-s | ratio | target |",
@@ -253,6 +315,13 @@ def report(figures: Sequence[Figure], scenarios: Sequence[str]) -> tuple[list[st
             "ok_runs": {"single": sum(f.ok for f in single), "cross": sum(f.ok for f in cross)},
             "errors": [f.error for f in single + cross if f.error],
         }
+        node_us = [f.node_us for f in cross if f.ok and f.node_us]
+        if node_us:
+            row["cross"]["node_us"] = {
+                node: statistics.median(us[node] for us in node_us if node in us)
+                for node in node_us[0]
+            }
+            row["cross"]["routing"] = next(f.routing for f in reversed(cross) if f.routing)
         rows.append(row)
         lines.append(
             f"| {name} | {_num(row['single']['rate'])} | {_num(row['single']['hub_cpu'])}% "
@@ -260,6 +329,18 @@ def report(figures: Sequence[Figure], scenarios: Sequence[str]) -> tuple[list[st
             f"| {_num(row['cross']['nats_cpu'])}% | {_num(c_eff)} | {_num(ratio, 2)}x "
             f"| {'-' if target is None else f'{target}x'} |"
         )
+    lines += [
+        "",
+        "CPU per published message on each node, µs (n1 publishes; medians):",
+        "",
+    ]
+    for row in rows:
+        us = row["cross"].get("node_us")
+        if us:
+            lines.append(
+                f"- {row['scenario']}: "
+                + ", ".join(f"{node} {value:,.2f}" for node, value in us.items())
+            )
     return lines, rows
 
 
@@ -267,9 +348,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.cluster", description=__doc__)
     ap.add_argument("--seconds", type=float, default=10.0)
     ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--scenario", nargs="+", choices=SCENARIO_NAMES)
+    # topics1000 (1,000 distinct filters) shows how the routing state grows; not by default.
+    ap.add_argument("--scenario", nargs="+", choices=(*SCENARIO_NAMES, "topics1000"))
     ap.add_argument("--quick", action="store_true", help="--seconds 1 --runs 1")
     ap.add_argument("--json", type=Path)
+    ap.add_argument(
+        "--fanout-nodes",
+        type=int,
+        default=RECEIVERS["fan-out"],
+        help="the nodes fan-out's subscribers are spread over (besides the publisher's)",
+    )
     args = ap.parse_args(argv)
     if args.quick:
         args.seconds, args.runs = 1.0, 1
@@ -281,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     figures: list[Figure] = []
     for run in range(args.runs):
         for name in scenarios:
-            for setup in (single_run, cross_run):
+            cross = functools.partial(cross_run, fanout_nodes=args.fanout_nodes)
+            for setup in (single_run, cross):
                 figure = setup(name, args.seconds, warmup)
                 figures.append(figure)
                 print(

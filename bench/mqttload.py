@@ -527,11 +527,14 @@ async def run_stream(
     *,
     pub_port: int | None = None,
     ready: Callable[[], Awaitable[None]] | None = None,
+    sub_ports: Sequence[int] = (),
 ) -> StreamResult:
     """Connect, subscribe, warm up, measure for ``seconds``, disconnect. Publishers connect to
-    ``pub_port`` when given (another node of a cluster: bench/cluster.py), and ``ready`` is
+    ``pub_port`` when given (another node of a cluster: bench/cluster.py), subscriber ``i``
+    to ``sub_ports[i % len(sub_ports)]`` when given (several nodes), and ``ready`` is
     awaited once every client is connected and subscribed, before the first publish."""
     pub_to = port if pub_port is None else pub_port
+    sub_to = list(sub_ports) or [port]
     run = LoadRun(spec)
     clients: list[Client] = []
     token = new_token()
@@ -541,11 +544,12 @@ async def run_stream(
 
         def sub_factory(i: int, topic: str) -> Callable[[], asyncio.Future[None]]:
             async def go() -> None:
+                at = sub_to[i % len(sub_to)]
                 if spec.persistent_subs:
                     cid = client_id(spec.name.replace("-", "")[:8], "s", i)
-                    c = await open_client(run, host, port, cid, clients, clean=False)
+                    c = await open_client(run, host, at, cid, clients, clean=False)
                 else:
-                    c = await open_client(run, host, port, client_id(token, "s", i), clients)
+                    c = await open_client(run, host, at, client_id(token, "s", i), clients)
                 await c.subscribe(topic, spec.qos)
                 subs.append((c, topic))
 

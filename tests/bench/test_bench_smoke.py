@@ -189,9 +189,10 @@ def test_the_report_marks_missed_targets_and_failures() -> None:
 
 
 def test_the_cross_node_scenarios_run(tmp_path: Path) -> None:
-    """`python -m bench.cluster --quick`: fan-in, qos1 and qos1-persistent against one hub and
-    across two clustered nodes (publishers on n1, subscribers on n2) on a real nats-server,
-    reported as messages per hub CPU-second. Figures are reported, never judged here."""
+    """`python -m bench.cluster --quick`: fan-in, fan-out, qos1 and qos1-persistent against one
+    hub and across clustered nodes (publishers on n1, subscribers on n2; fan-out's spread over
+    n2 and n3) on a real nats-server, reported as messages per hub CPU-second with each node's
+    CPU per message and routing state. Figures are reported, never judged here."""
     if shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists():
         pytest.skip("nats-server is not installed (apt-get install nats-server)")
     out = tmp_path / "cluster.json"
@@ -201,12 +202,20 @@ def test_the_cross_node_scenarios_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     summary = {row["scenario"]: row for row in json.loads(out.read_text())["summary"]}
-    assert set(summary) == {"fan-in", "qos1", "qos1-persistent"}
+    assert set(summary) == {"fan-in", "fan-out", "qos1", "qos1-persistent"}
     for name, row in summary.items():
         assert row["ok_runs"] == {"single": 1, "cross": 1}, (name, row["errors"])
         assert row["single"]["per_cpu_s"] > 0 and row["cross"]["per_cpu_s"] > 0, name
         assert row["cross"]["lost"] == 0, name
-    assert "| fan-in |" in proc.stdout and "cross msgs/CPU-s" in proc.stdout
+        assert row["cross"]["node_us"]["n1"] > 0, name
+    fan_out = summary["fan-out"]["cross"]
+    assert set(fan_out["node_us"]) == {"n1", "n2", "n3", "nats"}
+    # 100 subscriptions of one filter, spread over n2 and n3: one filter on each, which n1
+    # knows (the interest table grows with distinct filters, not subscribers).
+    assert fan_out["routing"]["n2"]["filters"] == fan_out["routing"]["n3"]["filters"] == 1
+    assert fan_out["routing"]["n1"]["remote_filters"] == 2
+    assert "| fan-in |" in proc.stdout and "| fan-out |" in proc.stdout
+    assert "cross msgs/CPU-s" in proc.stdout
 
 
 def test_the_trace_cost_is_measured_beside_the_plain_hub(tmp_path: Path) -> None:

@@ -117,7 +117,9 @@ def test_puback_and_http_200_wait_for_the_stream_and_are_refused_without_it(
     assert _aliyun_pub(s1, product_key, topic, 1)["Success"] is True
     s1.iot_data().publish(topic=topic, qos=1, payload=b"aws back")
     wait_for(lambda: s1.status()["persistent_sessions"]["ready"], what="session records")
-    assert keeper.subscribe(later, 1) == 1
+    # The stream's leader may still be moving after a restart of every NATS server: a
+    # consumer's creation is refused (0x80) until JetStream has one, then it works.
+    wait_for(lambda: keeper.subscribe(later, 1) == 1, timeout=30, what="a SUBSCRIBE granted")
     got = [m.payload for m in remote.until(b"aws back")]
     # Refused messages were not acknowledged; what was acknowledged arrived.
     assert b"refused" not in got and b"back" in got and b"api" in got

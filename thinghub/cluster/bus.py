@@ -8,6 +8,13 @@ handler of a subscription is called with each message as it comes off the wire. 
 announcement made after a subscription reaches the other nodes after the subscription does
 (docs/architecture.md, *Cluster*).
 
+Batches: ``send_batched`` gathers the messages of one event-loop turn per subject and hands
+each subject's to NATS as one message (cluster/envelope.py ``pack_batch``) when the turn ends
+(once per turn, ``loop.call_soon``), before any other operation queued after them, and early
+once ``BATCH_BYTES`` wait; so the order of messages on one subject (one MQTT topic of one
+account: MQTT orders per topic, §4.6) is the order they were sent in, and everything queued
+after a batched message still reaches NATS after it.
+
 Inbound messages are handled in wire order, in nats-py's reading task. nats-py runs each
 subscription's callback on a task of its own, which loses the order between subscriptions
 (a message matched through "a.*" could be handled before an earlier one matched through
@@ -38,6 +45,7 @@ from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
 
 from ..health import Health
+from .envelope import pack_batch
 from .settings import ClusterSettings
 
 log = logging.getLogger("thinghub.cluster")
@@ -48,6 +56,9 @@ Handler = Callable[[bytes, bytes], None]
 #: reply subject is where they are acknowledged: cluster/consumers.py).
 ReplyHandler = Callable[[bytes, bytes, bytes], None]
 COMPONENT = "cluster"
+#: A batch is handed to NATS once this many bytes of envelopes wait in it (well below NATS'
+#: default max_payload of 1 MiB), or at the end of the loop turn.
+BATCH_BYTES = 64 * 1024
 
 
 class _Connection(NATSClient):
@@ -128,6 +139,10 @@ class Bus:
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
     _closing: bool = False
     _logged_errors: int = 0
+    # send_batched's messages of this loop turn, per subject, in the order first sent.
+    _batches: dict[str, list[bytes]] = field(default_factory=dict)
+    _batched_bytes: int = 0
+    _seal_scheduled: bool = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -224,14 +239,60 @@ class Bus:
             self.counters.refused_full += 1
             return False
         self._queued_bytes += size
+        if self._batches:
+            self._seal()
         self._ops.append(("pub", subject, payload, reply, on_failed))
         self._wake.set()
         return True
+
+    def send_batched(self, subject: str, payload: bytes) -> bool:
+        """``send``, gathered with the other messages for ``subject`` of this loop turn into
+        one NATS message (see the module's docstring); for envelopes (cluster/envelope.py)
+        the receiving node reads with ``split_batch``."""
+        if not self._connected.is_set():
+            self.counters.refused_disconnected += 1
+            return False
+        size = len(payload)
+        if self._queued_bytes + size > self.settings.outbound_buffer_bytes:
+            self.counters.refused_full += 1
+            return False
+        self._queued_bytes += size
+        batch = self._batches.get(subject)
+        if batch is None:
+            self._batches[subject] = [payload]
+            if not self._seal_scheduled:
+                self._seal_scheduled = True
+                asyncio.get_running_loop().call_soon(self._seal)
+        else:
+            batch.append(payload)
+        self._batched_bytes += size
+        if self._batched_bytes >= BATCH_BYTES:
+            self._seal()
+        return True
+
+    def _seal(self) -> None:
+        """The waiting batches into the queue of operations, as one message each."""
+        self._seal_scheduled = False
+        batches = self._batches
+        if not batches:
+            return
+        self._batches = {}
+        self._batched_bytes = 0
+        ops = self._ops
+        for subject, envelopes in batches.items():
+            if len(envelopes) == 1:
+                payload = envelopes[0]
+            else:
+                payload = pack_batch(envelopes)
+                self._queued_bytes += len(payload) - sum(map(len, envelopes))
+            ops.append(("pub", subject, payload, "", None))
+        self._wake.set()
 
     def subscribe(self, subject: str, handler: Handler, queue: str = "") -> BusSubscription:
         """Subscribe (once connected, and again after every reconnect); ``queue`` makes it a
         member of that queue group: NATS gives each message to one member of a group."""
         subscription = BusSubscription(subject, queue, handler)
+        self._seal()
         self._ops.append(("sub", subscription))
         self._wake.set()
         return subscription
@@ -241,12 +302,14 @@ class Bus:
     ) -> BusSubscription:
         """``subscribe`` for a handler that needs each message's reply subject."""
         subscription = BusSubscription(subject, queue, None, reply_handler=handler)
+        self._seal()
         self._ops.append(("sub", subscription))
         self._wake.set()
         return subscription
 
     def unsubscribe(self, subscription: BusSubscription) -> None:
         subscription.cancelled = True
+        self._seal()
         self._ops.append(("unsub", subscription))
         self._wake.set()
 
@@ -333,6 +396,7 @@ class Bus:
             await self._drain_ops()
 
     async def _drain_ops(self) -> None:
+        self._seal()
         nc = self._nc
         assert nc is not None
         ops = self._ops

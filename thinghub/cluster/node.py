@@ -22,10 +22,12 @@ node delivers each shared group a message matches (before its local fan-out), th
   one is kept in JetStream (its record, a consumer per QoS 1/2 subscription) and resumed on
   whichever node its client comes back to (cluster/consumers.py).
 
-A QoS 0 message crosses on core NATS (at most once). A QoS 1/2 message is published into the
-cluster's replicated message stream (cluster/stream.py), whatever the interest table says:
-the other nodes' core subscriptions get it from the same publication, and its publisher's
-acknowledgement waits for JetStream's (``take_ticket``), as it waits for the store's commit.
+A QoS 0 message crosses on core NATS (at most once), in one NATS message with the others for
+its subject of the same loop turn (cluster/bus.py ``send_batched``). A QoS 1/2 message is
+published into the cluster's replicated message stream (cluster/stream.py), whatever the
+interest table says: the other nodes' core subscriptions get it from the same publication,
+and its publisher's acknowledgement waits for JetStream's (``take_ticket``), as it waits for
+the store's commit.
 """
 
 from __future__ import annotations
@@ -252,13 +254,17 @@ class ClusterNode:
         if topic.startswith(NODE_LOCAL_PREFIX):
             return 0
         account = message.account
-        interested = self.interest.interested(account, topic)
+        # Interest.interested, one call less: asked once per message published here.
+        interested = self.interest.remote.interested(account, topic, self.clock.time())
         queued = self.subjects.queued(account, topic) if message.qos else None
         if not (message.retain or interested or queued):
             self.counters.kept_local += 1
             return 0
         shares = plan.shares if isinstance(plan, SharePlan) else None  # made by ``plan``
-        data = envelope.pack(message, self.name, time.time(), self.clock.time(), shares)
+        if message.expires_at is None:
+            data = envelope.pack(message, self.name, 0.0, 0.0, shares)  # the clocks unused
+        else:
+            data = envelope.pack(message, self.name, time.time(), self.clock.time(), shares)
         sent = True
         if message.retain:
             # Every node keeps it; a QoS 1/2 one is routed from its "q" publication below
@@ -270,7 +276,8 @@ class ClusterNode:
                 ticket = self.ticket = Ticket()
             sent = self.stream.publish(queued, data, ticket.part())
         elif sent and interested and not message.retain:
-            sent = self.bus.send(self.subjects.message(account, topic), data)
+            # With the other messages for its subject of this loop turn (cluster/bus.py).
+            sent = self.bus.send_batched(self.subjects.message(account, topic), data)
         if sent:
             # Counted by interest: a QoS 1/2 message no other node's filter matches went
             # into the stream only (for persistent sessions), not to another node.
@@ -343,37 +350,53 @@ class ClusterNode:
     # ------------------------------------------------------------------ from other nodes
 
     def _arrived(self, subject: bytes, data: bytes) -> None:
-        try:
-            arrival = envelope.unpack(data, time.time(), self.clock.time())
-        except envelope.EnvelopeError as error:
-            self.counters.unreadable += 1
-            if not self._logged_unreadable:
-                self._logged_unreadable = True
-                log.warning("a message from the cluster could not be read (logged once): %s", error)
-            return
-        if arrival.node == self.name:
-            return  # no_echo keeps these away; a second node of the same name would not
-        self.counters.received += 1
-        message = arrival.message
-        if subject.startswith(self._retained_prefix):
-            self.retained.live(message.account, message.topic)
-            if message.qos and self.subjects.queued(message.account, message.topic):
-                # Kept here; routed from its publication into the message stream, which
-                # this node receives when its filters match (forward).
-                if not arrival.expired:
-                    self.broker.keep_retained(message)
+        """A NATS message on one of this node's subjects: one envelope, or a batch of them
+        for the same subject (cluster/envelope.py), routed in order."""
+        wall_now, loop_now = time.time(), self.clock.time()
+        retained = subject.startswith(self._retained_prefix)
+        envelopes: list[bytes] | tuple[bytes] = (data,)
+        if envelope.is_batch(data):
+            try:
+                envelopes = envelope.split_batch(data)
+            except envelope.EnvelopeError as error:
+                self._unreadable(error)
                 return
-        if arrival.expired:
-            # Its Message Expiry Interval ran out on the way (§3.3.2.3.3).
-            self.counters.expired += 1
-            self.broker.stats.dropped_expired += 1
-            return
-        try:
-            plan = SharePlan(self.name, arrival.shares) if arrival.shares else None
-            self.broker.route_from_cluster(message, plan)
-        except ThingHubError as error:
-            self.counters.failed += 1
-            log.info("a message from node %s could not be routed: %s", arrival.node, error)
+        counters = self.counters
+        route = self.broker.route_from_cluster
+        for one in envelopes:
+            try:
+                arrival = envelope.unpack(one, wall_now, loop_now)
+            except envelope.EnvelopeError as error:
+                self._unreadable(error)
+                continue
+            if arrival.node == self.name:
+                continue  # no_echo keeps these away; a second node of the same name would not
+            counters.received += 1
+            message = arrival.message
+            if retained:
+                self.retained.live(message.account, message.topic)
+                if message.qos and self.subjects.queued(message.account, message.topic):
+                    # Kept here; routed from its publication into the message stream, which
+                    # this node receives when its filters match (forward).
+                    if not arrival.expired:
+                        self.broker.keep_retained(message)
+                    continue
+            if arrival.expired:
+                # Its Message Expiry Interval ran out on the way (§3.3.2.3.3).
+                counters.expired += 1
+                self.broker.stats.dropped_expired += 1
+                continue
+            try:
+                route(message, SharePlan(self.name, arrival.shares) if arrival.shares else None)
+            except ThingHubError as error:
+                counters.failed += 1
+                log.info("a message from node %s could not be routed: %s", arrival.node, error)
+
+    def _unreadable(self, error: envelope.EnvelopeError) -> None:
+        self.counters.unreadable += 1
+        if not self._logged_unreadable:
+            self._logged_unreadable = True
+            log.warning("a message from the cluster could not be read (logged once): %s", error)
 
     def _taken_over(self, account: str, client_id: str, clean_start: bool) -> None:
         """A connection for this client id came to another node, which now holds its

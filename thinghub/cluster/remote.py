@@ -41,6 +41,8 @@ __all__ = ["Filter", "RemoteInterest", "RemoteNode"]
 
 #: (account, the filter as a client sent it, with any ``$share/{group}/``).
 Filter = tuple[str, str]
+#: How many (account, topic) answers ``RemoteInterest.interested`` keeps.
+_ANSWERS = 65536
 
 
 @dataclass(eq=False)
@@ -73,6 +75,9 @@ class RemoteInterest:
         self._blind_until = 0.0
         # Shared-subscription filters the other nodes hold (cluster/shared.py).
         self.shared = 0
+        # ``interested``'s answers from the tries, asked once per message published here;
+        # emptied by every change of the tries, and when full.
+        self._answers: dict[tuple[str, str], bool] = {}
 
     # ------------------------------------------------------------------ queries
 
@@ -80,8 +85,15 @@ class RemoteInterest:
         """Whether some other node may have a filter matching ``topic`` in ``account``."""
         if self._unsynced or now < self._blind_until:
             return True
-        trie = self._tries.get(account)
-        return trie is not None and bool(trie.match(topic))
+        key = (account, topic)
+        answer = self._answers.get(key)
+        if answer is None:
+            trie = self._tries.get(account)
+            answer = trie is not None and bool(trie.match(topic))
+            if len(self._answers) >= _ANSWERS:
+                self._answers.clear()
+            self._answers[key] = answer
+        return answer
 
     def nodes_matching(self, account: str, topic: str) -> set[str]:
         """The nodes known to have a filter matching ``topic`` (synced nodes only)."""
@@ -220,6 +232,7 @@ class RemoteInterest:
         self._unsynced += 1
 
     def _change(self, node: RemoteNode, added: Iterable[Filter], removed: Iterable[Filter]) -> None:
+        self._answers.clear()
         for account, full_filter in removed:
             if (account, full_filter) in node.filters:
                 node.filters.discard((account, full_filter))

@@ -67,6 +67,8 @@ EMPTY_LEVEL = "="
 SYSTEM_KIND = "s"
 TOPIC_KIND = "t"
 HASHED_KIND = "h"
+#: How many (account, topic) -> subject answers ``Subjects.message`` keeps.
+_MESSAGE_SUBJECTS = 65536
 
 
 def escape_level(level: str) -> str:
@@ -148,7 +150,7 @@ def filter_subjects(topic_filter: str) -> tuple[str, ...]:
 class Subjects:
     """The subjects of one cluster, under its prefix (``cluster.subject_prefix``)."""
 
-    __slots__ = ("control", "long_all", "prefix", "queued_all", "retained_all")
+    __slots__ = ("_messages", "control", "long_all", "prefix", "queued_all", "retained_all")
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -159,11 +161,22 @@ class Subjects:
         self.long_all = f"{prefix}.l.>"
         # What the cluster's message stream captures: every QoS 1/2 message.
         self.queued_all = f"{prefix}.q.>"
+        # ``message``'s answers: it is asked once per message forwarded. Bounded: emptied
+        # when full (the topics a hub sees at once are far fewer).
+        self._messages: dict[tuple[str, str], str] = {}
 
     def message(self, account: str, topic: str) -> str:
         """Where a message on ``topic`` is published, for the nodes whose filters match."""
-        subject = f"{self.prefix}.m.{escape_level(account)}.{topic_subject(topic)}"
-        return subject if len(subject) <= MAX_SUBJECT else self.long_subject(account)
+        key = (account, topic)
+        subject = self._messages.get(key)
+        if subject is None:
+            subject = f"{self.prefix}.m.{escape_level(account)}.{topic_subject(topic)}"
+            if len(subject) > MAX_SUBJECT:
+                subject = self.long_subject(account)
+            if len(self._messages) >= _MESSAGE_SUBJECTS:
+                self._messages.clear()
+            self._messages[key] = subject
+        return subject
 
     def queued(self, account: str, topic: str) -> str | None:
         """Where a QoS 1/2 message on ``topic`` is published (into the message stream); None
