@@ -94,6 +94,7 @@ def test_cluster_settings_from_flags_environment_and_file(tmp_path: Path) -> Non
         ({"cluster.nats_urls": "http://h1:4222"}, "not a nats://host:port URL"),
         ({"cluster.nats_urls": "nats://h", "cluster.node_name": "a.b"}, "cluster.node_name"),
         ({"cluster.stream_replicas": 0}, "cluster.stream_replicas"),
+        ({"cluster.batch_bytes": 2 * 1024 * 1024}, "cluster.batch_bytes"),
         ({"cluster.heartbeat_interval": 5, "cluster.node_timeout": 5}, "heartbeat_interval"),
         ({"cluster.outbound_buffer_bytes": 10}, "outbound_buffer_bytes"),
     ],

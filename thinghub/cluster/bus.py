@@ -11,7 +11,7 @@ announcement made after a subscription reaches the other nodes after the subscri
 Batches: ``send_batched`` gathers the messages of one event-loop turn per subject and hands
 each subject's to NATS as one message (cluster/envelope.py ``pack_batch``) when the turn ends
 (once per turn, ``loop.call_soon``), before any other operation queued after them, and early
-once ``BATCH_BYTES`` wait; so the order of messages on one subject (one MQTT topic of one
+once ``cluster.batch_bytes`` wait; so the order of messages on one subject (one MQTT topic of one
 account: MQTT orders per topic, §4.6) is the order they were sent in, and everything queued
 after a batched message still reaches NATS after it.
 
@@ -56,9 +56,6 @@ Handler = Callable[[bytes, bytes], None]
 #: reply subject is where they are acknowledged: cluster/consumers.py).
 ReplyHandler = Callable[[bytes, bytes, bytes], None]
 COMPONENT = "cluster"
-#: A batch is handed to NATS once this many bytes of envelopes wait in it (well below NATS'
-#: default max_payload of 1 MiB), or at the end of the loop turn.
-BATCH_BYTES = 64 * 1024
 
 
 class _Connection(NATSClient):
@@ -266,7 +263,7 @@ class Bus:
         else:
             batch.append(payload)
         self._batched_bytes += size
-        if self._batched_bytes >= BATCH_BYTES:
+        if self._batched_bytes >= self.settings.batch_bytes:
             self._seal()
         return True
 

@@ -52,6 +52,10 @@ class ClusterSettings:
     # nodes is dropped (counted) and a QoS 1/2 one refused (MQTT 5: 0x97), never queued
     # without bound.
     outbound_buffer_bytes: int = 8 * MIB
+    # QoS 0 messages for one subject published in one loop turn cross as one NATS message
+    # (cluster/bus.py); a batch is sent before it grows past this many bytes (at most half
+    # of NATS' default max_payload, 1 MiB, so that a batch and its last message fit).
+    batch_bytes: int = 64 * 1024
     # Session ownership claims waiting for JetStream (cluster/owners.py); past it a claim is
     # dropped and counted: that connection does not take over a session held elsewhere.
     max_pending_claims: int = 100_000
@@ -100,6 +104,8 @@ class ClusterSettings:
             found.append("cluster.node_id must be 0..1023 (or -1: claimed in the cluster)")
         if not SUBJECT_PREFIX.fullmatch(self.subject_prefix):
             found.append("cluster.subject_prefix must be dot-separated letters, digits, - or _")
+        if not 1024 <= self.batch_bytes <= MIB // 2:
+            found.append("cluster.batch_bytes must be 1024..524288")
         if self.rpc_max_concurrent < 1:
             found.append("cluster.rpc_max_concurrent must be at least 1")
         if not 1 <= self.stream_replicas <= 5:
