@@ -243,6 +243,29 @@ def test_command_line_registration_is_seen_by_both_nodes(
     assert time.monotonic() - started < PROPAGATION_S
 
 
+def test_shadow_updates_on_both_nodes_at_once_lose_nothing(nodes: list[PgNode]) -> None:
+    """Every update is applied to the shadow as the previous one left it, whichever node took
+    it: each gets its own version, and the document holds every update's field."""
+    thing = f"busy-{uuid.uuid4().hex[:8]}"
+    per_node = 40
+
+    def update(node: PgNode, n: int) -> int:
+        payload = json.dumps({"state": {"reported": {f"{node.name}_{n}": n}}}).encode()
+        answer = node.iot_data().update_thing_shadow(thingName=thing, payload=payload)
+        return int(json.loads(answer["payload"].read())["version"])
+
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        versions = list(
+            pool.map(
+                lambda job: update(*job), [(node, n) for node in nodes for n in range(per_node)]
+            )
+        )
+    total = per_node * len(nodes)
+    assert sorted(versions) == list(range(1, total + 1))  # no two updates saw the same shadow
+    shadow = json.loads(nodes[0].iot_data().get_thing_shadow(thingName=thing)["payload"].read())
+    assert len(shadow["state"]["reported"]) == total and shadow["version"] == total
+
+
 def test_shadow_written_on_one_node_is_read_on_the_other(nodes: list[PgNode]) -> None:
     n1, n2 = nodes
     thing = f"thing-{uuid.uuid4().hex[:8]}"

@@ -338,6 +338,7 @@ class ShadowService:
         now = self.now()
         try:
             with self.store.transaction():
+                self.store.lock(job.key for job in batch)
                 if now - self._purged_at >= _PURGE_EVERY_S:
                     self.store.purge_tombstones(now - TOMBSTONE_S)
                     self._purged_at = now

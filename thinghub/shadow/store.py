@@ -26,7 +26,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -184,6 +184,10 @@ class ShadowStore:
             ).fetchall()
         return [str(row[0]) for row in rows]
 
+    def lock(self, keys: Iterable[ShadowKey]) -> None:
+        """Hold these shadows until the transaction ends (nothing to do with one SQLite
+        writer: the file's own lock serializes)."""
+
     def purge_tombstones(self, before: int) -> int:
         """Forget shadows deleted before ``before`` (their versions restart from 0)."""
         with self._lock:
@@ -195,6 +199,10 @@ class ShadowStore:
 
 # A connection idle longer than this is checked before use (PgShadowStore._connection).
 _IDLE_CHECK_S = 1.0
+
+
+#: The first key of the shadows' advisory locks (PgShadowStore.load).
+_SHADOW_LOCKS = 0x5348
 
 
 class PgShadowStore(ShadowStore):
@@ -300,6 +308,17 @@ class PgShadowStore(ShadowStore):
             (account, thing, CLASSIC if after is None else after, limit),
         ).fetchall()
         return [str(row[0]) for row in rows]
+
+    def lock(self, keys: Iterable[ShadowKey]) -> None:
+        """Every node's shadow writer reads, changes and writes its shadows in one transaction:
+        without a lock two nodes could read the same version and the later write lose the
+        earlier update. A transaction-scoped advisory lock per shadow (the two-key form, apart
+        from the registry's one-key locks) serializes them, row or no row yet; taken in one
+        order (by name) on every node, so that two batches never wait for each other."""
+        for name in sorted({"/".join(key) for key in keys}):  # "/" is in no name; NUL is
+            self._execute(  # not allowed in PostgreSQL text
+                b"SELECT pg_advisory_xact_lock(%s, hashtext(%s))", (_SHADOW_LOCKS, name)
+            )
 
     def purge_tombstones(self, before: int) -> int:
         cursor = self._execute(
