@@ -9,14 +9,8 @@ every matching subscription, without sleeping and hoping."""
 
 from __future__ import annotations
 
-import collections
 import json
-import os
-import re
-import signal
-import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -30,86 +24,34 @@ from thinghub.cli import main as cli_main
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scenarios"))
 import rawmqtt
+from hubprocess import HubProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ID, SECRET = "LTAIclusterTests00000000", "cluster-tests-secret-0123456789ab"
-READY = re.compile(r"ready mqtt=([\d.]+):(\d+) http=[\d.]+:(\d+)")
 TIMEOUT = 20.0
 
 
-class HubNode:
+class HubNode(HubProcess):
     def __init__(self, name: str, cluster: str, data_dir: Path, **settings: Any) -> None:
         """Settings as ``THINGHUB_<KEY>`` (``CLUSTER_HEARTBEAT_INTERVAL=0.5``)."""
-        env = {
-            **os.environ,
-            "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
-            "THINGHUB_ROOT_ACCESS_KEY_ID": KEY_ID,
-            "THINGHUB_ROOT_ACCESS_KEY_SECRET": SECRET,
-            # $SYS topics are each node's own; the tests do not need them.
-            "THINGHUB_MQTT_SYS_INTERVAL": "0",
-            # Every node on this machine needs its own ports: free ones.
-            "THINGHUB_MQTT_TLS_PORT": "0",
-        }
-        for key, value in settings.items():
-            if isinstance(value, bool):
-                value = "true" if value else "false"
-            env[f"THINGHUB_{key.upper()}"] = str(value)
         self.name = name
-        self.data_dir = data_dir
         self.ws_path = "/mqtt"
-        self.output: collections.deque[str] = collections.deque(maxlen=400)
-        self.proc = subprocess.Popen(
-            [str(ROOT / ".venv/bin/thinghub"), "serve", "--cluster", cluster,
-             "--node-name", name, "--mqtt-port", "0", "--http-port", "0",
-             "--host", "127.0.0.1", "--data-dir", str(data_dir)],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, text=True,
-        )  # fmt: skip
-        ready = threading.Event()
-        found: list[re.Match[str]] = []
-
-        def drain() -> None:
-            assert self.proc.stdout is not None
-            for line in self.proc.stdout:
-                self.output.append(line.rstrip())
-                m = READY.search(line)
-                if m and not found:
-                    found.append(m)
-                    ready.set()
-            ready.set()
-
-        self._drain = threading.Thread(target=drain, daemon=True)
-        self._drain.start()
-        if not ready.wait(TIMEOUT) or not found:
-            self.stop()
-            raise AssertionError(f"node {name} did not start:\n" + self.log())
-        self.host = found[0].group(1)
-        self.port = int(found[0].group(2))
-        self.http_port = int(found[0].group(3))
+        super().__init__(
+            data_dir,
+            (KEY_ID, SECRET),
+            defaults={
+                "THINGHUB_MQTT_ALLOW_ANONYMOUS": "true",
+                # $SYS topics are each node's own; the tests do not need them.
+                "THINGHUB_MQTT_SYS_INTERVAL": "0",
+            },
+            settings=settings,
+            args=("--cluster", cluster, "--node-name", name),
+            timeout=TIMEOUT,
+        )
+        self.port = self.mqtt_port
 
     def __repr__(self) -> str:
         return f"HubNode({self.name}, mqtt={self.port}, http={self.http_port})"
-
-    # --- lifecycle ------------------------------------------------------------------------
-
-    def log(self) -> str:
-        return "\n".join(self.output)
-
-    def stop(self) -> int:
-        """SIGTERM (SIGKILL after 15 s); the exit code."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._drain.join(5)
-        if self.proc.stdout is not None:
-            self.proc.stdout.close()
-        return self.proc.returncode
-
-    def assert_alive(self) -> None:
-        assert self.proc.poll() is None, f"node {self.name} exited:\n{self.log()}"
 
     # --- what pahoclient.Client needs of a hub --------------------------------------------
 
