@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DATA   ?= ./data
 
-.PHONY: run cluster test test-all crash cluster-test lint bench bench-quick bench-backlog clean
+.PHONY: run cluster test test-all crash cluster-test cluster-crash lint bench bench-quick bench-backlog clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ crash: $(STAMP)
 ## JetStream, a PostgreSQL, and ThingHub nodes on loopback.
 cluster-test: $(STAMP)
 	$(BIN)/pytest tests/cluster
+
+## The long cluster crash test: rounds of SIGKILL of each ThingHub node and each NATS server in
+## turn under MQTT and HTTP load for THINGHUB_CRASH_SECONDS (300); nothing acknowledged is lost.
+THINGHUB_CRASH_SECONDS ?= 300
+cluster-crash: $(STAMP)
+	THINGHUB_CRASH_SECONDS=$(THINGHUB_CRASH_SECONDS) $(BIN)/pytest -m slow tests/cluster/test_cluster_crash.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check thinghub tests bench

@@ -62,6 +62,7 @@ import logging
 import secrets
 import time
 import zlib
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
@@ -97,6 +98,12 @@ FORMAT = 1
 _NAK_LATER = b'-NAK {"delay": 1000000000}'  # the receiver's window is full: in a second
 _NAK = b"-NAK"
 _ACK = b"+ACK"
+#: Stream sequences remembered per session as acknowledged by its receiver (``_Held``): 8 KiB
+#: for each session that received something on this node; a redelivery is looked up in them
+#: (a scan, only for redeliveries). A consumer leader moving to another NATS server redelivers
+#: what it had not seen acknowledged, seconds of a session's traffic.
+COMPLETED = 1024
+_NONE_COMPLETED: array[int] = array("Q")
 
 #: What a change waits on: called with 0 (done) or a refusal's reason code.
 Done = Callable[[int], None]
@@ -112,6 +119,8 @@ class ConsumerCounters:
     deliveries: int = 0
     redeliveries: int = 0
     acknowledged: int = 0
+    # Redeliveries of what this node's receiver had acknowledged already (``_Held.completed``).
+    acknowledged_again: int = 0
     given_back: int = 0
     consumers_created: int = 0
     consumers_deleted: int = 0
@@ -143,6 +152,14 @@ class _Held:
     subscriptions: list[BusSubscription] = field(default_factory=list)
     # Stream sequence -> the copy in flight here.
     copies: dict[int, _Copy] = field(default_factory=dict)
+    # The last ``COMPLETED`` stream sequences its receiver acknowledged (a ring, made at the
+    # first): a redelivery that crossed the acknowledgement (sent after consumer_ack_wait, the
+    # "+ACK" lost with a NATS connection, a consumer leader elected on another NATS server)
+    # is acknowledged again, not delivered again, which at QoS 2 would be a second message to
+    # a receiver that completed the flow and forgot the packet id (§4.3.3).
+    completed: array[int] = field(default_factory=lambda: _NONE_COMPLETED)
+    completed_next: int = 0
+    completed_max: int = 0
 
 
 class PersistentSessions:
@@ -446,6 +463,12 @@ class PersistentSessions:
             counters.redeliveries += 1
         else:
             counters.deliveries += 1
+        # Older than the newest acknowledged: a redelivery, also one a newly elected consumer
+        # leader counts as the first when it did not learn of the delivery.
+        if sequence <= held.completed_max and sequence in held.completed:
+            counters.acknowledged_again += 1
+            self.bus.send(reply.decode(), _ACK)
+            return
         copy = held.copies.get(sequence)
         if copy is not None:
             copy.reply = reply  # delivered again while in flight here: acknowledged once
@@ -487,6 +510,12 @@ class PersistentSessions:
         if copy is not None:
             self.counters.acknowledged += 1
             self.bus.send(copy.reply.decode(), _ACK)
+            completed = held.completed
+            if completed is _NONE_COMPLETED:
+                completed = held.completed = array("Q", bytes(8 * COMPLETED))
+            completed[held.completed_next] = sequence
+            held.completed_next = (held.completed_next + 1) % COMPLETED
+            held.completed_max = max(held.completed_max, sequence)
 
     # ------------------------------------------------------------------ JetStream work
 

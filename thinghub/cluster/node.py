@@ -128,7 +128,12 @@ class ClusterNode:
         )
         self._retained_prefix = f"{self.subjects.prefix}.r.".encode()
         # QoS 1/2 messages in replicated storage before they are acknowledged.
-        self.stream = MessageStream(self.bus, self.subjects, settings)
+        self.stream = MessageStream(
+            self.bus,
+            self.subjects,
+            settings,
+            lambda: min([self.name, *self.interest.remote.nodes]) == self.name,
+        )
         # The JetStream acknowledgements the message being published waits for.
         self.ticket: Ticket | None = None
         # Persistent sessions in JetStream: resumed on any node (cluster/consumers.py).

@@ -79,6 +79,9 @@ class ClusterSettings:
     # Seconds between two sweeps of the session records for sessions whose node died and
     # whose expiry has passed (their consumers and records are removed).
     session_sweep_interval: float = 60.0
+    # Seconds between two trims of the message stream (cluster/stream.py) by the node whose
+    # name sorts first: what the stream holds beyond what the persistent sessions still need.
+    stream_trim_interval: float = 1.0
 
     @property
     def enabled(self) -> bool:
@@ -106,6 +109,8 @@ class ClusterSettings:
             found.append("cluster.subject_prefix must be dot-separated letters, digits, - or _")
         if not 1024 <= self.batch_bytes <= MIB // 2:
             found.append("cluster.batch_bytes must be 1024..524288")
+        if not 0.1 <= self.stream_trim_interval <= 3600:
+            found.append("cluster.stream_trim_interval must be 0.1..3600 seconds")
         if self.rpc_max_concurrent < 1:
             found.append("cluster.rpc_max_concurrent must be at least 1")
         if not 1 <= self.stream_replicas <= 5:

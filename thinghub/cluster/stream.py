@@ -2,11 +2,16 @@
 
 Every QoS 1/2 message published on a node goes to NATS on its "q" subject
 (``Subjects.queued``), as a JetStream publish: the stream ``<prefix>_msgs`` captures those
-subjects, replicated (``cluster.stream_replicas``), in files, with interest retention (a
-message is kept while a consumer it matches has not acknowledged it, and dropped at once when
-none matches: the consumers are the persistent sessions' subscriptions), bounded
-(``stream_max_bytes``, ``stream_max_msgs``, ``stream_max_age``; discard new, so a full stream
-refuses rather than drops what it holds). Other nodes' core subscriptions receive the same
+subjects, replicated (``cluster.stream_replicas``), in files, bounded (``stream_max_bytes``,
+``stream_max_msgs``, ``stream_max_age``; discard new, so a full stream refuses rather than
+drops what it holds). A message is kept while a consumer (the persistent sessions'
+subscriptions, cluster/consumers.py) may still need it: every ``cluster.stream_trim_interval``
+one node (the live one whose name sorts first) purges what lies below every consumer's
+acknowledgement floor (``_trim``). Not JetStream's
+interest retention, which does that by itself: with replicated consumers, nats-server 2.9
+removes now and then a message one filtered consumer has not delivered yet once the others
+acknowledged it, so that session never gets it (tests/cluster/test_cluster_crash.py found it;
+the same test passes with this trim). Other nodes' core subscriptions receive the same
 NATS message, so the online routing is the one of QoS 0 (cluster/node.py).
 
 It is published on every QoS 1/2 message, whatever the interest table says: the node of an
@@ -50,6 +55,8 @@ log = logging.getLogger("thinghub.cluster")
 Done = Callable[[int], None]
 QUOTA_EXCEEDED = 0x97
 UNSPECIFIED = 0x80
+#: JetStream lists at most this many consumers per request.
+_CONSUMERS_PAGE = 256
 
 
 class Ticket:
@@ -92,11 +99,23 @@ class StreamCounters:
     acknowledged: int = 0
     refused: int = 0
     timed_out: int = 0
+    # Turns of ``_trim`` done, and messages it purged below every consumer's acknowledgement
+    # floor.
+    trims: int = 0
+    trimmed: int = 0
 
 
 class MessageStream:
-    def __init__(self, bus: Bus, subjects: Subjects, settings: ClusterSettings) -> None:
+    def __init__(
+        self,
+        bus: Bus,
+        subjects: Subjects,
+        settings: ClusterSettings,
+        trims: Callable[[], bool] = lambda: True,
+    ) -> None:
+        """``trims``: whether this node is the one that trims the stream now."""
         self.bus = bus
+        self.trims = trims
         self.settings = settings
         self.name = subjects.prefix.replace(".", "_") + "_msgs"
         self.subjects = subjects.queued_all
@@ -122,7 +141,7 @@ class MessageStream:
         first node of a new cluster creates it)."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._ensure())
+        self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -139,13 +158,58 @@ class MessageStream:
         self._waiting.clear()
         self._deadlines.clear()
 
+    async def _run(self) -> None:
+        await self._ensure()
+        while True:
+            # What the stream holds beyond what the consumers need is at most this long's
+            # QoS 1/2 traffic (against stream_max_msgs / _bytes).
+            await asyncio.sleep(self.settings.stream_trim_interval)
+            if not self.trims():
+                continue  # another node does it: one listing of the consumers, not one per node
+            try:
+                await self._trim()
+            except (TimeoutError, nats.errors.Error) as error:
+                log.info("message stream not trimmed: %s", error)  # again at the next turn
+
+    async def _trim(self) -> None:
+        """Purge what no consumer needs any more: below the lowest acknowledgement floor of
+        the consumers with something pending or unacknowledged. The stream's last sequence is
+        read before the consumers: a consumer with nothing pending needs nothing up to it (a
+        consumer created later delivers only newer messages, deliver policy "new"). Nothing is
+        purged when a consumer is missing from the list or has no leader (one being elected
+        after a NATS server went): its floor is unknown."""
+        js = self.bus.jetstream()
+        state = (await js.stream_info(self.name)).state
+        floor = state.last_seq + 1
+        offset = 0
+        listed = 0
+        while True:
+            page = await js.consumers_info(self.name, offset or None)
+            for consumer in page:
+                if consumer.cluster is not None and not consumer.cluster.leader:
+                    return
+                if consumer.num_pending or consumer.num_ack_pending:
+                    acked = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
+                    floor = min(floor, (acked or 0) + 1)
+            listed += len(page)
+            if len(page) < _CONSUMERS_PAGE:
+                break
+            offset += len(page)
+        if listed < state.consumer_count:
+            return
+        if floor > state.first_seq and state.messages:
+            await js.purge_stream(self.name, seq=floor)
+            self.counters.trimmed += min(floor - state.first_seq, state.messages)
+        self.counters.trims += 1
+
     async def _ensure(self) -> None:
         settings = self.settings
         config = StreamConfig(
             name=self.name,
             description="ThingHub: QoS 1/2 messages until every persistent session has them",
             subjects=[self.subjects],
-            retention=RetentionPolicy.INTEREST,
+            # Kept until _trim finds every consumer past it (see the module's docstring).
+            retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
             num_replicas=settings.stream_replicas,
             max_bytes=settings.stream_max_bytes,
@@ -157,9 +221,18 @@ class MessageStream:
             js = self.bus.jetstream()
             try:
                 try:
-                    await js.stream_info(self.name)
+                    info = await js.stream_info(self.name)
                 except NotFoundError:
                     await js.add_stream(config)
+                else:
+                    if info.config.retention == RetentionPolicy.INTEREST:
+                        # JetStream cannot change a stream's retention; trimming still works.
+                        log.warning(
+                            "message stream %s has interest retention (made by an older "
+                            "ThingHub): nats-server 2.9 may drop messages a persistent session "
+                            "has not had; delete it while the cluster is idle to recreate it",
+                            self.name,
+                        )
             except (TimeoutError, nats.errors.Error) as error:
                 # No JetStream meta leader yet, or another node created it at this moment.
                 self.problem = f"message stream not ready: {error}"
@@ -266,4 +339,6 @@ class MessageStream:
             "acknowledged": self.counters.acknowledged,
             "refused": self.counters.refused,
             "timed_out": self.counters.timed_out,
+            "trims": self.counters.trims,
+            "trimmed": self.counters.trimmed,
         }
