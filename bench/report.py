@@ -73,6 +73,13 @@ def summarize(scenario: str, broker: str, runs: Sequence[RunResult]) -> Summary:
     return s
 
 
+def paired_ratio(a: Sequence[RunResult], b: Sequence[RunResult]) -> float | None:
+    """The median over rounds of ``a``'s rate / ``b``'s, for the rounds both measured."""
+    # Rounds where one broker was not measured leave the other's list shorter.
+    pairs = zip(a, b, strict=False)
+    return _median([x.rate / y.rate for x, y in pairs if x.ok and y.ok and x.rate and y.rate])
+
+
 # --------------------------------------------------------------------------- format
 
 

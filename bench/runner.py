@@ -456,6 +456,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                     summaries.append(report.Summary(name, bname, 0, 0, False, unavailable[bname]))
                 else:
                     summaries.append(report.summarize(name, bname, runs[bname]))
+                    if bname == TRACED and "thinghub" in runs:
+                        # Each traced run beside the plain run of the same round: the median
+                        # of those ratios, which slow drift of the machine does not move.
+                        summaries[-1].figures["paired_ratio"] = report.paired_ratio(
+                            runs[TRACED], runs["thinghub"]
+                        )
     except (KeyboardInterrupt, SystemExit):
         interrupted = True
         log("bench: interrupted; stopping brokers and printing what was measured")

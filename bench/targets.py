@@ -123,7 +123,11 @@ def targets_rows(summaries: Sequence[Summary]) -> list[list[str]]:
         if traced is None or plain is None:
             continue
         on, off = traced.median.get("rate"), plain.median.get("rate")
-        ratio = on / off if on is not None and off else None
+        # The median of the rounds' ratios (each traced run beside the plain one of its
+        # round), else the ratio of the medians.
+        ratio = traced.figures.get("paired_ratio")
+        if ratio is None:
+            ratio = on / off if on is not None and off else None
         rows.append(
             [
                 f"{name} with the trace on / off",
