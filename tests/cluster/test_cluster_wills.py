@@ -45,6 +45,8 @@ def test_the_wills_of_a_dead_nodes_clients_are_published_by_another(
     watcher = client(n1)
     watcher.subscribe(f"{base}/#", 1)
     gone = client(victim, will=(f"{base}/gone", b"gone", 1, False))
+    # A client of a live node: its will is not the dead node's to publish.
+    alive = client(nodes[1], will=(f"{base}/alive", b"still here", 1, False))
     polite = client(victim, will=(f"{base}/polite", b"never", 1, False))
     back = client(
         victim,
@@ -54,6 +56,7 @@ def test_the_wills_of_a_dead_nodes_clients_are_published_by_another(
     )
     settle([*nodes, victim])
     wait_for(lambda: _wills(victim)["kept"] >= 3, what="the victim to keep its clients' wills")
+    wait_for(lambda: _wills(nodes[1])["kept"] >= 1, what="n2 to keep its client's will")
     polite.disconnect()  # a clean DISCONNECT: no will, whatever happens next
     wait_for(lambda: _wills(victim)["removed"] >= 1, what="the clean client's will removed")
     cancelled_before = sum(_wills(node)["cancelled"] for node in nodes)
@@ -74,9 +77,9 @@ def test_the_wills_of_a_dead_nodes_clients_are_published_by_another(
         what="the resumed client's delayed will to be cancelled",
     )
     with pytest.raises(queue.Empty):
-        watcher.messages.get(timeout=0.5)  # neither the polite nor the resumed one
+        watcher.messages.get(timeout=0.5)  # not the polite, the resumed or the live one
     assert sum(_wills(node)["published_for_dead_nodes"] for node in nodes) >= 1
-    del gone
+    del gone, alive
 
 
 def test_a_node_restarted_at_once_publishes_what_its_last_run_left(

@@ -843,6 +843,13 @@ class Client:
             code = ReasonCode.PACKET_IDENTIFIER_NOT_FOUND if self.is_v5 else 0
             self._acknowledge(PubRel(packet_id=packet.packet_id, reason_code=code), False)
         elif outcome == PubRecOutcome.RELEASED:
+            ticket = session.delivery.release_ticket(packet.packet_id)
+            if ticket is not None:
+                # A copy from the cluster's stream: its release is recorded in the cluster
+                # before the PUBREL leaves (a refusal there does not stop the flow).
+                release = PubRel(packet_id=packet.packet_id)
+                self._chain(lambda _refused: self._send_unless_closed(release), ticket)
+                return
             # The release is on disk before the PUBREL leaves (queue.py, ``received``).
             self._acknowledge(PubRel(packet_id=packet.packet_id), session.persistent)
 

@@ -41,6 +41,7 @@ from .stats import Stats
 
 if TYPE_CHECKING:
     from ..trace.recorder import TraceRecorder
+    from .broker import AckTicket
     from .session import Session
 
 log = logging.getLogger("thinghub.broker")
@@ -66,6 +67,9 @@ class Outgoing:
     # A copy from the cluster's message stream (``offer_stream``): JetStream keeps it, the
     # store never has it.
     streamed: bool = False
+    # A streamed QoS 2 copy: records its release where another node resuming the session
+    # finds it (cluster/consumers.py); what the PUBREL waits for (``release_ticket``).
+    on_released: Callable[[], AckTicket] | None = None
 
     @property
     def size(self) -> int:
@@ -536,6 +540,16 @@ class SessionQueue:
         if session.persistent and not out.streamed:
             self._ctx.store.set_released(session.key, packet_id)
         return PubRecOutcome.RELEASED
+
+    def release_ticket(self, packet_id: int) -> AckTicket | None:
+        """After ``received`` answered RELEASED: what the PUBREL must wait for besides the
+        store, for a copy from the cluster's message stream (its release recorded in the
+        cluster, so that a node resuming the session after this one died sends PUBREL, not
+        the PUBLISH again, §4.3.3), or None."""
+        out = self.inflight.get(packet_id)
+        if out is None or out.on_released is None:
+            return None
+        return out.on_released()
 
     def discard(self, out: Outgoing) -> None:
         """A copy the receiver cannot take (bigger than its Maximum Packet Size): discarded as

@@ -80,6 +80,7 @@ from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
 
 from ..broker.queue import Outgoing
+from ..message import Message
 from ..mqtt.packets import Subscription
 from . import envelope
 from .bus import Bus, BusSubscription
@@ -160,6 +161,10 @@ class _Held:
     completed: array[int] = field(default_factory=lambda: _NONE_COMPLETED)
     completed_next: int = 0
     completed_max: int = 0
+    # QoS 2 copies released (PUBREC received, PUBREL sent), by packet id -> stream sequence:
+    # in the session's record before the PUBREL leaves, so that a node resuming the session
+    # after this one died sends PUBREL again, not the PUBLISH (§4.3.3, §4.4).
+    released: dict[int, int] = field(default_factory=dict)
 
 
 class PersistentSessions:
@@ -325,8 +330,34 @@ class PersistentSessions:
                 self.broker.subscribe(session, sub, sid)
         finally:
             self._resuming = None
+        self._rebuild_released(self._held[session.key], record.get("r") or {})
         self.counters.resumed += 1
         return True
+
+    def _rebuild_released(self, held: _Held, released: dict[str, Any]) -> None:
+        """The QoS 2 copies the session's last node had released: in flight here as
+        released, so that the connection's resume sends PUBREL for them (§4.4); their stream
+        copies, redelivered meanwhile, are acknowledged at the PUBCOMP, never sent again."""
+        session = held.session
+        for raw_packet_id, raw_sequence in released.items():
+            try:
+                packet_id, sequence = int(raw_packet_id), int(raw_sequence)
+            except (TypeError, ValueError):
+                continue
+            if not 0 < packet_id <= 65535 or packet_id in session.delivery.inflight:
+                continue
+            out = Outgoing(
+                Message(topic="", payload=b"", account=session.account),
+                2,
+                False,
+                packet_id=packet_id,
+                released=True,
+                streamed=True,
+            )
+            out.on_acked = partial(self._acknowledged, held, sequence)
+            session.delivery.restore(out)
+            held.copies[sequence] = _Copy(b"", out)
+            held.released[packet_id] = sequence
 
     def opened(self, session: Session, clean_start: bool) -> None:
         """A connection took the session here: a clean one replaces whatever record the
@@ -395,6 +426,8 @@ class PersistentSessions:
         }
         if session.client is not None:
             record["p"] = int(session.client.version)
+        if held is not None and held.released:
+            record["r"] = {str(pid): seq for pid, seq in held.released.items()}
         key = _record_key(session.account, session.client_id)
         self.records[key] = record  # this node's view at once; the watch confirms it
         done = ticket.part() if ticket is not None else None
@@ -440,11 +473,18 @@ class PersistentSessions:
             self.bus.unsubscribe(subscription)
         held.subscriptions = []
         session = held.session
-        for copy in held.copies.values():
+        released = {}
+        for sequence, copy in held.copies.items():
+            if copy.out.released:
+                # PUBREL state, in the session's record too: resent by the session's next
+                # connection (§4.4), here or on the node that resumes it; acknowledged in the
+                # stream at its PUBCOMP, never sent again as a PUBLISH.
+                released[sequence] = copy
+                continue
             session.delivery.forget(copy.out)
             self.bus.send(copy.reply.decode(), _NAK)  # back at once, wherever it is wanted
             self.counters.given_back += 1
-        held.copies.clear()
+        held.copies = released
 
     def _deliver_subject(self, name: str) -> str:
         return f"{self.subjects.prefix}.dlv.{name}"
@@ -499,17 +539,31 @@ class PersistentSessions:
             () if entry.subscription_id is None else (entry.subscription_id,),
         )
         out.on_acked = partial(self._acknowledged, held, sequence)
+        if out.qos == 2:
+            out.on_released = partial(self._released, held, sequence)
         if not session.delivery.offer_stream(out, sequence % 65535 + 1, count > 1):
             counters.given_back += 1
             self.bus.send(reply.decode(), _NAK_LATER)
             return
         held.copies[sequence] = _Copy(reply, out)
 
+    def _released(self, held: _Held, sequence: int) -> Ticket:
+        """PUBREC for a streamed QoS 2 copy: its release goes into the session's record; the
+        PUBREL waits for the record (broker/client.py)."""
+        copy = held.copies.get(sequence)
+        if copy is not None:
+            held.released[copy.out.packet_id] = sequence
+        ticket = Ticket()
+        self.save(held.session, ticket)
+        return ticket
+
     def _acknowledged(self, held: _Held, sequence: int) -> None:
         copy = held.copies.pop(sequence, None)
         if copy is not None:
             self.counters.acknowledged += 1
-            self.bus.send(copy.reply.decode(), _ACK)
+            held.released.pop(copy.out.packet_id, None)
+            if copy.reply:  # a release rebuilt on resume has none until JetStream redelivers
+                self.bus.send(copy.reply.decode(), _ACK)
             completed = held.completed
             if completed is _NONE_COMPLETED:
                 completed = held.completed = array("Q", bytes(8 * COMPLETED))

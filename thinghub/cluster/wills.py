@@ -237,13 +237,15 @@ class ClusterWills:
         """Publish the wills ``dead`` left (but those under ``skip``, this run's own)."""
         assert self._kv is not None
         kv = await self._kv
+        prefix = f"{escape_level(dead)}."
         try:
-            watcher = await kv.watch(f"{escape_level(dead)}.>", ignore_deletes=True)
+            watcher = await kv.watch(f"{prefix}>", ignore_deletes=True)
             entries = []
             async for entry in watcher:
                 if entry is None:
                     break  # the end of the values the bucket held
-                if not (skip and entry.key.startswith(skip)):
+                # nats-server before 2.10 may ignore the watch's filter: checked here.
+                if entry.key.startswith(prefix) and not (skip and entry.key.startswith(skip)):
                     entries.append(entry)
             await watcher.stop()  # type: ignore[no-untyped-call]  # nats-py leaves it untyped
         except (TimeoutError, nats.errors.Error) as error:
