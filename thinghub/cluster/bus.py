@@ -43,6 +43,9 @@ import nats
 from nats.aio.client import Client as NATSClient
 from nats.aio.subscription import Subscription
 from nats.js import JetStreamContext
+from nats.js.api import KeyValueConfig, StorageType
+from nats.js.errors import BucketNotFoundError
+from nats.js.kv import KeyValue
 
 from ..health import Health
 from .envelope import pack_batch
@@ -207,6 +210,31 @@ class Bus:
 
     async def wait_connected(self) -> None:
         await self._connected.wait()
+
+    async def key_value(self, bucket: str, description: str) -> KeyValue:
+        """The cluster's key-value bucket ``bucket`` (one value per key, replicated like the
+        streams), made by whichever node needs it first. Waits for NATS, and tries again while
+        JetStream cannot answer (no meta leader yet, or another node making it at the same
+        moment)."""
+        while True:
+            await self.wait_connected()
+            js = self.jetstream()
+            try:
+                try:
+                    return await js.key_value(bucket)
+                except BucketNotFoundError:
+                    return await js.create_key_value(
+                        KeyValueConfig(
+                            bucket=bucket,
+                            history=1,
+                            replicas=self.settings.stream_replicas,
+                            storage=StorageType.FILE,
+                            description=description,
+                        )
+                    )
+            except (TimeoutError, nats.errors.Error) as error:
+                log.info("bucket %s not ready: %s", bucket, error)
+                await asyncio.sleep(self.settings.reconnect_wait)
 
     # ------------------------------------------------------------------ operations
 

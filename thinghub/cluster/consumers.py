@@ -73,10 +73,8 @@ from nats.js.api import (
     AckPolicy,
     ConsumerConfig,
     DeliverPolicy,
-    KeyValueConfig,
-    StorageType,
 )
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.errors import NotFoundError
 from nats.js.kv import KeyValue
 
 from ..broker.queue import Outgoing
@@ -639,21 +637,10 @@ class PersistentSessions:
 
     async def _watch(self) -> None:
         while True:
-            await self.bus.wait_connected()
-            js = self.bus.jetstream()
+            kv = await self.bus.key_value(
+                self.bucket, "ThingHub: persistent sessions, resumed on any node"
+            )
             try:
-                try:
-                    kv = await js.key_value(self.bucket)
-                except BucketNotFoundError:
-                    kv = await js.create_key_value(
-                        KeyValueConfig(
-                            bucket=self.bucket,
-                            history=1,
-                            replicas=self.settings.stream_replicas,
-                            storage=StorageType.FILE,
-                            description="ThingHub: persistent sessions, resumed on any node",
-                        )
-                    )
                 watcher = await kv.watchall()
             except (TimeoutError, nats.errors.Error) as error:
                 log.info("session records bucket not ready: %s", error)

@@ -35,9 +35,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import nats
-from nats.js.api import KeyValueConfig, StorageType
 from nats.js.errors import (
-    BucketNotFoundError,
     KeyNotFoundError,
     KeyWrongLastSequenceError,
 )
@@ -168,30 +166,9 @@ class Owners:
 
     async def _open_bucket(self) -> None:
         assert self._kv is not None
-        while True:
-            await self.bus.wait_connected()
-            js = self.bus.jetstream()
-            try:
-                try:
-                    kv = await js.key_value(self.bucket)
-                except BucketNotFoundError:
-                    kv = await js.create_key_value(
-                        KeyValueConfig(
-                            bucket=self.bucket,
-                            history=1,
-                            replicas=self.settings.stream_replicas,
-                            storage=StorageType.FILE,
-                            description="ThingHub: the node holding each session",
-                        )
-                    )
-            except (TimeoutError, nats.errors.Error) as error:
-                # JetStream not ready (no meta leader yet), or another node created it
-                # at the same moment: look again.
-                log.info("session owners bucket not ready: %s", error)
-                await asyncio.sleep(self.settings.reconnect_wait)
-                continue
-            self._kv.set_result(kv)
-            return
+        self._kv.set_result(
+            await self.bus.key_value(self.bucket, "ThingHub: the node holding each session")
+        )
 
     async def _work(self, queue: asyncio.Queue[tuple[Any, ...]]) -> None:
         assert self._kv is not None

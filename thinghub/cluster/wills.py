@@ -34,8 +34,7 @@ from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import nats
-from nats.js.api import KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyWrongLastSequenceError
+from nats.js.errors import KeyWrongLastSequenceError
 from nats.js.kv import KeyValue
 
 from ..broker.admission import PublishRefused, Service
@@ -178,31 +177,14 @@ class ClusterWills:
 
     async def _open_bucket(self) -> None:
         assert self._kv is not None
-        while True:
-            await self.bus.wait_connected()
-            js = self.bus.jetstream()
-            try:
-                try:
-                    kv = await js.key_value(self.bucket)
-                except BucketNotFoundError:
-                    kv = await js.create_key_value(
-                        KeyValueConfig(
-                            bucket=self.bucket,
-                            history=1,
-                            replicas=self.settings.stream_replicas,
-                            storage=StorageType.FILE,
-                            description="ThingHub: the wills of connected clients, by node",
-                        )
-                    )
-            except (TimeoutError, nats.errors.Error) as error:
-                log.info("wills bucket not ready: %s", error)
-                await asyncio.sleep(self.settings.reconnect_wait)
-                continue
-            self._kv.set_result(kv)
-            # What an earlier run of this node left: the wills of connections it lost when
-            # it stopped without closing them.
-            self._spawn(self._publish_wills_of(self.node, skip=self._prefix))
-            return
+        self._kv.set_result(
+            await self.bus.key_value(
+                self.bucket, "ThingHub: the wills of connected clients, by node"
+            )
+        )
+        # What an earlier run of this node left: the wills of connections it lost when it
+        # stopped without closing them.
+        self._spawn(self._publish_wills_of(self.node, skip=self._prefix))
 
     async def _work(self, queue: asyncio.Queue[tuple[str, str, bytes]]) -> None:
         assert self._kv is not None
