@@ -21,7 +21,9 @@ def test_a_node_started_later_has_the_clusters_retained_messages(
     long_topic = f"{base}/" + "é" * 400  # too long for a subject: a hashed one
     publisher = client(n1)
     publisher.publish(f"{base}/a", b"A", 1, retain=True)
-    publisher.publish(long_topic, b"long", 1, retain=True)
+    # At QoS 0: at QoS 1/2 a topic this long is refused in a cluster (the message stream's
+    # subjects cannot carry it: test_cluster_long_topics.py).
+    publisher.publish(long_topic, b"long", 0, retain=True)
     n4 = start_node("n4")
     settle([*nodes, n4])
     assert n4.status()["retained"]["kept"] >= 2

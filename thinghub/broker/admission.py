@@ -47,6 +47,9 @@ class Refusal(enum.Enum):
     NOT_AUTHORIZED = "not authorized"
     QUOTA = "quota exceeded"
     UNAVAILABLE = "store not accepting"
+    # A message this hub cannot carry as it is (in a cluster: a QoS 1/2 topic too long for the
+    # message stream's subjects, cluster/subjects.py): refused, and refused again if sent again.
+    INVALID = "not carried"
 
 
 class PublishRefused(ThingHubError):

@@ -503,6 +503,8 @@ class Broker:
         self._admit(message, publisher, space)
         try:
             return self._route(message, space)
+        except PublishRefused:
+            raise  # refused before any delivery (ClusterLink.plan)
         except ThingHubError as error:
             # A MessageId could not be issued for a persistent copy (its lease cannot be
             # written: the disk is full). Nothing was stored; copies already handed to online

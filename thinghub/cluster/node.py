@@ -37,10 +37,12 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
+from ..broker.admission import PublishRefused, Refusal
 from ..broker.session import SharedGroup
 from ..errors import ThingHubError
 from ..health import Health
 from ..message import Message
+from ..mqtt.types import ReasonCode
 from . import envelope
 from .bus import Bus
 from .consumers import PersistentSessions
@@ -51,7 +53,7 @@ from .rpc import ClusterRpc
 from .settings import ClusterSettings
 from .shared import SharePlan, SharePlanner
 from .stream import MessageStream, Ticket
-from .subjects import Subjects
+from .subjects import MAX_SUBJECT, Subjects
 from .wills import ClusterWills
 
 if TYPE_CHECKING:
@@ -216,19 +218,26 @@ class ClusterNode:
         nodes must get that NATS cannot take now, and for every QoS 1/2 message while the
         message stream cannot take it (an offline persistent session elsewhere may need it):
         the publisher is refused and sends again, and no subscriber here gets it twice (a QoS
-        2 copy delivered, then its publication refused and repeated, would be)."""
+        2 copy delivered, then its publication refused and repeated, would be). Raises
+        PublishRefused (INVALID) for a QoS 1/2 message the stream cannot hold at all."""
         self.ticket = None  # a new publication: its own acknowledgements only
         account, topic = message.account, message.topic
         if topic.startswith(NODE_LOCAL_PREFIX):
             return None
         if message.qos:
+            if self.subjects.queued(account, topic) is None:
+                # Acknowledged means replicated: a QoS 1/2 message the message stream cannot
+                # hold (its topic too long for a subject) is refused, not acknowledged
+                # unstored; nothing is delivered. A v5 publisher is told 0x90.
+                self.counters.not_forwarded += 1
+                raise PublishRefused(
+                    Refusal.INVALID,
+                    ReasonCode.TOPIC_NAME_INVALID,
+                    f"in a cluster a QoS 1/2 topic may take at most {MAX_SUBJECT} bytes as a "
+                    "NATS subject (its levels escaped); publish it at QoS 0 or shorten it",
+                )
             size = _ENVELOPE_OVERHEAD + len(topic) * 3 + len(message.payload)
-            if self.subjects.queued(account, topic) is not None:
-                refused = not self.stream.can_take(size)
-            else:
-                refused = (
-                    message.retain or self.interest.interested(account, topic)
-                ) and not self.bus.can_take(size)
+            refused = not self.stream.can_take(size)
             if refused:
                 self.counters.not_forwarded += 1
                 raise ClusterUnavailable(

@@ -181,7 +181,11 @@ async def serve(
     except PublishRefused as refusal:
         # The admission gate (broker/admission.py): a business error, as Pub answers a topic
         # it may not publish to; nothing was published.
-        code = e.TOPIC_NOT_ALLOWED if refusal.kind is Refusal.NOT_AUTHORIZED else e.QUOTA_EXCEEDED
+        code = (
+            e.TOPIC_NOT_ALLOWED
+            if refusal.kind in (Refusal.NOT_AUTHORIZED, Refusal.INVALID)
+            else e.QUOTA_EXCEEDED
+        )
         seen.result = code
         return render.business_error(
             action or "", response_format, request_id, code, refusal.reason

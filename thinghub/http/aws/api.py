@@ -56,6 +56,7 @@ from ..publishing import StoreUnavailable
 from . import sigv4
 from .errors import (
     INTERNAL_FAILURE,
+    INVALID_REQUEST,
     METHOD_NOT_ALLOWED,
     REQUEST_ENTITY_TOO_LARGE,
     SERVICE_UNAVAILABLE,
@@ -80,6 +81,7 @@ _REFUSAL_SHAPES = {
     Refusal.NOT_AUTHORIZED: UNAUTHORIZED,
     Refusal.QUOTA: THROTTLING,
     Refusal.UNAVAILABLE: SERVICE_UNAVAILABLE,
+    Refusal.INVALID: INVALID_REQUEST,
 }
 
 # The aiohttp routes that lead here; ``match`` does the real matching on the raw target.
