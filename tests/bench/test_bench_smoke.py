@@ -9,6 +9,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -17,20 +18,22 @@ pytestmark = pytest.mark.thinghub_only
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_every_scenario_runs_against_thinghub(tmp_path: Path) -> None:
-    out = tmp_path / "bench.json"
+def run_bench(module: str, *args: str, out: Path, timeout: float) -> tuple[str, Any]:
+    """``python -m MODULE ARGS --json OUT`` from the repository root, which must exit 0: its
+    printed report and the JSON it wrote."""
     proc = subprocess.run(
-        [
-            sys.executable, "-m", "bench", "--quick", "--broker", "thinghub", "--no-ceiling",
-            "--connections", "300", "--devices", "200", "--json", str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+        [sys.executable, "-m", module, *args, "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
+    return proc.stdout, json.loads(out.read_text())
+
+
+def test_every_scenario_runs_against_thinghub(tmp_path: Path) -> None:
+    stdout, report = run_bench(
+        "bench", "--quick", "--broker", "thinghub", "--no-ceiling", "--connections", "300",
+        "--devices", "200", out=tmp_path / "bench.json", timeout=240,
+    )  # fmt: skip
     summary = {row["scenario"]: row for row in report["summary"]}
     # The five MQTT scenarios, the HTTP APIs and the sign-in at least (others may join them).
     mqtt = {"fan-in", "fan-out", "qos1", "topics1000", "idle10k"}
@@ -47,9 +50,9 @@ def test_every_scenario_runs_against_thinghub(tmp_path: Path) -> None:
     assert summary["qos1"]["median"]["lost"] == 0
     assert summary["idle10k"]["median"]["kb_per_conn"] is not None
     # The printed report is the table the README quotes.
-    assert "| fan-in" in proc.stdout and "thinghub" in proc.stdout
-    assert "| aliyun-pub" in proc.stdout and "Do-nothing" in proc.stdout
-    assert "### Sign-in: 200 Alibaba devices" in proc.stdout
+    assert "| fan-in" in stdout and "thinghub" in stdout
+    assert "| aliyun-pub" in stdout and "Do-nothing" in stdout
+    assert "### Sign-in: 200 Alibaba devices" in stdout
 
 
 def test_the_signin_scenario_runs(tmp_path: Path) -> None:
@@ -57,19 +60,10 @@ def test_the_signin_scenario_runs(tmp_path: Path) -> None:
     in cold and in a reconnect storm over MQTT 3.1.1 and 5.0, beside as many anonymous clients,
     with the QoS 0 stream timed throughout and the registry checked after; the generator
     ceiling measured with it. Figures are reported, never judged here."""
-    out = tmp_path / "signin.json"
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "bench", "--scenario", "signin", "--quick", "--devices", "300",
-            "--broker", "thinghub", "--json", str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
+    stdout, report = run_bench(
+        "bench", "--scenario", "signin", "--quick", "--devices", "300", "--broker", "thinghub",
+        out=tmp_path / "signin.json", timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
     (row,) = [r for r in report["summary"] if r["scenario"] == "signin"]
     assert row["available"] and row["ok_runs"] == 1 and row["failures"] == [], row
     figures = row["figures"]
@@ -92,9 +86,9 @@ def test_the_signin_scenario_runs(tmp_path: Path) -> None:
     (ceiling,) = [r for r in report["ceiling"] if r["scenario"] == "signin"]
     assert ceiling["available"] and ceiling["median"]["rate"] > 0
     # The report shows the waves beside their targets.
-    assert "### Sign-in: 300 Alibaba devices" in proc.stdout
-    assert "| storm | 5.0" in proc.stdout and "### Targets" in proc.stdout
-    assert "Signed-in connects/s (slowest wave)" in proc.stdout
+    assert "### Sign-in: 300 Alibaba devices" in stdout
+    assert "| storm | 5.0" in stdout and "### Targets" in stdout
+    assert "Signed-in connects/s (slowest wave)" in stdout
 
 
 def test_the_mtls_scenario_runs(tmp_path: Path) -> None:
@@ -102,19 +96,10 @@ def test_the_mtls_scenario_runs(tmp_path: Path) -> None:
     through the AWS IoT API, then cold and storm waves of mutual-TLS sign-ins against ThingHub
     and, when it is installed, mosquitto with require_certificate and the same CA. Every
     connect must succeed; the figures are reported, never judged here."""
-    out = tmp_path / "mtls.json"
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "bench", "--scenario", "mtls", "--quick", "--mtls-devices",
-            "100", "--json", str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
+    stdout, report = run_bench(
+        "bench", "--scenario", "mtls", "--quick", "--mtls-devices", "100",
+        out=tmp_path / "mtls.json", timeout=180,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
     (row,) = [r for r in report["summary"] if r["scenario"] == "mtls"]
     assert row["available"] and row["ok_runs"] == 1 and row["failures"] == [], row
     figures = row["figures"]
@@ -127,26 +112,19 @@ def test_the_mtls_scenario_runs(tmp_path: Path) -> None:
     assert figures["failed_connects"] == 0
     if len(brokers) == 2:
         assert figures["ratio"] > 0 and figures["mosquitto.rate"] > 0
-        assert "mTLS sign-ins/s (slowest wave) / mosquitto's" in proc.stdout
-    assert "### Mutual-TLS sign-in: 100 AWS IoT devices" in proc.stdout
+        assert "mTLS sign-ins/s (slowest wave) / mosquitto's" in stdout
+    assert "### Mutual-TLS sign-in: 100 AWS IoT devices" in stdout
 
 
 def test_the_backlog_benchmark_runs(tmp_path: Path) -> None:
     """`make bench-backlog` at a fiftieth of its size: the queue comes back whole and in
     order after a SIGKILL (the benchmark checks both), and the figures are there."""
-    out = tmp_path / "backlog.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.backlog", "--messages", "20000", "--json", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
+    stdout, figures = run_bench(
+        "bench.backlog", "--messages", "20000", out=tmp_path / "backlog.json", timeout=240
     )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    figures = json.loads(out.read_text())
     assert figures["drained"] == 2000 and figures["drain_s"] > 0
     assert figures["restart_s"] > 0 and figures["rss_after_restart_mb"] > 0
-    assert "restart after SIGKILL" in proc.stdout
+    assert "restart after SIGKILL" in stdout
 
 
 # Run in a child: under pytest the name ``bench`` is this directory, not the harness package.
@@ -195,13 +173,10 @@ def test_the_cross_node_scenarios_run(tmp_path: Path) -> None:
     CPU per message and routing state. Figures are reported, never judged here."""
     if shutil.which("nats-server") is None and not Path("/usr/sbin/nats-server").exists():
         pytest.skip("nats-server is not installed (apt-get install nats-server)")
-    out = tmp_path / "cluster.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "bench.cluster", "--quick", "--json", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=240,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = {row["scenario"]: row for row in json.loads(out.read_text())["summary"]}
+    stdout, report = run_bench(
+        "bench.cluster", "--quick", out=tmp_path / "cluster.json", timeout=240
+    )
+    summary = {row["scenario"]: row for row in report["summary"]}
     assert set(summary) == {"fan-in", "fan-out", "qos1", "qos1-persistent"}
     for name, row in summary.items():
         assert row["ok_runs"] == {"single": 1, "cross": 1}, (name, row["errors"])
@@ -214,31 +189,22 @@ def test_the_cross_node_scenarios_run(tmp_path: Path) -> None:
     # knows (the interest table grows with distinct filters, not subscribers).
     assert fan_out["routing"]["n2"]["filters"] == fan_out["routing"]["n3"]["filters"] == 1
     assert fan_out["routing"]["n1"]["remote_filters"] == 2
-    assert "| fan-in |" in proc.stdout and "| fan-out |" in proc.stdout
-    assert "cross msgs/CPU-s" in proc.stdout
+    assert "| fan-in |" in stdout and "| fan-out |" in stdout
+    assert "cross msgs/CPU-s" in stdout
 
 
 def test_the_trace_cost_is_measured_beside_the_plain_hub(tmp_path: Path) -> None:
     """`make bench` runs each message stream with the delivery trace on too (broker
     ``thinghub-traced``) and judges the ratio in its targets table."""
-    out = tmp_path / "bench.json"
-    proc = subprocess.run(
-        [
-            sys.executable, "-m", "bench", "--quick", "--no-ceiling", "--scenario", "qos1",
-            "idle10k", "--connections", "100", "--broker", "thinghub", "thinghub-traced",
-            "--json", str(out),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    stdout, report = run_bench(
+        "bench", "--quick", "--no-ceiling", "--scenario", "qos1", "idle10k", "--connections",
+        "100", "--broker", "thinghub", "thinghub-traced", out=tmp_path / "bench.json",
         timeout=120,
     )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(out.read_text())
     rows = {(row["scenario"], row["broker"]): row for row in report["summary"]}
     traced = rows[("qos1", "thinghub-traced")]
     assert traced["ok_runs"] == 1 and traced["median"]["lost"] == 0
     assert rows[("qos1", "thinghub")]["ok_runs"] == 1
     # The idle connections scenario has nothing to trace: the plain hub only.
     assert ("idle10k", "thinghub-traced") not in rows and ("idle10k", "thinghub") in rows
-    assert "| qos1 with the trace on / off" in proc.stdout
+    assert "| qos1 with the trace on / off" in stdout
