@@ -180,7 +180,8 @@ class Subjects:
 
     def queued(self, account: str, topic: str) -> str | None:
         """Where a QoS 1/2 message on ``topic`` is published (into the message stream); None
-        for a topic too long for a subject, which takes the core path of ``message``."""
+        for a topic too long for a subject, which the cluster refuses at QoS 1/2
+        (``ClusterNode.plan``)."""
         subject = f"{self.prefix}.q.{escape_level(account)}.{topic_subject(topic)}"
         return subject if len(subject) <= MAX_SUBJECT else None
 
