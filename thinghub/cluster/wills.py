@@ -138,11 +138,11 @@ class ClusterWills:
     def connected(self, session: Session) -> None:
         """A connection opened its session: keep its will, if it has one."""
         client = session.client
-        will = None if client is None else getattr(client, "will", None)
-        if not isinstance(will, Will):
+        will = None if client is None else client.will
+        if client is None or will is None:
             self.closed(session)  # an earlier connection's will, if any, is not this one's
             return
-        delay = min(int(getattr(client, "will_delay", 0)), session.expiry_interval)
+        delay = min(client.will_delay, session.expiry_interval)
         key = f"{self._prefix}{escape_level(session.account)}.{escape_level(session.client_id)}"
         self._kept[session.key] = key
         self._enqueue(key, _value(will, delay, time.time()))
