@@ -29,6 +29,10 @@ from hubprocess import HubProcess
 ROOT = Path(__file__).resolve().parents[2]
 KEY_ID, SECRET = "LTAIclusterTests00000000", "cluster-tests-secret-0123456789ab"
 TIMEOUT = 20.0
+#: Quick heartbeats, as conftest.py's NODE_SETTINGS, for a node a test starts on its own (not
+#: imported from conftest: another directory's conftest module can take that name when several
+#: test directories run together).
+QUICK = {"CLUSTER_HEARTBEAT_INTERVAL": "0.25", "CLUSTER_NODE_TIMEOUT": "3"}
 
 
 class HubNode(HubProcess):
@@ -90,6 +94,13 @@ class HubNode(HubProcess):
 
     def raw(self, version: int = 5) -> rawmqtt.RawClient:
         return rawmqtt.RawClient(self.host, self.port, version=version, timeout=TIMEOUT)
+
+
+def sessions_ready(node: HubNode) -> bool:
+    """The node's message stream and session records are ready: QoS 1/2 messages and
+    persistent sessions work."""
+    status = node.status()
+    return bool(status["stream"]["ready"] and status["persistent_sessions"]["ready"])
 
 
 def settle(nodes: list[HubNode], timeout: float = TIMEOUT) -> None:

@@ -26,7 +26,7 @@ import crashload
 import natscluster
 import pytest
 from crashload import AliyunPublisher, AwsPublisher, Hubs, MqttPublisher, Receiver, until
-from hubnodes import HubNode, settle
+from hubnodes import HubNode, sessions_ready, settle
 from natscluster import NatsCluster, NatsServer
 from pahoclient import unique
 
@@ -94,7 +94,7 @@ class Crash:
         self.note(f"restarted ThingHub {name}")
         up = self.hubs.up()
         settle(up, timeout=PHASE_TIMEOUT)
-        until(lambda: _ready(node), PHASE_TIMEOUT, f"{name}'s stream and session records")
+        until(lambda: sessions_ready(node), PHASE_TIMEOUT, f"{name}'s stream and session records")
 
     def kill_nats(self, server: NatsServer) -> None:
         assert server.proc is not None
@@ -208,11 +208,6 @@ class Crash:
         return "\n".join(self.events) + "\n\n" + nodes
 
 
-def _ready(node: HubNode) -> bool:
-    status = node.status()
-    return bool(status["stream"]["ready"] and status["persistent_sessions"]["ready"])
-
-
 @pytest.fixture
 def crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Crash]:
     if not natscluster.available():
@@ -228,7 +223,7 @@ def crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Crash]:
         run.hubs = Hubs(nodes)
         settle(nodes, timeout=PHASE_TIMEOUT)
         for node in nodes:
-            until(lambda n=node: _ready(n), PHASE_TIMEOUT, f"{node.name}'s stream")
+            until(lambda n=node: sessions_ready(n), PHASE_TIMEOUT, f"{node.name}'s stream")
             # Each node keeps its own registry: the Alibaba publisher's product on each.
             created = node.cli("product", "create", unique("p").replace("-", "_"))
             product = created[0] if isinstance(created, list) else created

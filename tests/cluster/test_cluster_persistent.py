@@ -15,14 +15,12 @@ from typing import Any
 import pahoclient
 import pytest
 import rawmqtt
-from hubnodes import HubNode, settle, wait_for
+from hubnodes import QUICK, HubNode, sessions_ready, settle, wait_for
 from natscluster import NatsCluster
 from pahoclient import unique
 from rawmqtt import PUBACK, PUBCOMP, PUBLISH, PUBREC, PUBREL
 
 MakeClient = Callable[..., pahoclient.Client]
-# As conftest.py's NODE_SETTINGS: quick heartbeats keep settling short.
-QUICK = {"CLUSTER_HEARTBEAT_INTERVAL": "0.25", "CLUSTER_NODE_TIMEOUT": "3"}
 SETTINGS = {
     "CLUSTER_STREAM_REPLICAS": "3",
     # Long: a message in flight on a node that hands its session over comes back at once,
@@ -38,13 +36,8 @@ def trio(start_node: Callable[..., HubNode]) -> list[HubNode]:
     started = [start_node(name, **SETTINGS) for name in ("p1", "p2", "p3")]
     settle(started)
     for node in started:
-        wait_for(lambda n=node: _ready(n), what=f"{node.name}'s session records")
+        wait_for(lambda n=node: sessions_ready(n), what=f"{node.name}'s session records")
     return started
-
-
-def _ready(node: HubNode) -> bool:
-    status = node.status()
-    return bool(status["stream"]["ready"] and status["persistent_sessions"]["ready"])
 
 
 def _persistent(node: HubNode, client_id: str, make: MakeClient) -> pahoclient.Client:
@@ -112,7 +105,7 @@ def test_messages_in_flight_on_a_killed_node_come_back_with_dup_and_the_same_pac
 ) -> None:
     p1, _p2, p3 = trio
     settle([*trio, victim])
-    wait_for(lambda: _ready(victim), what="p4's session records")
+    wait_for(lambda: sessions_ready(victim), what="p4's session records")
     topic = unique("inflight")
     client_id = unique("q2")
     expiry = {"session_expiry_interval": 300}

@@ -4,7 +4,7 @@ session record's expiry (cluster/consumers.py)."""
 
 from __future__ import annotations
 
-from thinghub.cluster.consumers import _ack_metadata, _expired
+from thinghub.cluster.consumers import _expired, ack_metadata
 from thinghub.cluster.stream import QUOTA_EXCEEDED, UNSPECIFIED, Ticket
 
 
@@ -27,10 +27,10 @@ def test_a_ticket_calls_back_once_all_its_parts_are_in_with_the_first_refusal() 
 
 
 def test_the_delivery_count_and_stream_sequence_come_from_the_reply_subject() -> None:
-    assert _ack_metadata(b"$JS.ACK.thinghub_msgs.s1234.3.42.7.1700000000000000000.0") == (3, 42)
+    assert ack_metadata(b"$JS.ACK.thinghub_msgs.s1234.3.42.7.1700000000000000000.0") == (3, 42)
     # nats-server 2.10+: domain and account hash first, a random token last.
-    assert _ack_metadata(b"$JS.ACK.hub.ACC.thinghub_msgs.s1.1.9.9.170.0.tok") == (1, 9)
-    assert _ack_metadata(b"not.a.reply") == (1, 0)
+    assert ack_metadata(b"$JS.ACK.hub.ACC.thinghub_msgs.s1.1.9.9.170.0.tok") == (1, 9)
+    assert ack_metadata(b"not.a.reply") == (1, 0)
 
 
 def test_a_session_record_expires_its_interval_after_it_went_offline() -> None:

@@ -14,13 +14,10 @@ from pathlib import Path
 import natscluster
 import pahoclient
 import pytest
-from hubnodes import HubNode, settle, wait_for
+from hubnodes import QUICK, HubNode, settle, wait_for
 from pahoclient import unique
 
 MakeClient = Callable[..., pahoclient.Client]
-# As conftest.py's NODE_SETTINGS (not imported: another directory's conftest module can take
-# that name when several test directories run together).
-QUICK = {"CLUSTER_HEARTBEAT_INTERVAL": "0.25", "CLUSTER_NODE_TIMEOUT": "3"}
 
 
 @pytest.fixture

@@ -460,6 +460,14 @@ class RawClient:
         assert pkt.type == ptype, f"expected {NAMES[ptype]}, got {pkt!r}"
         return pkt
 
+    def expect_nothing(self, timeout: float, what: str = "nothing more") -> None:
+        """Fail if a packet arrives within ``timeout`` seconds (a bounded check of absence)."""
+        try:
+            packet = self.recv(timeout)
+        except TimeoutError:
+            return
+        raise AssertionError(f"expected {what}, got {packet!r}")
+
     def expect_closed(self, timeout: float | None = None) -> list[Packet]:
         """Wait until the broker closes the connection; return what it sent before that."""
         seen: list[Packet] = []

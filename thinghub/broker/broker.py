@@ -126,6 +126,13 @@ class ClusterLink(Protocol):
     def subscription_dropped(self, session: Session, full_filter: str) -> None:
         """A persistent session's UNSUBSCRIBE (its UNSUBACK waits: ``take_ticket``)."""
 
+    def send_retained(
+        self, session: Session, message: Message, qos: int, subscription_ids: tuple[int, ...]
+    ) -> bool:
+        """A retained message for a persistent session's new subscription, at QoS 1/2: True
+        when the cluster's message stream takes it (then it moves with the session), False
+        when this node should deliver it."""
+
 
 class Broker:
     def __init__(
@@ -479,19 +486,19 @@ class Broker:
 
     def _remove_from_trie(self, entry: SubscriptionEntry) -> None:
         space = self.space(entry.session.account)
-        if self.cluster is not None:
-            self.cluster.unsubscribed(entry.session.account, entry.full_filter)
         if entry.share_group is None:
             space.subscriptions.remove(entry.topic_filter, entry.session.client_id)
-            return
-        group_key = (entry.share_group, entry.topic_filter)
-        shared = space.groups.get(group_key)
-        if shared is None:
-            return
-        shared.members = [m for m in shared.members if m is not entry]
-        if not shared.members:
-            del space.groups[group_key]
-            space.subscriptions.remove(entry.topic_filter, ("$share", entry.share_group))
+        else:
+            group_key = (entry.share_group, entry.topic_filter)
+            shared = space.groups.get(group_key)
+            if shared is not None:
+                shared.members = [m for m in shared.members if m is not entry]
+                if not shared.members:
+                    del space.groups[group_key]
+                    space.subscriptions.remove(entry.topic_filter, ("$share", entry.share_group))
+        if self.cluster is not None:
+            # After the removal: the cluster looks at who is left in a shared group.
+            self.cluster.unsubscribed(entry.session.account, entry.full_filter)
 
     # ------------------------------------------------------------------ publishing
 
@@ -590,16 +597,19 @@ class Broker:
         deliver = self.deliver
         cluster = self.cluster
         if cluster is not None and message.qos and cluster.streams(message):
-            # The persistent sessions' QoS 1/2 copies come from their JetStream consumers.
+            # The persistent sessions' QoS 1/2 copies come from their JetStream consumers,
+            # and so do the shared groups' (thinghub/cluster/groups.py).
             if recorder is None or slot == UNTRACED:
-                return fan_out(message, matches, self._deliver_unstreamed, None, 0, deliver)
+                return fan_out(
+                    message, matches, self._deliver_unstreamed, None, 0, _streamed_elsewhere
+                )
             copies = fan_out(
                 message,
                 matches,
                 self._deliver_unstreamed,
                 recorder.handed[slot],
                 recorder.max_sessions,
-                deliver,
+                _streamed_elsewhere,
             )
             recorder.routed(slot, copies)
             return copies
@@ -675,6 +685,22 @@ class Broker:
         if qos and session.streamed:
             return  # its consumer in the cluster's message stream brings this copy
         self.deliver(session, message, qos, retain, subscription_ids)
+
+    def deliver_retained(
+        self, session: Session, message: Message, qos: int, subscription_ids: tuple[int, ...]
+    ) -> None:
+        """A retained message for a new subscription (§3.3.1.3: RETAIN 1). In a cluster a
+        persistent session's QoS 1/2 copy goes through the message stream, so that it moves
+        with the session until acknowledged (thinghub/cluster/consumers.py)."""
+        cluster = self.cluster
+        if (
+            qos
+            and session.persistent
+            and cluster is not None
+            and cluster.send_retained(session, message, qos, subscription_ids)
+        ):
+            return
+        self.deliver(session, message, qos, True, subscription_ids)
 
     # ------------------------------------------------------------------ retained
 
@@ -917,3 +943,14 @@ def _subscribers(matches: Sequence[tuple[TrieKey, TrieValue]]) -> Iterator[str]:
             if client_id not in seen:
                 seen.add(client_id)
                 yield client_id
+
+
+def _streamed_elsewhere(
+    session: Session,
+    message: Message,
+    qos: int,
+    retain: bool,
+    subscription_ids: tuple[int, ...] = (),
+) -> None:
+    """A shared group's copy of a streamed message: its JetStream consumer brings it to
+    one member, wherever in the cluster (thinghub/cluster/groups.py)."""

@@ -921,7 +921,7 @@ class Client:
                     continue
                 for message in broker.retained_for(self.account, topic_filter):
                     sub_ids = () if sid is None else (sid,)
-                    broker.deliver(session, message, min(message.qos, granted), True, sub_ids)
+                    broker.deliver_retained(session, message, min(message.qos, granted), sub_ids)
 
         # A persistent session's new subscriptions are on disk before the SUBACK says so,
         # and the SUBACK keeps its place among the acknowledgements.

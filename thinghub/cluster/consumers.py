@@ -5,16 +5,20 @@ Modelled on how nats-server keeps MQTT sessions (server/mqtt.go), written for Th
 * **Where a session's QoS 1/2 messages wait.** Each QoS 1/2 subscription (not shared) of a
   persistent session (Session Expiry Interval above 0; 3.1.1: clean session 0) is a durable
   JetStream consumer on the cluster's message stream (cluster/stream.py): filter = the
-  subscription's "q" subject (two consumers for "a/#", which maps to two subjects: nats-server
-  2.9 takes one filter per consumer), deliver new, explicit acknowledgement,
+  subscription's "q" subject (two consumers for "a/#", which maps to two subjects:
+  nats-server 2.9 takes one filter per consumer), deliver new, explicit acknowledgement,
   ``max_ack_pending`` = the hub's inflight bound (``mqtt.max_inflight``), ``ack_wait`` =
-  ``cluster.consumer_ack_wait``. The stream's interest retention keeps a message until every
-  consumer it matches has acknowledged it. The consumer is created before the SUBACK leaves
-  (the SUBACK waits, as for the store's commit), deleted at UNSUBSCRIBE and when the session
-  ends or expires. The broker's fan-out skips these sessions' QoS 1/2 copies of streamed
-  messages (``Session.streamed``, Broker._deliver_unstreamed): they come from the consumer
-  only, so nothing arrives twice; QoS 0 copies, shared subscriptions, retained messages sent
-  at SUBSCRIBE and direct sends still take the broker's own path.
+  ``cluster.consumer_ack_wait``. The stream keeps a message until every consumer it matches
+  has acknowledged it (cluster/stream.py trims below their floors). The consumer is created
+  before the SUBACK leaves (the SUBACK waits, as for the store's commit), deleted at
+  UNSUBSCRIBE and when the session ends or expires. The broker's fan-out skips these
+  sessions' QoS 1/2 copies of streamed messages (``Session.streamed``,
+  Broker._deliver_unstreamed): they come from the consumer only, so nothing arrives twice;
+  QoS 0 copies and direct sends (SendDirectMessage, RRpc) still take the broker's own path.
+  Shared subscriptions have a consumer per group (cluster/groups.py). A retained message
+  sent at SUBSCRIBE at QoS 1/2, and a shared group's QoS 2 copy once this session is chosen
+  for it, are published into the stream as copies for the session alone, delivered by the
+  session's direct consumer (``send_copy``), so that they move with the session too.
 * **Delivery.** While the session's client is connected to this node, the node subscribes to
   each consumer's deliver subject (``<prefix>.dlv.<consumer>``, in a queue group: one node
   gets each delivery). A delivery is checked for No Local (the envelope's origin,
@@ -29,7 +33,8 @@ Modelled on how nats-server keeps MQTT sessions (server/mqtt.go), written for Th
 * **The session's record** is a key of the key-value bucket ``<prefix>_session_state``
   (replicated like the stream), ``account.clientid`` (escaped as in cluster/owners.py):
   protocol level, expiry interval, when it went offline, the generation of its consumers,
-  its subscriptions with their options and consumers. Written at CONNECT, before the
+  its subscriptions with their options and consumers, its direct consumer, the QoS 2 copies
+  it released. Written at CONNECT, before the
   SUBACK/UNSUBACK, at disconnection; deleted when the session ends. Every node keeps a copy
   of the bucket in memory (a watch), so that a CONNECT can be answered at once: a CONNECT
   with Clean Start 0 on a node that does not hold the session rebuilds it from the record
@@ -64,7 +69,7 @@ import time
 import zlib
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -94,9 +99,9 @@ log = logging.getLogger("thinghub.cluster")
 
 WORKERS = 16
 FORMAT = 1
-_NAK_LATER = b'-NAK {"delay": 1000000000}'  # the receiver's window is full: in a second
-_NAK = b"-NAK"
-_ACK = b"+ACK"
+NAK_LATER = b'-NAK {"delay": 1000000000}'  # the receiver's window is full: in a second
+NAK = b"-NAK"
+ACK = b"+ACK"
 #: Stream sequences remembered per session as acknowledged by its receiver (``_Held``): 8 KiB
 #: for each session that received something on this node; a redelivery is looked up in them
 #: (a scan, only for redeliveries). A consumer leader moving to another NATS server redelivers
@@ -106,6 +111,12 @@ _NONE_COMPLETED: array[int] = array("Q")
 
 #: What a change waits on: called with 0 (done) or a refusal's reason code.
 Done = Callable[[int], None]
+#: The account token of the copies meant for one session (``send_retained``): "=" followed
+#: by no two hexadecimal digits is no escaped account's token (cluster/subjects.py), so no
+#: filter's subject, nor an account's wildcard, matches these.
+DIRECT_TOKEN = "=d"
+#: Stands for the direct consumer where a subscription's filter is expected (``_bind``).
+_DIRECT = "\x00direct"
 
 
 @dataclass
@@ -163,6 +174,10 @@ class _Held:
     # in the session's record before the PUBREL leaves, so that a node resuming the session
     # after this one died sends PUBREL again, not the PUBLISH (§4.3.3, §4.4).
     released: dict[int, int] = field(default_factory=dict)
+    # The consumer of the copies meant for this session alone (``send_retained``), "" until
+    # the first; and whether it is known to exist.
+    direct: str = ""
+    direct_created: bool = False
 
 
 class PersistentSessions:
@@ -303,7 +318,9 @@ class PersistentSessions:
             self._remove_record(key, record)
             return False
         generation = str(record.get("g", "")) or secrets.token_hex(6)
-        self._held[session.key] = _Held(session, generation, key)
+        held = self._held[session.key] = _Held(session, generation, key)
+        held.direct = str(record.get("dc") or "")
+        held.direct_created = bool(held.direct)
         resuming: dict[str, tuple[str, ...]] = {}
         subscriptions: list[tuple[Subscription, int | None]] = []
         try:
@@ -393,6 +410,8 @@ class PersistentSessions:
             for names in held.consumers.values():
                 for name in names:
                     self._enqueue(key, ("delete_consumer", name, None))
+            if held.direct:
+                self._enqueue(key, ("delete_consumer", held.direct, None))
         if held is not None or key in self.records:
             self.records.pop(key, None)
             self._enqueue(key, ("delete", key, None))
@@ -426,10 +445,74 @@ class PersistentSessions:
             record["p"] = int(session.client.version)
         if held is not None and held.released:
             record["r"] = {str(pid): seq for pid, seq in held.released.items()}
+        if held is not None and held.direct:
+            record["dc"] = held.direct
         key = _record_key(session.account, session.client_id)
         self.records[key] = record  # this node's view at once; the watch confirms it
         done = ticket.part() if ticket is not None else None
         self._enqueue(key, ("put", key, json.dumps(record).encode(), done))
+
+    def send_retained(
+        self, session: Session, message: Message, qos: int, subscription_ids: tuple[int, ...]
+    ) -> bool:
+        """A retained message sent at SUBSCRIBE (§3.3.1.3: RETAIN 1) to a persistent session
+        held here, at QoS ``qos`` (1 or 2), as a copy for the session alone (``send_copy``),
+        so that it moves with the session until acknowledged. False when it cannot be: the
+        broker then delivers it from this node."""
+        return self.send_copy(session, message, qos, True, subscription_ids, None)
+
+    def send_copy(
+        self,
+        session: Session,
+        message: Message,
+        qos: int,
+        retain: bool,
+        subscription_ids: tuple[int, ...],
+        done: Done | None,
+    ) -> bool:
+        """A copy of ``message`` for one persistent session held here, at QoS ``qos`` (1 or
+        2), published into the message stream on ``<prefix>.q.=d.<its direct consumer>.<its
+        subscription identifier>`` (``=d`` is no account's token, so no filter's subject
+        matches it) and delivered by that consumer like the session's other QoS 1/2 messages,
+        wherever the session is. ``done`` is told once it is stored (0) or not (a reason
+        code); without it a copy not stored is delivered from this node's queue. False when
+        it cannot be tried (NATS or the stream out of reach, too many changes waiting)."""
+        held = self._held.get(session.key)
+        if (
+            held is None
+            or not qos
+            or not (self.ready and self.bus.connected)
+            or self._waiting >= self.settings.max_pending_claims
+        ):
+            return False
+        if not held.direct:
+            held.direct = _consumer_name(session.key, held.generation, _DIRECT, 0)
+            self.save(session, None)
+            if held.attached:
+                self._bind(held, _DIRECT, held.direct)
+        root = f"{self.subjects.prefix}.q.{DIRECT_TOKEN}.{held.direct}"
+        sid = subscription_ids[0] if subscription_ids else 0
+        copy = replace(message, qos=qos, retain=retain, encoded={})
+        if copy.expires_at is None:
+            data = envelope.pack(copy, self.node, 0.0, 0.0)
+        else:
+            data = envelope.pack(copy, self.node, time.time(), self.broker.clock.time())
+        if done is None:
+            done = partial(self._direct_stored, held, message, qos, subscription_ids)
+        self._enqueue(held.record_key, ("direct", held, root, f"{root}.{sid}", data, done))
+        return True
+
+    def _direct_stored(
+        self,
+        held: _Held,
+        message: Message,
+        qos: int,
+        subscription_ids: tuple[int, ...],
+        refused: int,
+    ) -> None:
+        if refused and self._held.get(held.session.key) is held:
+            # Not in the stream: from this node's own queue, as on a hub of its own.
+            self.broker.deliver(held.session, message, qos, True, subscription_ids)
 
     # ------------------------------------------------------------------ delivery
 
@@ -442,14 +525,18 @@ class PersistentSessions:
             # those of its record.
             key = _record_key(session.account, session.client_id)
             record = self.records.get(key)
+            direct = ""
             if record is not None and record.get("g"):
                 generation = str(record["g"])
+                direct = str(record.get("dc") or "")
                 for stored in record.get("s", ()):
                     names = tuple(str(c) for c in stored.get("c", ()))
                     if names:
                         consumers[str(stored["f"])] = names
                         session.streamed = True
             held = self._held[session.key] = _Held(session, generation, key, False, consumers)
+            held.direct = direct
+            held.direct_created = bool(direct)
         return held
 
     def _attach(self, held: _Held) -> None:
@@ -458,11 +545,13 @@ class PersistentSessions:
         for full_filter, names in held.consumers.items():
             for name in names:
                 self._bind(held, full_filter, name)
+        if held.direct:
+            self._bind(held, _DIRECT, held.direct)
 
     def _bind(self, held: _Held, full_filter: str, name: str) -> None:
         handler = partial(self._delivered, held, full_filter)
         held.subscriptions.append(
-            self.bus.subscribe_with_reply(self._deliver_subject(name), handler, "dlv")
+            self.bus.subscribe_with_reply(deliver_subject(self.subjects, name), handler, "dlv")
         )
 
     def _detach(self, held: _Held) -> None:
@@ -480,22 +569,19 @@ class PersistentSessions:
                 released[sequence] = copy
                 continue
             session.delivery.forget(copy.out)
-            self.bus.send(copy.reply.decode(), _NAK)  # back at once, wherever it is wanted
+            self.bus.send(copy.reply.decode(), NAK)  # back at once, wherever it is wanted
             self.counters.given_back += 1
         held.copies = released
 
-    def _deliver_subject(self, name: str) -> str:
-        return f"{self.subjects.prefix}.dlv.{name}"
-
     def _delivered(
-        self, held: _Held, full_filter: str, _subject: bytes, reply: bytes, data: bytes
+        self, held: _Held, full_filter: str, subject: bytes, reply: bytes, data: bytes
     ) -> None:
         session = held.session
         if self._held.get(session.key) is not held or session.client is None:
             # Not this node's any more (moved, ended): back to the stream for the one it is.
-            self.bus.send(reply.decode(), _NAK)
+            self.bus.send(reply.decode(), NAK)
             return
-        count, sequence = _ack_metadata(reply)
+        count, sequence = ack_metadata(reply)
         counters = self.counters
         if count > 1:
             counters.redeliveries += 1
@@ -505,43 +591,50 @@ class PersistentSessions:
         # leader counts as the first when it did not learn of the delivery.
         if sequence <= held.completed_max and sequence in held.completed:
             counters.acknowledged_again += 1
-            self.bus.send(reply.decode(), _ACK)
+            self.bus.send(reply.decode(), ACK)
             return
         copy = held.copies.get(sequence)
         if copy is not None:
             copy.reply = reply  # delivered again while in flight here: acknowledged once
             return
-        entry = session.subscriptions.get(full_filter)
-        try:
-            arrival = envelope.unpack(data, time.time(), self.broker.clock.time())
-        except envelope.EnvelopeError as error:
-            log.info("an unreadable message in the stream was skipped: %s", error)
-            self.bus.send(reply.decode(), _ACK)
+        arrival = read_delivery(self.bus, self.broker, reply, data)
+        if arrival is None:
             return
         message = arrival.message
-        if (
-            entry is None
-            or arrival.expired
-            or (entry.no_local and message.origin == session.client_id)
-        ):
-            # Unsubscribed meanwhile, expired on the way (§3.3.2.3.3), or No Local.
+        if full_filter == _DIRECT:
+            # A copy for this session alone (``send_retained``): its QoS and RETAIN flag as
+            # they are, its subscription identifier the subject's last token.
             if arrival.expired:
                 self.broker.stats.dropped_expired += 1
-            self.bus.send(reply.decode(), _ACK)
-            return
+                self.bus.send(reply.decode(), ACK)
+                return
+            sid = _direct_subscription_id(subject)
+            out = Outgoing(message, message.qos, message.retain, (sid,) if sid else ())
+        else:
+            entry = session.subscriptions.get(full_filter)
+            if (
+                entry is None
+                or arrival.expired
+                or (entry.no_local and message.origin == session.client_id)
+            ):
+                # Unsubscribed meanwhile, expired on the way (§3.3.2.3.3), or No Local.
+                if arrival.expired:
+                    self.broker.stats.dropped_expired += 1
+                self.bus.send(reply.decode(), ACK)
+                return
+            out = Outgoing(
+                message,
+                min(message.qos, entry.qos),
+                message.retain and entry.retain_as_published,
+                () if entry.subscription_id is None else (entry.subscription_id,),
+            )
         message.id = message.id or arrival.origin_message_id
-        out = Outgoing(
-            message,
-            min(message.qos, entry.qos),
-            message.retain and entry.retain_as_published,
-            () if entry.subscription_id is None else (entry.subscription_id,),
-        )
         out.on_acked = partial(self._acknowledged, held, sequence)
         if out.qos == 2:
             out.on_released = partial(self._released, held, sequence)
         if not session.delivery.offer_stream(out, sequence % 65535 + 1, count > 1):
             counters.given_back += 1
-            self.bus.send(reply.decode(), _NAK_LATER)
+            self.bus.send(reply.decode(), NAK_LATER)
             return
         held.copies[sequence] = _Copy(reply, out)
 
@@ -561,7 +654,7 @@ class PersistentSessions:
             self.counters.acknowledged += 1
             held.released.pop(copy.out.packet_id, None)
             if copy.reply:  # a release rebuilt on resume has none until JetStream redelivers
-                self.bus.send(copy.reply.decode(), _ACK)
+                self.bus.send(copy.reply.decode(), ACK)
             completed = held.completed
             if completed is _NONE_COMPLETED:
                 completed = held.completed = array("Q", bytes(8 * COMPLETED))
@@ -570,6 +663,11 @@ class PersistentSessions:
             held.completed_max = max(held.completed_max, sequence)
 
     # ------------------------------------------------------------------ JetStream work
+
+    def change(self, key: str, op: tuple[Any, ...]) -> None:
+        """A JetStream change of another part of the node (cluster/groups.py: consumers of
+        shared groups), done in order with the others of ``key``, within the same bound."""
+        self._enqueue(key, op)
 
     def _enqueue(self, key: str, op: tuple[Any, ...]) -> None:
         done: Done | None = op[-1]
@@ -588,7 +686,7 @@ class PersistentSessions:
             outcome = 0
             try:
                 kv = self._kv
-                if kv is None or not self.bus.connected:
+                if not self.bus.connected or (kv is None and op[0] in ("put", "delete")):
                     raise TimeoutError("NATS or the session records bucket not available")
                 await self._apply(kv, op)
             except (TimeoutError, nats.errors.Error) as error:
@@ -601,26 +699,43 @@ class PersistentSessions:
             if done is not None:
                 done(outcome)
 
-    async def _apply(self, kv: KeyValue, op: tuple[Any, ...]) -> None:
+    async def _apply(self, kv: KeyValue | None, op: tuple[Any, ...]) -> None:
         kind = op[0]
         js = self.bus.jetstream()
-        if kind == "consumer":
+        if kind == "add_consumer":
+            await js.add_consumer(self.stream.name, op[1])
+        elif kind == "consumer":
             _kind, name, subject, _done = op
             await js.add_consumer(
                 self.stream.name,
-                ConsumerConfig(
-                    durable_name=name,
-                    deliver_subject=self._deliver_subject(name),
-                    deliver_group="dlv",
-                    filter_subject=subject,
-                    deliver_policy=DeliverPolicy.NEW,
-                    ack_policy=AckPolicy.EXPLICIT,
-                    ack_wait=self.settings.consumer_ack_wait,
-                    max_ack_pending=self.broker.settings.max_inflight,
-                    max_deliver=-1,
+                consumer_config(
+                    name,
+                    deliver_subject(self.subjects, name),
+                    subject,
+                    self.settings.consumer_ack_wait,
+                    self.broker.settings.max_inflight,
                 ),
             )
             self.counters.consumers_created += 1
+        elif kind == "direct":
+            # A copy for one session (``send_retained``): its consumer first (this worker
+            # does the session's changes in order), then the copy, which the consumer
+            # (deliver new) then has.
+            _kind, held, root, subject, data, _done = op
+            if not held.direct_created:
+                await js.add_consumer(
+                    self.stream.name,
+                    consumer_config(
+                        held.direct,
+                        deliver_subject(self.subjects, held.direct),
+                        root + ".*",
+                        self.settings.consumer_ack_wait,
+                        self.broker.settings.max_inflight,
+                    ),
+                )
+                held.direct_created = True
+                self.counters.consumers_created += 1
+            await js.publish(subject, data, timeout=self.settings.request_timeout)
         elif kind == "delete_consumer":
             try:
                 await js.delete_consumer(self.stream.name, op[1])
@@ -628,8 +743,10 @@ class PersistentSessions:
                 pass
             self.counters.consumers_deleted += 1
         elif kind == "put":
+            assert kv is not None
             await kv.put(op[1], op[2])
         else:
+            assert kv is not None
             try:
                 await kv.delete(op[1])
             except NotFoundError:
@@ -703,6 +820,8 @@ class PersistentSessions:
         for stored in record.get("s", ()):
             for name in stored.get("c", ()):
                 self._enqueue(key, ("delete_consumer", str(name), None))
+        if record.get("dc"):
+            self._enqueue(key, ("delete_consumer", str(record["dc"]), None))
         if not keep_record:
             self.records.pop(key, None)
             self._enqueue(key, ("delete", key, None))
@@ -717,6 +836,40 @@ class PersistentSessions:
         }
 
 
+def consumer_config(
+    name: str, deliver: str, subject: str, ack_wait: float, max_ack_pending: int
+) -> ConsumerConfig:
+    """A durable push consumer delivering new messages of ``subject`` to ``deliver``, in the
+    queue group every node binds with (one node gets each delivery), acknowledged one by
+    one and delivered again until acknowledged."""
+    return ConsumerConfig(
+        durable_name=name,
+        deliver_subject=deliver,
+        deliver_group="dlv",
+        filter_subject=subject,
+        deliver_policy=DeliverPolicy.NEW,
+        ack_policy=AckPolicy.EXPLICIT,
+        ack_wait=ack_wait,
+        max_ack_pending=max_ack_pending,
+        max_deliver=-1,
+    )
+
+
+def read_delivery(bus: Bus, broker: Broker, reply: bytes, data: bytes) -> envelope.Arrival | None:
+    """The envelope a consumer delivered; None for one that cannot be read, which is
+    acknowledged (skipped: delivering it again would not make it readable)."""
+    try:
+        return envelope.unpack(data, time.time(), broker.clock.time())
+    except envelope.EnvelopeError as error:
+        log.info("an unreadable message in the stream was skipped: %s", error)
+        bus.send(reply.decode(), ACK)
+        return None
+
+
+def deliver_subject(subjects: Subjects, name: str) -> str:
+    return f"{subjects.prefix}.dlv.{name}"
+
+
 def _record_key(account: str, client_id: str) -> str:
     return f"{escape_level(account)}.{escape_level(client_id)}"
 
@@ -724,6 +877,14 @@ def _record_key(account: str, client_id: str) -> str:
 def _consumer_name(session_key: str, generation: str, full_filter: str, index: int) -> str:
     digest = hashlib.sha256(f"{session_key}\x00{generation}\x00{full_filter}".encode())
     return f"s{digest.hexdigest()[:30]}{index}"
+
+
+def _direct_subscription_id(subject: bytes) -> int:
+    """The subscription identifier a direct copy's subject ends with (0: none)."""
+    try:
+        return int(subject.rsplit(b".", 1)[1])
+    except (IndexError, ValueError):
+        return 0
 
 
 def _expired(record: dict[str, Any], now: float) -> bool:
@@ -734,7 +895,7 @@ def _expired(record: dict[str, Any], now: float) -> bool:
     return bool(now * 1000 >= int(offline) + expiry * 1000)
 
 
-def _ack_metadata(reply: bytes) -> tuple[int, int]:
+def ack_metadata(reply: bytes) -> tuple[int, int]:
     """(delivery count, stream sequence) of a JetStream delivery's reply subject:
     ``$JS.ACK.<stream>.<consumer>.<delivered>.<stream seq>.<consumer seq>.<time>.<pending>``,
     or the longer form with domain and account hash (nats-server 2.10+)."""

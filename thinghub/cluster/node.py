@@ -43,9 +43,11 @@ from ..errors import ThingHubError
 from ..health import Health
 from ..message import Message
 from ..mqtt.types import ReasonCode
+from ..topics import SHARE_PREFIX
 from . import envelope
 from .bus import Bus
 from .consumers import PersistentSessions
+from .groups import SharedConsumers
 from .interest import Interest
 from .owners import Owners
 from .retained import RetainedStream
@@ -148,6 +150,16 @@ class ClusterNode:
             self.name,
             lambda: set(self.interest.remote.nodes),
         )
+        # Shared groups' QoS 1/2 messages, one consumer per group (cluster/groups.py).
+        self.groups = SharedConsumers(
+            self.bus,
+            self.subjects,
+            settings,
+            broker,
+            self.stream,
+            self.persistent,
+            lambda: self.interest.remote.nodes.values(),
+        )
         self.planner = SharePlanner(self.name)
         # What the HTTP APIs here ask of the node holding a session (cluster/rpc.py).
         self.rpc = ClusterRpc(
@@ -170,6 +182,7 @@ class ClusterNode:
         self.rpc.start()
         self.stream.start()
         self.persistent.start()
+        self.groups.start()
         # The sessions restored from this node's store hold filters already, and one may
         # have been taken over elsewhere while this node was down.
         for session in list(self.broker.sessions.values()):
@@ -178,6 +191,7 @@ class ClusterNode:
             session.streamed = session.persistent
             for full_filter in session.subscriptions:
                 self.interest.added(session.account, full_filter)
+                self.groups.joined(session.account, full_filter, None)
             self.owners.verify(session.account, session.client_id)
         self.broker.cluster = self
         return await self.bus.start()
@@ -190,6 +204,7 @@ class ClusterNode:
         await self.wills.stop()
         await self.retained.stop()
         await self.persistent.stop()
+        await self.groups.stop()
         await self.bus.close()
         await self.stream.stop()
 
@@ -198,6 +213,7 @@ class ClusterNode:
         self.retained.connected()
         self.stream.connected()
         self.persistent.connected()
+        self.groups.connected()
         self.wills.rejoined()
 
     def accepts_sign_ins(self) -> bool:
@@ -244,6 +260,8 @@ class ClusterNode:
                     "the cluster cannot take the message now (NATS or its message stream out "
                     "of reach, or behind)"
                 )
+            # Its shared groups' copies come from their consumers (cluster/groups.py).
+            return None
         if not self.interest.any_shared:
             return None
         remote = self.interest.remote.shared_nodes(account, topic)
@@ -315,23 +333,36 @@ class ClusterNode:
 
     def subscribed(self, account: str, full_filter: str) -> None:
         self.interest.added(account, full_filter)
+        if full_filter.startswith(SHARE_PREFIX):
+            # The group's consumers exist before the SUBACK leaves.
+            self.groups.joined(account, full_filter, self._ticket())
 
     def unsubscribed(self, account: str, full_filter: str) -> None:
         self.interest.removed(account, full_filter)
+        self.groups.left(account, full_filter)
 
     def session_opened(self, session: Session, clean_start: bool) -> None:
         self.owners.claim(session.account, session.client_id, clean_start)
         self.persistent.opened(session, clean_start)
+        self.groups.session_changed(session)
         self.wills.connected(session)
 
     def session_ended(self, session: Session) -> None:
         self.owners.release(session.account, session.client_id)
+        self.groups.give_back(session)
         self.persistent.ended(session)
         self.wills.closed(session)
 
     def session_closed(self, session: Session) -> None:
+        self.groups.give_back(session)
+        self.groups.session_changed(session)
         self.persistent.closed(session)
         self.wills.closed(session)
+
+    def send_retained(
+        self, session: Session, message: Message, qos: int, subscription_ids: tuple[int, ...]
+    ) -> bool:
+        return self.persistent.send_retained(session, message, qos, subscription_ids)
 
     def _nodes_gone(self, names: list[str]) -> None:
         self.wills.nodes_gone(names)
@@ -456,6 +487,7 @@ class ClusterNode:
             },
             "stream": self.stream.status(),
             "persistent_sessions": self.persistent.status(),
+            "shared_groups": self.groups.status(),
             "rpc": {"nodes": self.rpc.nodes(), **asdict(self.rpc.counters)},
             "wills": self.wills.status(),
             "retained": {

@@ -76,6 +76,10 @@ class ClusterSettings:
     # Seconds JetStream waits for a persistent session's acknowledgement of a message before
     # delivering it again (its node died with it in flight: cluster/consumers.py).
     consumer_ack_wait: float = 30.0
+    # Copies of a shared group's QoS 1/2 messages (cluster/groups.py) its members, on every
+    # node together, may have unacknowledged; JetStream delivers no more to the group until
+    # some are acknowledged.
+    shared_max_inflight: int = 1_000
     # Seconds between two sweeps of the session records for sessions whose node died and
     # whose expiry has passed (their consumers and records are removed).
     session_sweep_interval: float = 60.0
@@ -121,6 +125,8 @@ class ClusterSettings:
             found.append("cluster.heartbeat_interval must be above 0 and below node_timeout")
         if self.outbound_buffer_bytes < 64 * 1024:
             found.append("cluster.outbound_buffer_bytes must be at least 65536")
+        if self.shared_max_inflight < 1:
+            found.append("cluster.shared_max_inflight must be at least 1")
         if self.max_pending_claims < 1:
             found.append("cluster.max_pending_claims must be at least 1")
         if self.consumer_ack_wait < 1 or self.session_sweep_interval <= 0:

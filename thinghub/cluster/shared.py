@@ -1,5 +1,7 @@
-"""Shared subscriptions across the cluster: one copy per group, whichever nodes its members
-are on (MQTT 5 §4.8.2).
+"""Shared subscriptions across the cluster, for QoS 0 messages: one copy per group,
+whichever nodes its members are on (MQTT 5 §4.8.2). A QoS 1/2 message's group copy comes
+from the group's consumer in the message stream instead (cluster/groups.py), which keeps it
+while no member is connected.
 
 The members of a group ``$share/{ShareName}/{filter}`` of one account may be on several
 nodes. On each node the broker's ``SharedGroup`` picks one local member per message; across

@@ -39,7 +39,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import nats
-from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
+from nats.js.api import (
+    ConsumerInfo,
+    DiscardPolicy,
+    RetentionPolicy,
+    StorageType,
+    StreamConfig,
+)
 from nats.js.errors import NotFoundError
 
 from .bus import COMPONENT, Bus
@@ -181,26 +187,32 @@ class MessageStream:
         js = self.bus.jetstream()
         state = (await js.stream_info(self.name)).state
         floor = state.last_seq + 1
-        offset = 0
-        listed = 0
-        while True:
-            page = await js.consumers_info(self.name, offset or None)
-            for consumer in page:
-                if consumer.cluster is not None and not consumer.cluster.leader:
-                    return
-                if consumer.num_pending or consumer.num_ack_pending:
-                    acked = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
-                    floor = min(floor, (acked or 0) + 1)
-            listed += len(page)
-            if len(page) < _CONSUMERS_PAGE:
-                break
-            offset += len(page)
-        if listed < state.consumer_count:
+        consumers = await self._consumers()
+        for consumer in consumers:
+            if consumer.cluster is not None and not consumer.cluster.leader:
+                return
+            if consumer.num_pending or consumer.num_ack_pending:
+                acked = consumer.ack_floor.stream_seq if consumer.ack_floor else 0
+                floor = min(floor, (acked or 0) + 1)
+        if len(consumers) < state.consumer_count:
             return
         if floor > state.first_seq and state.messages:
             await js.purge_stream(self.name, seq=floor)
             self.counters.trimmed += min(floor - state.first_seq, state.messages)
         self.counters.trims += 1
+
+    async def consumer_names(self) -> list[str]:
+        return [consumer.name for consumer in await self._consumers()]
+
+    async def _consumers(self) -> list[ConsumerInfo]:
+        """Every consumer of the stream, page by page."""
+        js = self.bus.jetstream()
+        found: list[ConsumerInfo] = []
+        while True:
+            page = await js.consumers_info(self.name, len(found) or None)
+            found.extend(page)
+            if len(page) < _CONSUMERS_PAGE:
+                return found
 
     async def _ensure(self) -> None:
         settings = self.settings
