@@ -150,7 +150,15 @@ def filter_subjects(topic_filter: str) -> tuple[str, ...]:
 class Subjects:
     """The subjects of one cluster, under its prefix (``cluster.subject_prefix``)."""
 
-    __slots__ = ("_messages", "control", "long_all", "prefix", "queued_all", "retained_all")
+    __slots__ = (
+        "_messages",
+        "_queued",
+        "control",
+        "long_all",
+        "prefix",
+        "queued_all",
+        "retained_all",
+    )
 
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
@@ -164,6 +172,9 @@ class Subjects:
         # ``message``'s answers: it is asked once per message forwarded. Bounded: emptied
         # when full (the topics a hub sees at once are far fewer).
         self._messages: dict[tuple[str, str], str] = {}
+        # ``queued``'s answers, kept the same way: asked three times per QoS 1/2 message
+        # published here (ClusterNode.plan, forward, streams).
+        self._queued: dict[tuple[str, str], str | None] = {}
 
     def message(self, account: str, topic: str) -> str:
         """Where a message on ``topic`` is published, for the nodes whose filters match."""
@@ -182,8 +193,17 @@ class Subjects:
         """Where a QoS 1/2 message on ``topic`` is published (into the message stream); None
         for a topic too long for a subject, which the cluster refuses at QoS 1/2
         (``ClusterNode.plan``)."""
+        key = (account, topic)
+        try:
+            return self._queued[key]
+        except KeyError:
+            pass
         subject = f"{self.prefix}.q.{escape_level(account)}.{topic_subject(topic)}"
-        return subject if len(subject) <= MAX_SUBJECT else None
+        answer = subject if len(subject) <= MAX_SUBJECT else None
+        if len(self._queued) >= _MESSAGE_SUBJECTS:
+            self._queued.clear()
+        self._queued[key] = answer
+        return answer
 
     def queued_filters(self, account: str, topic_filter: str) -> tuple[str, ...] | None:
         """The stream subjects a filter (without ``$share``) matches; None when one would be
