@@ -167,6 +167,21 @@ def test_pending_changes_are_written_at_close(world: World) -> None:
     assert world.file_rows() == {"dev-0": 1, "dev-1": 1, "dev-2": 1}
 
 
+def test_close_does_not_wait_out_the_gathering_interval(world: World) -> None:
+    """A hub stopping while changes gather writes them at once: close is not held up by
+    ``registry.presence_interval`` (an hour here)."""
+
+    async def scenario() -> None:
+        writer = PresenceWriter(world.store, world.registry.presence, batch=100, interval_s=3600.0)
+        writer.start(asyncio.get_running_loop())
+        for device in world.devices:
+            world.sign_in(device)
+        await asyncio.wait_for(writer.close(), TIMEOUT)
+
+    asyncio.run(scenario())
+    assert world.file_rows() == {"dev-0": 1, "dev-1": 1, "dev-2": 1}
+
+
 def test_a_failing_writer_thread_says_so_and_the_hub_goes_on(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:

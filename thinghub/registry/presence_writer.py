@@ -188,8 +188,13 @@ class PresenceWriter:
                     stopping = self._wake.get(timeout=timeout) == _STOP
                 except queue.Empty:
                     pass  # time to try the failed batch again
-            if not stopping and self._interval_s:
-                time.sleep(self._interval_s)  # let the burst gather
+            # Let the burst gather for an interval; a STOP ends the wait at once.
+            gather_until = time.monotonic() + self._interval_s
+            while not stopping and (left := gather_until - time.monotonic()) > 0:
+                try:
+                    stopping = self._wake.get(timeout=left) == _STOP
+                except queue.Empty:
+                    break
             while True:  # every wake-up sent meanwhile is answered by the round below
                 try:
                     stopping = self._wake.get_nowait() == _STOP or stopping
