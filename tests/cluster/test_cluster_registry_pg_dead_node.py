@@ -310,6 +310,47 @@ def test_two_nodes_sweeping_at_once_mark_each_device_offline_once(
             store.close()
 
 
+def test_rows_of_nodes_silent_for_a_week_are_forgotten(
+    pg: pgserver.PgServer, tmp_path: Path
+) -> None:
+    """A heartbeat's sweep deletes the ``registry_nodes`` rows of nodes silent for a week
+    (nodes started on new data directories leave theirs behind), once the devices that were
+    online there are marked offline, and keeps a row a day old."""
+    from thinghub.registry import Registry
+    from thinghub.registry.pg_store import PgRegistryStore
+
+    store = PgRegistryStore.open_url(pg.url, tmp_path / "sweeper")
+    try:
+        store.start_listening()
+        registry = Registry(store)
+        account = registry.ensure_root_account().account_id
+        product = registry.create_product(account, f"p_{uuid.uuid4().hex[:8]}", 0)
+        device = registry.register_device(account, product.product_key).iot_id
+        gone, recent = (f"{name}-{uuid.uuid4().hex[:6]}" for name in ("gone", "recent"))
+        pg.psql(
+            "INSERT INTO registry_nodes (node, last_seen, swept) VALUES "
+            f"('{gone}', now() - interval '8 days', 0), ('{recent}', now() - interval '1 day', 1);"
+            f"UPDATE devices SET online = 1, online_node = '{gone}' WHERE iot_id = '{device}'",
+            as_hub=True,
+        )
+        store.start_heartbeat(HEARTBEAT_S, NODE_TIMEOUT_S)
+
+        def rows() -> set[str]:
+            listed = pg.psql(
+                f"SELECT node FROM registry_nodes WHERE node IN ('{gone}', '{recent}')",
+                as_hub=True,
+            )
+            return set(listed.split())
+
+        wait_for(lambda: gone not in rows(), what="the silent node's row forgotten")
+        assert recent in rows()
+        online = pg.psql(f"SELECT online FROM devices WHERE iot_id = '{device}'", as_hub=True)
+        assert online == "0"
+        assert store.heartbeat_failures == 0
+    finally:
+        store.close()
+
+
 def _online_in_copy(store: Any, *iot_ids: str) -> list[int]:
     """The ``online`` column of ``iot_ids`` in ``store``'s local copy (-1: not there yet)."""
     found = []

@@ -56,6 +56,9 @@ Theory of operation
   whose heartbeats failed (PostgreSQL out of reach) sweeps again only once it has been back
   for ``node_timeout``: after an outage of PostgreSQL itself, every node gets as long to
   heartbeat again before its devices are taken for dead.
+* **Nodes gone for good.** The sweep also deletes the rows of nodes silent for a week
+  (``FORGET_NODES_AFTER_S``) with nothing online there: a node's tag lives in its data
+  directory, so nodes started on new directories would each leave a row behind for good.
 * **A node that was swept** (its heartbeats were late: a long pause, PostgreSQL out of
   reach for it only) is told by the ``swept`` flag the sweep left on its row: it writes the
   presence of the devices still connected to it again (``on_swept``: a presence resync,
@@ -143,6 +146,17 @@ _SWEEP_SQL = (
     b"UPDATE devices SET online = 0, status_changed_at = %s WHERE online = 1 "
     b"AND online_node IN (SELECT node FROM registry_nodes "
     b"WHERE last_seen < statement_timestamp() - make_interval(secs => %s))"
+)
+# Rows of nodes silent for FORGET_NODES_AFTER_S, swept, with no device online there, are
+# deleted: a node's tag lives in its data directory, so nodes started on new directories (as
+# containers are) would leave a row each behind for good. A node that comes back writes its
+# row again at its first heartbeat, and its first sweep covers nodes without a row.
+FORGET_NODES_AFTER_S = 7 * 24 * 3600.0
+_FORGET_NODES_SQL = (
+    b"DELETE FROM registry_nodes WHERE swept = 1 "
+    b"AND last_seen < statement_timestamp() - make_interval(secs => %s) "
+    b"AND NOT EXISTS (SELECT 1 FROM devices WHERE online = 1 "
+    b"AND online_node = registry_nodes.node)"
 )
 # At a node's start, once: also the devices of nodes without a heartbeat row at all (online
 # before this schema version, or written by the command line); a scan of the online devices.
@@ -547,7 +561,7 @@ class PgRegistryStore(RegistryStore):
         # long to heartbeat again before their devices are taken for dead.
         sweeps = time.monotonic() >= self._sweep_after
         late: list[str] = []
-        swept = 0
+        swept = forgotten = 0
         try:
             with self.write() as conn:
                 raw = cast(PgConnection, conn).raw
@@ -557,6 +571,9 @@ class PgRegistryStore(RegistryStore):
                     late = [str(r[0]) for r in raw.execute(_LATE_NODES_SQL, (timeout_s,))]
                     sweep = _SWEEP_ALL_SQL if first else _SWEEP_SQL
                     swept = raw.execute(sweep, (clock(), timeout_s)).rowcount
+                    forgotten = raw.execute(
+                        _FORGET_NODES_SQL, (max(FORGET_NODES_AFTER_S, timeout_s),)
+                    ).rowcount
         except RegistryUnreachable as error:
             self.heartbeat_failures += 1
             self._sweep_after = math.inf
@@ -568,6 +585,8 @@ class PgRegistryStore(RegistryStore):
             self._heartbeat_failing = False
             self._sweep_after = time.monotonic() + timeout_s
             log.warning("the registry heartbeat is written again")
+        if forgotten > 0:
+            log.info("forgot %d nodes silent for a week (registry_nodes)", forgotten)
         if swept > 0:
             self.sweeps += 1
             self.swept_devices += swept
