@@ -451,3 +451,27 @@ def test_a_groups_consumer_goes_when_nobody_holds_the_group_and_stays_while_a_se
     resumed = _persistent(trio[2], kept_id, client)
     assert resumed.connect().session_present is True
     assert resumed.expect_message(timeout=10).payload == b"kept"
+
+
+def test_a_node_holding_only_a_shared_group_takes_its_qos1_messages_from_the_group_alone(
+    trio: list[HubNode], client: MakeClient
+) -> None:
+    """The group's consumer brings the node its QoS 1 messages; their publication does not
+    reach the node as well (only to be routed to nobody): its count of messages received
+    from other nodes does not move, while a QoS 0 message, routed by the publishing node's
+    plan, does reach it."""
+    g1, g2, _g3 = trio
+    topic = unique("only-shared")
+    member = client(g2)
+    assert member.subscribe(_group(topic), 1) == 1
+    settle(trio)
+    before = g2.messages()["received"]
+    publisher = client(g1)
+    sent = [f"s{index}".encode() for index in range(20)]
+    for payload in sent:
+        assert publisher.publish(topic, payload, 1) == 0
+    assert [m.payload for m in member.expect_messages(len(sent))] == sent
+    assert g2.messages()["received"] == before
+    publisher.publish(topic, b"qos0", 0)
+    assert member.expect_message().payload == b"qos0"
+    assert g2.messages()["received"] == before + 1

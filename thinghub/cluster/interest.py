@@ -196,7 +196,10 @@ class Interest:
 
     def _subjects(self, key: Filter) -> tuple[str, ...]:
         account, full_filter = key
-        return self.subjects.subscriptions(account, parse_shared(full_filter)[1])
+        group, topic_filter = parse_shared(full_filter)
+        # A shared group's QoS 1/2 messages come from its consumer (cluster/groups.py), not
+        # from their publication.
+        return self.subjects.subscriptions(account, topic_filter, queued=group is None)
 
     def _subscribe(self, key: Filter) -> None:
         for subject in self._subjects(key):

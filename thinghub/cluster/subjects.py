@@ -229,18 +229,22 @@ class Subjects:
         token = escape_level(account)
         return f"{self.prefix}.m.{token}.>", f"{self.prefix}.q.{token}.>"
 
-    def subscriptions(self, account: str, topic_filter: str) -> tuple[str, ...]:
+    def subscriptions(
+        self, account: str, topic_filter: str, queued: bool = True
+    ) -> tuple[str, ...]:
         """What a node subscribes to for a filter of its sessions (without ``$share``): the
         filter's subjects in the QoS 0 space and in the QoS 1/2 space. Two subscriptions, not
         one ``<prefix>.*.<account>...``: that one would also match the retained space "r",
-        which every node takes anyway, and hand those messages over twice."""
+        which every node takes anyway, and hand those messages over twice. Without
+        ``queued``, the QoS 0 space only: a shared group's QoS 1/2 messages come from its
+        consumer (cluster/groups.py)."""
         token = escape_level(account)
         found = filter_subjects(topic_filter)
-        subjects = tuple(
-            f"{self.prefix}.{space}.{token}.{s}" for space in ("m", "q") for s in found
-        )
+        spaces = ("m", "q") if queued else ("m",)
+        subjects = tuple(f"{self.prefix}.{space}.{token}.{s}" for space in spaces for s in found)
         if any(len(s) > MAX_SUBJECT for s in subjects):
-            return self.account_wildcard(account)
+            wildcards = self.account_wildcard(account)
+            return wildcards if queued else wildcards[:1]
         return subjects
 
     def node(self, name: str) -> str:
