@@ -38,6 +38,30 @@ NODE_SETTINGS = {
 }
 
 
+_FIRST_NODE = pytest.StashKey[int]()
+_LOG_LINES = 60
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    item.stash[_FIRST_NODE] = len(hubnodes.STARTED)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed test's report ends with the last lines of each node's log: those running,
+    and those the test started (a node it killed says what it did before)."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    if not report.failed or report.when != "call":
+        return
+    first = item.stash.get(_FIRST_NODE, len(hubnodes.STARTED))
+    for index, node in enumerate(hubnodes.STARTED):
+        if index >= first or node.proc.poll() is None:
+            tail = "\n".join(node.log().splitlines()[-_LOG_LINES:])
+            report.sections.append((f"thinghub node {node.name} (pid {node.proc.pid})", tail))
+
+
 @pytest.fixture(scope="module")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[natscluster.NatsCluster]:
     if not natscluster.available():

@@ -35,9 +35,14 @@ TIMEOUT = 20.0
 QUICK = {"CLUSTER_HEARTBEAT_INTERVAL": "0.25", "CLUSTER_NODE_TIMEOUT": "3"}
 
 
+#: Every node started, for conftest.py to show their logs when a test fails.
+STARTED: list[HubNode] = []
+
+
 class HubNode(HubProcess):
     def __init__(self, name: str, cluster: str, data_dir: Path, **settings: Any) -> None:
         """Settings as ``THINGHUB_<KEY>`` (``CLUSTER_HEARTBEAT_INTERVAL=0.5``)."""
+        STARTED.append(self)
         self.name = name
         self.ws_path = "/mqtt"
         super().__init__(
