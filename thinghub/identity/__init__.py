@@ -3,7 +3,8 @@
 ``IdentityService`` (``service.py``) is the entry point: ``things``, ``certificates``,
 ``policies`` (the operations, on ``registry.db``), ``reader`` (the read interface the TLS
 sign-in and policy evaluation use, ``reader.py``), ``ca`` (the hub's CA, ``ca.py``) and the
-certificate status observers. Knows nothing of HTTP: the AWS IoT control plane
+certificate status observers. Every listing pages one way (``paging.py``: keyset pages,
+resumed after the last key returned). Knows nothing of HTTP: the AWS IoT control plane
 (``http/aws_control``) renders its records and maps its ``IdentityError`` problems.
 
 For the devices' side (``auth/aws_device.py``): ``policy_eval.py`` evaluates AWS IoT policies

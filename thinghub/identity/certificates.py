@@ -56,7 +56,8 @@ from .models import (
     CertificateStatus,
     Page,
 )
-from .store import IdentityStore, ca_certificate_row, certificate_row
+from .paging import seq_page
+from .store import IdentityStore, ca_certificate_row, certificate_row, lookup
 from .x509 import (
     certificate_id,
     check_key,
@@ -157,20 +158,19 @@ class Certificates(IdentityStore):
     ) -> Page[Certificate]:
         """Certificates in creation order (or its reverse), after the one whose ``seq`` is
         ``after``; with ``ca_certificate_id``, only those that CA signed."""
-        sql = "SELECT * FROM iot_certificates WHERE account_id = ?"
-        args: list[object] = [account_id]
+        equal: dict[str, object] = {"account_id": account_id}
         if ca_certificate_id is not None:
-            sql += " AND ca_certificate_id = ?"
-            args.append(ca_certificate_id)
-        if after is not None:
-            sql += " AND seq > ?" if ascending else " AND seq < ?"
-            args.append(after)
-        sql += f" ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?"
-        args.append(limit + 1)
+            equal["ca_certificate_id"] = ca_certificate_id
         with self.store.read() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        items = tuple(certificate_row(r) for r in rows[:limit])
-        return Page(items, str(items[-1].seq) if len(rows) > limit and items else None)
+            return seq_page(
+                conn,
+                "SELECT * FROM iot_certificates",
+                equal,
+                certificate_row,
+                after=after,
+                limit=limit,
+                ascending=ascending,
+            )
 
     # ------------------------------------------------------------------ device: issued here
 
@@ -552,14 +552,12 @@ class Certificates(IdentityStore):
             return self._ca(conn, account_id, certificate_id)
 
     def _ca(self, conn: sqlite3.Connection, account_id: str, certificate_id: str) -> CACertificate:
-        row = conn.execute(
+        row = lookup(
+            conn,
             "SELECT * FROM iot_ca_certificates WHERE account_id = ? AND certificate_id = ?",
             (account_id, certificate_id),
-        ).fetchone()
-        if row is None:
-            raise IdentityError(
-                Problem.NOT_FOUND, f"The CA certificate {certificate_id} does not exist."
-            )
+            f"The CA certificate {certificate_id} does not exist.",
+        )
         return ca_certificate_row(row)
 
     def ca_listing(
@@ -571,20 +569,19 @@ class Certificates(IdentityStore):
         ascending: bool,
         template_name: str | None = None,
     ) -> Page[CACertificate]:
-        sql = "SELECT * FROM iot_ca_certificates WHERE account_id = ?"
-        args: list[object] = [account_id]
+        equal: dict[str, object] = {"account_id": account_id}
         if template_name is not None:
-            sql += " AND json_extract(registration_config, '$.templateName') = ?"
-            args.append(template_name)
-        if after is not None:
-            sql += " AND seq > ?" if ascending else " AND seq < ?"
-            args.append(after)
-        sql += f" ORDER BY seq {'ASC' if ascending else 'DESC'} LIMIT ?"
-        args.append(limit + 1)
+            equal["json_extract(registration_config, '$.templateName')"] = template_name
         with self.store.read() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        items = tuple(ca_certificate_row(r) for r in rows[:limit])
-        return Page(items, str(items[-1].seq) if len(rows) > limit and items else None)
+            return seq_page(
+                conn,
+                "SELECT * FROM iot_ca_certificates",
+                equal,
+                ca_certificate_row,
+                after=after,
+                limit=limit,
+                ascending=ascending,
+            )
 
     def update_ca(
         self,

@@ -5,11 +5,12 @@ so that each edge maps problems to its own error shapes in one table
 
 from __future__ import annotations
 
+import re
 from enum import StrEnum
 
 from ..errors import ThingHubError
 
-__all__ = ["IdentityError", "Problem"]
+__all__ = ["IdentityError", "Problem", "invalid", "matching", "not_found"]
 
 
 class Problem(StrEnum):
@@ -68,3 +69,11 @@ def invalid(message: str) -> IdentityError:
 
 def not_found(message: str) -> IdentityError:
     return IdentityError(Problem.NOT_FOUND, message)
+
+
+def matching(pattern: re.Pattern[str], value: object, what: str, rule: str) -> str:
+    """``value`` when it is a string that ``pattern`` matches whole; otherwise INVALID,
+    naming ``what`` was given and the ``rule`` it breaks."""
+    if not isinstance(value, str) or pattern.fullmatch(value) is None:
+        raise invalid(f"The {what} {value!r} is not valid: {rule}")
+    return value

@@ -29,9 +29,10 @@ import json
 import re
 import sqlite3
 
-from .errors import IdentityError, Problem, invalid
+from .errors import IdentityError, Problem, invalid, matching
 from .models import Page, Policy, PolicyVersion, PrincipalPolicy
-from .store import IdentityStore, policy_row
+from .paging import key_page, seq_page
+from .store import IdentityStore, lookup, policy_row
 
 __all__ = [
     "MAX_DOCUMENT_CHARS",
@@ -53,6 +54,7 @@ _POLICY_NAME = re.compile(r"[A-Za-z0-9_+=,.@-]{1,128}")
 _ACTION = re.compile(r"\*|[A-Za-z0-9-]+:[A-Za-z0-9*?]+")
 _STATEMENT_KEYS = frozenset({"Sid", "Effect", "Action", "Resource", "Condition"})
 _UNSUPPORTED = frozenset({"NotAction", "NotResource", "Principal", "NotPrincipal"})
+_TARGETS = "iot_policy_targets"
 _POLICY_SELECT = (
     "SELECT p.*, v.document FROM iot_policies p JOIN iot_policy_versions v "
     "ON v.account_id = p.account_id AND v.policy_name = p.policy_name "
@@ -61,12 +63,9 @@ _POLICY_SELECT = (
 
 
 def check_policy_name(name: object) -> str:
-    if not isinstance(name, str) or _POLICY_NAME.fullmatch(name) is None:
-        raise invalid(
-            f"The policy name {name!r} is not valid: 1 to 128 characters of "
-            "A-Z, a-z, 0-9 and _+=,.@-"
-        )
-    return name
+    return matching(
+        _POLICY_NAME, name, "policy name", "1 to 128 characters of A-Z, a-z, 0-9 and _+=,.@-"
+    )
 
 
 def check_version_id(raw: object) -> int:
@@ -155,41 +154,34 @@ class Policies(IdentityStore):
             return self._policy(conn, account_id, name)
 
     def _policy(self, conn: sqlite3.Connection, account_id: str, name: str) -> Policy:
-        row = conn.execute(
-            f"{_POLICY_SELECT} WHERE p.account_id = ? AND p.policy_name = ?", (account_id, name)
-        ).fetchone()
-        if row is None:
-            raise IdentityError(Problem.NOT_FOUND, f"The policy {name} does not exist.")
+        row = lookup(
+            conn,
+            f"{_POLICY_SELECT} WHERE p.account_id = ? AND p.policy_name = ?",
+            (account_id, name),
+            f"The policy {name} does not exist.",
+        )
         return policy_row(row)
 
     def listing(
         self, account_id: str, *, after: int | None, limit: int, ascending: bool
     ) -> Page[Policy]:
         """Policies in creation order (or its reverse), after the one whose seq is ``after``."""
-        sql = f"{_POLICY_SELECT} WHERE p.account_id = ?"
-        args: list[object] = [account_id]
-        if after is not None:
-            sql += " AND p.seq > ?" if ascending else " AND p.seq < ?"
-            args.append(after)
-        sql += f" ORDER BY p.seq {'ASC' if ascending else 'DESC'} LIMIT ?"
-        args.append(limit + 1)
         with self.store.read() as conn:
-            rows = conn.execute(sql, args).fetchall()
-        items = tuple(policy_row(r) for r in rows[:limit])
-        return Page(items, str(items[-1].seq) if len(rows) > limit and items else None)
+            return seq_page(
+                conn,
+                _POLICY_SELECT,
+                {"p.account_id": account_id},
+                policy_row,
+                after=after,
+                limit=limit,
+                ascending=ascending,
+                seq="p.seq",
+            )
 
     def version(self, account_id: str, name: str, version_id: int) -> PolicyVersion:
         with self.store.read() as conn:
             policy = self._policy(conn, account_id, name)
-            row = conn.execute(
-                "SELECT * FROM iot_policy_versions WHERE account_id = ? AND policy_name = ? "
-                "AND version_id = ?",
-                (account_id, name, version_id),
-            ).fetchone()
-        if row is None:
-            raise IdentityError(
-                Problem.NOT_FOUND, f"The policy {name} has no version {version_id}."
-            )
+            row = _version_row(conn, account_id, name, version_id)
         return _version(row, policy.default_version)
 
     def versions(self, account_id: str, name: str) -> list[PolicyVersion]:
@@ -209,25 +201,15 @@ class Policies(IdentityStore):
         """Names of the policies attached to a certificate, in name order."""
         with self.store.read() as conn:
             self._certificate(conn, account_id, certificate_id)
-            rows = conn.execute(
-                "SELECT policy_name FROM iot_policy_targets WHERE account_id = ? AND "
-                "certificate_id = ? AND policy_name > ? ORDER BY policy_name LIMIT ?",
-                (account_id, certificate_id, after or "", limit + 1),
-            ).fetchall()
-        names = tuple(str(r[0]) for r in rows[:limit])
-        return Page(names, names[-1] if len(rows) > limit else None)
+            scope = {"account_id": account_id, "certificate_id": certificate_id}
+            return key_page(conn, _TARGETS, "policy_name", scope, after=after, limit=limit)
 
     def targets(self, account_id: str, name: str, *, after: str | None, limit: int) -> Page[str]:
         """Ids of the certificates the policy is attached to, in id order."""
         with self.store.read() as conn:
             self._policy(conn, account_id, name)
-            rows = conn.execute(
-                "SELECT certificate_id FROM iot_policy_targets WHERE account_id = ? AND "
-                "policy_name = ? AND certificate_id > ? ORDER BY certificate_id LIMIT ?",
-                (account_id, name, after or "", limit + 1),
-            ).fetchall()
-        ids = tuple(str(r[0]) for r in rows[:limit])
-        return Page(ids, ids[-1] if len(rows) > limit else None)
+            scope = {"account_id": account_id, "policy_name": name}
+            return key_page(conn, _TARGETS, "certificate_id", scope, after=after, limit=limit)
 
     def effective(self, account_id: str, certificate_id: str) -> list[PrincipalPolicy]:
         """The policies attached to a certificate with their default documents."""
@@ -342,7 +324,7 @@ class Policies(IdentityStore):
         check_policy_name(name)
         with self._write() as conn:
             self._policy(conn, account_id, name)
-            self._require_version(conn, account_id, name, version_id)
+            _version_row(conn, account_id, name, version_id)
             conn.execute(
                 "UPDATE iot_policies SET default_version = ?, modified_at = ?, "
                 "generation = generation + 1 WHERE account_id = ? AND policy_name = ?",
@@ -353,7 +335,7 @@ class Policies(IdentityStore):
         check_policy_name(name)
         with self._write() as conn:
             policy = self._policy(conn, account_id, name)
-            self._require_version(conn, account_id, name, version_id)
+            _version_row(conn, account_id, name, version_id)
             if version_id == policy.default_version:
                 raise IdentityError(
                     Problem.DELETE_CONFLICT,
@@ -363,19 +345,6 @@ class Policies(IdentityStore):
                 "DELETE FROM iot_policy_versions WHERE account_id = ? AND policy_name = ? AND "
                 "version_id = ?",
                 (account_id, name, version_id),
-            )
-
-    def _require_version(
-        self, conn: sqlite3.Connection, account_id: str, name: str, version_id: int
-    ) -> None:
-        row = conn.execute(
-            "SELECT 1 FROM iot_policy_versions WHERE account_id = ? AND policy_name = ? AND "
-            "version_id = ?",
-            (account_id, name, version_id),
-        ).fetchone()
-        if row is None:
-            raise IdentityError(
-                Problem.NOT_FOUND, f"The policy {name} has no version {version_id}."
             )
 
     def attach(self, account_id: str, name: str, certificate_id: str) -> None:
@@ -430,6 +399,19 @@ def principal_policies(
         (account_id, certificate_id),
     )
     return [PrincipalPolicy(r[0], int(r[1]), r[2]) for r in rows]
+
+
+def _version_row(
+    conn: sqlite3.Connection, account_id: str, name: str, version_id: int
+) -> sqlite3.Row:
+    """The row of the policy's version; NOT_FOUND when it has no such version."""
+    return lookup(
+        conn,
+        "SELECT * FROM iot_policy_versions WHERE account_id = ? AND policy_name = ? "
+        "AND version_id = ?",
+        (account_id, name, version_id),
+        f"The policy {name} has no version {version_id}.",
+    )
 
 
 def _version(row: sqlite3.Row, default_version: int) -> PolicyVersion:

@@ -21,12 +21,16 @@ certificate's status change.
 
 from __future__ import annotations
 
+import sqlite3
+from dataclasses import dataclass
+
 from cryptography import x509
 
 from ..registry.store import RegistryStore
 from .models import (
     CACertificate,
     CAStatus,
+    Certificate,
     CertificateOrigin,
     CertificateStatus,
     PrincipalIdentity,
@@ -35,8 +39,8 @@ from .models import (
     Thing,
 )
 from .policies import principal_policies
-from .store import ca_certificate_row, certificate_row, thing_row
-from .things import attributes_of
+from .store import ca_certificate_row, certificate_row
+from .things import thing_of
 from .x509 import subject_hash
 
 __all__ = ["IdentityReader"]
@@ -50,24 +54,13 @@ class IdentityReader:
         """The device certificate with this id (lowercase hex), whichever account holds it,
         with the things and policies attached to it; None when none is registered."""
         with self._store.read() as conn:
-            row = conn.execute(
-                "SELECT * FROM iot_certificates WHERE certificate_id = ?",
-                (certificate_id.lower(),),
-            ).fetchone()
-            if row is None:
-                return None
-            certificate = certificate_row(row)
-            account = certificate.account_id
-            things = conn.execute(
-                "SELECT thing_name FROM iot_thing_principals WHERE account_id = ? AND "
-                "certificate_id = ? ORDER BY thing_name",
-                (account, certificate.certificate_id),
-            ).fetchall()
-            policies = principal_policies(conn, account, certificate.certificate_id)
+            held = _held(conn, certificate_id)
+        if held is None:
+            return None
         return PrincipalIdentity(
-            certificate=certificate,
-            things=tuple(str(r[0]) for r in things),
-            policies=tuple(policies),
+            certificate=held.certificate,
+            things=tuple(name for name, _exclusive in held.things),
+            policies=held.policies,
         )
 
     def policies(self, account_id: str, certificate_id: str) -> tuple[PrincipalPolicy, ...]:
@@ -78,13 +71,7 @@ class IdentityReader:
 
     def thing(self, account_id: str, name: str) -> Thing | None:
         with self._store.read() as conn:
-            row = conn.execute(
-                "SELECT * FROM iot_things WHERE account_id = ? AND thing_name = ?",
-                (account_id, name),
-            ).fetchone()
-            if row is None:
-                return None
-            return thing_row(row, attributes_of(conn, account_id, [name]).get(name, {}))
+            return thing_of(conn, account_id, name)
 
     def ca_certificate(self, account_id: str, certificate_id: str) -> CACertificate | None:
         with self._store.read() as conn:
@@ -111,35 +98,25 @@ class IdentityReader:
         their default documents, and the status of the CA that signed it. None when no
         account holds it."""
         with self._store.read() as conn:
-            row = conn.execute(
-                "SELECT * FROM iot_certificates WHERE certificate_id = ?",
-                (certificate_id.lower(),),
-            ).fetchone()
-            if row is None:
+            held = _held(conn, certificate_id)
+            if held is None:
                 return None
-            certificate = certificate_row(row)
-            account = certificate.account_id
-            things = conn.execute(
-                "SELECT thing_name, exclusive FROM iot_thing_principals WHERE account_id = ? "
-                "AND certificate_id = ? ORDER BY thing_name",
-                (account, certificate.certificate_id),
-            ).fetchall()
-            policies = principal_policies(conn, account, certificate.certificate_id)
+            certificate = held.certificate
             ca_status = None
             if certificate.ca_certificate_id is not None:
                 ca = conn.execute(
                     "SELECT status FROM iot_ca_certificates WHERE account_id = ? AND "
                     "certificate_id = ?",
-                    (account, certificate.ca_certificate_id),
+                    (certificate.account_id, certificate.ca_certificate_id),
                 ).fetchone()
                 # A CA that is gone is as good as an inactive one.
                 ca_status = CAStatus.INACTIVE if ca is None else CAStatus(ca[0])
-        exclusive = [str(r[0]) for r in things if r[1]]
+        exclusive = [name for name, exclusive in held.things if exclusive]
         return SignInRecord(
             certificate=certificate,
-            things=tuple(str(r[0]) for r in things),
+            things=tuple(name for name, _exclusive in held.things),
             exclusive_thing=exclusive[0] if exclusive else None,
-            policies=tuple(policies),
+            policies=held.policies,
             ca_status=ca_status,
         )
 
@@ -157,3 +134,36 @@ class IdentityReader:
                 (CertificateOrigin.NO_CA.value, CertificateStatus.ACTIVE.value),
             ).fetchall()
         return tuple(str(r[0]) for r in (*cas, *alone))
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """A device certificate and what is attached to it, as one snapshot read them."""
+
+    certificate: Certificate
+    #: (thing name, attached exclusively), in name order
+    things: tuple[tuple[str, bool], ...]
+    policies: tuple[PrincipalPolicy, ...]
+
+
+def _held(conn: sqlite3.Connection, certificate_id: str) -> _Held | None:
+    """The device certificate with this id (any case), whichever account holds it, with its
+    things and policies; None when no account holds it."""
+    row = conn.execute(
+        "SELECT * FROM iot_certificates WHERE certificate_id = ?",
+        (certificate_id.lower(),),
+    ).fetchone()
+    if row is None:
+        return None
+    certificate = certificate_row(row)
+    account = certificate.account_id
+    things = conn.execute(
+        "SELECT thing_name, exclusive FROM iot_thing_principals WHERE account_id = ? "
+        "AND certificate_id = ? ORDER BY thing_name",
+        (account, certificate.certificate_id),
+    ).fetchall()
+    return _Held(
+        certificate=certificate,
+        things=tuple((str(r[0]), bool(r[1])) for r in things),
+        policies=tuple(principal_policies(conn, account, certificate.certificate_id)),
+    )

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 
@@ -33,7 +33,14 @@ from .models import (
     Thing,
 )
 
-__all__ = ["IdentityStore", "ca_certificate_row", "certificate_row", "policy_row", "thing_row"]
+__all__ = [
+    "IdentityStore",
+    "ca_certificate_row",
+    "certificate_row",
+    "lookup",
+    "policy_row",
+    "thing_row",
+]
 
 
 class IdentityStore:
@@ -72,25 +79,32 @@ class IdentityStore:
     def _certificate(
         self, conn: sqlite3.Connection, account_id: str, certificate_id: str
     ) -> Certificate:
-        row = conn.execute(
+        row = lookup(
+            conn,
             "SELECT * FROM iot_certificates WHERE certificate_id = ? AND account_id = ?",
             (certificate_id, account_id),
-        ).fetchone()
-        if row is None:
-            raise IdentityError(
-                Problem.NOT_FOUND, f"The certificate {certificate_id} does not exist."
-            )
+            f"The certificate {certificate_id} does not exist.",
+        )
         return certificate_row(row)
 
     def _require_thing(self, conn: sqlite3.Connection, account_id: str, name: str) -> int:
         """The thing's version; NOT_FOUND when the account has no such thing."""
-        row = conn.execute(
+        row = lookup(
+            conn,
             "SELECT version FROM iot_things WHERE account_id = ? AND thing_name = ?",
             (account_id, name),
-        ).fetchone()
-        if row is None:
-            raise IdentityError(Problem.NOT_FOUND, f"The thing {name} does not exist.")
+            f"The thing {name} does not exist.",
+        )
         return int(row[0])
+
+
+def lookup(conn: sqlite3.Connection, sql: str, args: Sequence[object], missing: str) -> sqlite3.Row:
+    """The first row of ``sql``; when there is none, the caller named a resource its account
+    does not hold: NOT_FOUND, ``missing`` saying which."""
+    row: sqlite3.Row | None = conn.execute(sql, args).fetchone()
+    if row is None:
+        raise IdentityError(Problem.NOT_FOUND, missing)
+    return row
 
 
 def thing_row(row: sqlite3.Row, attributes: dict[str, str]) -> Thing:

@@ -32,43 +32,46 @@ import sqlite3
 import uuid
 from collections.abc import Mapping
 
-from .errors import IdentityError, Problem, invalid
+from .errors import IdentityError, Problem, invalid, matching
 from .models import Page, Thing
+from .paging import fetch_page, key_page
 from .store import IdentityStore, thing_row
 
-__all__ = ["MAX_ATTRIBUTES", "Things", "check_attribute_name", "check_thing_name"]
+__all__ = [
+    "MAX_ATTRIBUTES",
+    "Things",
+    "attributes_of",
+    "check_attribute_name",
+    "check_thing_name",
+    "thing_of",
+]
 
 MAX_ATTRIBUTES = 50
+_PRINCIPALS = "iot_thing_principals"
 _THING_NAME = re.compile(r"[a-zA-Z0-9:_-]{1,128}")
 _ATTRIBUTE_NAME = re.compile(r"[a-zA-Z0-9_.,@/:#-]{1,128}")
 _ATTRIBUTE_VALUE = re.compile(r"[a-zA-Z0-9_.,@/:#=\[\]-]{0,800}")
 
 
 def check_thing_name(name: object) -> str:
-    if not isinstance(name, str) or _THING_NAME.fullmatch(name) is None:
-        raise invalid(
-            f"The thing name {name!r} is not valid: 1 to 128 characters of "
-            "a-z, A-Z, 0-9, ':', '_' and '-'."
-        )
-    return name
+    return matching(
+        _THING_NAME, name, "thing name", "1 to 128 characters of a-z, A-Z, 0-9, ':', '_' and '-'."
+    )
 
 
 def check_attribute_name(name: object) -> str:
-    if not isinstance(name, str) or _ATTRIBUTE_NAME.fullmatch(name) is None:
-        raise invalid(
-            f"The attribute name {name!r} is not valid: 1 to 128 characters of "
-            "a-z, A-Z, 0-9 and _.,@/:#-"
-        )
-    return name
+    return matching(
+        _ATTRIBUTE_NAME, name, "attribute name", "1 to 128 characters of a-z, A-Z, 0-9 and _.,@/:#-"
+    )
 
 
 def check_attribute_value(value: object) -> str:
-    if not isinstance(value, str) or _ATTRIBUTE_VALUE.fullmatch(value) is None:
-        raise invalid(
-            f"The attribute value {value!r} is not valid: up to 800 characters of "
-            "a-z, A-Z, 0-9 and _.,@/:#=[]-"
-        )
-    return value
+    return matching(
+        _ATTRIBUTE_VALUE,
+        value,
+        "attribute value",
+        "up to 800 characters of a-z, A-Z, 0-9 and _.,@/:#=[]-",
+    )
 
 
 def check_attributes(raw: object) -> dict[str, str]:
@@ -95,7 +98,7 @@ class Things(IdentityStore):
 
     def describe(self, account_id: str, name: str) -> Thing:
         with self.store.read() as conn:
-            thing = self._read(conn, account_id, name)
+            thing = thing_of(conn, account_id, name)
         if thing is None:
             raise IdentityError(Problem.NOT_FOUND, f"The thing {name} does not exist.")
         return thing
@@ -134,12 +137,9 @@ class Things(IdentityStore):
                     sql += " AND a.value = ?"
                     args.append(attribute_value)
             sql += ")"
-        sql += " ORDER BY t.thing_name LIMIT ?"
-        args.append(limit + 1)
+        sql += " ORDER BY t.thing_name"
         with self.store.read() as conn:
-            rows = conn.execute(sql, args).fetchall()
-            more = len(rows) > limit
-            rows = rows[:limit]
+            rows, more = fetch_page(conn, sql, args, limit)
             attributes = attributes_of(conn, account_id, [r["thing_name"] for r in rows])
         things = tuple(thing_row(r, attributes.get(r["thing_name"], {})) for r in rows)
         return Page(things, things[-1].name if more and things else None)
@@ -148,13 +148,8 @@ class Things(IdentityStore):
         """Ids of the certificates attached to the thing, in id order."""
         with self.store.read() as conn:
             self._require_thing(conn, account_id, name)
-            rows = conn.execute(
-                "SELECT certificate_id FROM iot_thing_principals WHERE account_id = ? AND "
-                "thing_name = ? AND certificate_id > ? ORDER BY certificate_id LIMIT ?",
-                (account_id, name, after or "", limit + 1),
-            ).fetchall()
-        ids = tuple(str(r[0]) for r in rows[:limit])
-        return Page(ids, ids[-1] if len(rows) > limit else None)
+            scope = {"account_id": account_id, "thing_name": name}
+            return key_page(conn, _PRINCIPALS, "certificate_id", scope, after=after, limit=limit)
 
     def principal_things(
         self, account_id: str, certificate_id: str, *, after: str | None, limit: int
@@ -162,22 +157,8 @@ class Things(IdentityStore):
         """Names of the things a certificate is attached to, in name order."""
         with self.store.read() as conn:
             self._certificate(conn, account_id, certificate_id)
-            rows = conn.execute(
-                "SELECT thing_name FROM iot_thing_principals WHERE account_id = ? AND "
-                "certificate_id = ? AND thing_name > ? ORDER BY thing_name LIMIT ?",
-                (account_id, certificate_id, after or "", limit + 1),
-            ).fetchall()
-        names = tuple(str(r[0]) for r in rows[:limit])
-        return Page(names, names[-1] if len(rows) > limit else None)
-
-    def _read(self, conn: sqlite3.Connection, account_id: str, name: str) -> Thing | None:
-        row = conn.execute(
-            "SELECT * FROM iot_things WHERE account_id = ? AND thing_name = ?",
-            (account_id, name),
-        ).fetchone()
-        if row is None:
-            return None
-        return thing_row(row, attributes_of(conn, account_id, [name]).get(name, {}))
+            scope = {"account_id": account_id, "certificate_id": certificate_id}
+            return key_page(conn, _PRINCIPALS, "thing_name", scope, after=after, limit=limit)
 
     # ------------------------------------------------------------------ writes
 
@@ -195,7 +176,7 @@ class Things(IdentityStore):
         wanted = _bounded(attributes or {})
         now = self.now_ms()
         with self._write() as conn:
-            existing = self._read(conn, account_id, name)
+            existing = thing_of(conn, account_id, name)
             if existing is not None:
                 if dict(existing.attributes) == wanted and existing.type_name is None:
                     return existing
@@ -230,7 +211,7 @@ class Things(IdentityStore):
         _no_types(type_name)
         now = self.now_ms()
         with self._write() as conn:
-            thing = self._read(conn, account_id, name)
+            thing = thing_of(conn, account_id, name)
             if thing is None:
                 raise IdentityError(Problem.NOT_FOUND, f"The thing {name} does not exist.")
             if expected_version is not None and expected_version != thing.version:
@@ -339,6 +320,17 @@ class Things(IdentityStore):
                 "certificate_id = ?",
                 (account_id, name, certificate_id),
             )
+
+
+def thing_of(conn: sqlite3.Connection, account_id: str, name: str) -> Thing | None:
+    """The account's thing of that name with its attributes, or None."""
+    row = conn.execute(
+        "SELECT * FROM iot_things WHERE account_id = ? AND thing_name = ?",
+        (account_id, name),
+    ).fetchone()
+    if row is None:
+        return None
+    return thing_row(row, attributes_of(conn, account_id, [name]).get(name, {}))
 
 
 def attributes_of(

@@ -18,7 +18,8 @@ from aiohttp import web
 from ...identity.certificates import check_registration_config, check_status
 from ...identity.models import CAStatus, CertificateMode, CertificateStatus
 from ..aws.errors import AwsError
-from .call import Call, Control, certificate_id, token
+from .call import Call, Control, certificate_id
+from .listing import Listing
 from .shapes import ca_description, ca_summary, certificate_description, certificate_summary
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "update_ca_certificate",
     "update_certificate",
 ]
+
+_CA_CERTIFICATES = Listing.by_marker("ca-certificates")
 
 
 def _created(control: Control, call: Call, cert_id: str) -> dict[str, object]:
@@ -174,21 +177,16 @@ async def list_certificates_by_ca(control: Control, call: Call) -> web.Response:
 
 
 def _certificate_page(control: Control, call: Call, ca_id: str | None) -> web.Response:
-    kind = "certificates" if ca_id is None else f"certificates-by-ca-{ca_id}"
+    listing = Listing.by_marker("certificates" if ca_id is None else f"certificates-by-ca-{ca_id}")
     page = control.identity.certificates.listing(
         call.account,
-        after=call.after_seq("marker", kind),
-        limit=call.limit("pageSize"),
+        after=listing.after_seq(call),
+        limit=listing.limit(call),
         ascending=bool(call.flag("isAscendingOrder")),
         ca_certificate_id=ca_id,
     )
-    body: dict[str, object] = {
-        "certificates": [certificate_summary(control.identity.arns, c) for c in page.items]
-    }
-    marker = token(kind, page.next_key)
-    if marker is not None:
-        body["nextMarker"] = marker
-    return call.ok(body)
+    arns = control.identity.arns
+    return listing.answer(call, page, "certificates", lambda c: certificate_summary(arns, c))
 
 
 async def update_certificate(control: Control, call: Call) -> web.Response:
@@ -230,18 +228,13 @@ async def describe_ca_certificate(control: Control, call: Call) -> web.Response:
 async def list_ca_certificates(control: Control, call: Call) -> web.Response:
     page = control.identity.certificates.ca_listing(
         call.account,
-        after=call.after_seq("marker", "ca-certificates"),
-        limit=call.limit("pageSize"),
+        after=_CA_CERTIFICATES.after_seq(call),
+        limit=_CA_CERTIFICATES.limit(call),
         ascending=bool(call.flag("isAscendingOrder")),
         template_name=call.params.get("templateName"),
     )
-    body: dict[str, object] = {
-        "certificates": [ca_summary(control.identity.arns, c) for c in page.items]
-    }
-    marker = token("ca-certificates", page.next_key)
-    if marker is not None:
-        body["nextMarker"] = marker
-    return call.ok(body)
+    arns = control.identity.arns
+    return _CA_CERTIFICATES.answer(call, page, "certificates", lambda c: ca_summary(arns, c))
 
 
 async def update_ca_certificate(control: Control, call: Call) -> web.Response:

@@ -8,7 +8,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from ...identity.policies import check_policy_name, check_version_id
-from .call import Call, Control, principal, token
+from .call import Call, Control, principal
+from .listing import Listing
 from .shapes import policy_full, policy_summary, policy_version_summary, seconds
 
 __all__ = [
@@ -27,6 +28,10 @@ __all__ = [
     "list_targets_for_policy",
     "set_default_policy_version",
 ]
+
+_POLICIES = Listing.by_marker("policies")
+_ATTACHED = Listing.by_marker("attached-policies")
+_TARGETS = Listing.by_marker("policy-targets")
 
 
 async def create_policy(control: Control, call: Call) -> web.Response:
@@ -52,18 +57,14 @@ async def get_policy(control: Control, call: Call) -> web.Response:
 async def list_policies(control: Control, call: Call) -> web.Response:
     page = control.identity.policies.listing(
         call.account,
-        after=call.after_seq("marker", "policies"),
-        limit=call.limit("pageSize"),
+        after=_POLICIES.after_seq(call),
+        limit=_POLICIES.limit(call),
         ascending=bool(call.flag("isAscendingOrder")),
     )
     arns = control.identity.arns
-    body: dict[str, object] = {
-        "policies": [policy_summary(arns, call.account, p.name) for p in page.items]
-    }
-    marker = token("policies", page.next_key)
-    if marker is not None:
-        body["nextMarker"] = marker
-    return call.ok(body)
+    return _POLICIES.answer(
+        call, page, "policies", lambda p: policy_summary(arns, call.account, p.name)
+    )
 
 
 async def delete_policy(control: Control, call: Call) -> web.Response:
@@ -136,17 +137,22 @@ async def delete_policy_version(control: Control, call: Call) -> web.Response:
     return call.done()
 
 
-async def attach_policy(control: Control, call: Call) -> web.Response:
+def _policy_and_target(control: Control, call: Call) -> tuple[str, str]:
+    """AttachPolicy's and DetachPolicy's input: the policy name (URI) and the certificate id
+    its ``target`` ARN names."""
     name = check_policy_name(call.labels[0])
-    certificate_id = principal(control, call, call.json().get("target"), "target")
+    return name, principal(control, call, call.json().get("target"), "target")
+
+
+async def attach_policy(control: Control, call: Call) -> web.Response:
+    name, certificate_id = _policy_and_target(control, call)
     identity = control.identity
     await control.write(lambda: identity.policies.attach(call.account, name, certificate_id))
     return call.done()
 
 
 async def detach_policy(control: Control, call: Call) -> web.Response:
-    name = check_policy_name(call.labels[0])
-    certificate_id = principal(control, call, call.json().get("target"), "target")
+    name, certificate_id = _policy_and_target(control, call)
     identity = control.identity
     await control.write(lambda: identity.policies.detach(call.account, name, certificate_id))
     return call.done()
@@ -157,35 +163,22 @@ async def list_attached_policies(control: Control, call: Call) -> web.Response:
     page = control.identity.policies.attached(
         call.account,
         certificate_id,
-        after=call.after_name("marker", "attached-policies"),
-        limit=call.limit("pageSize"),
+        after=_ATTACHED.after_name(call),
+        limit=_ATTACHED.limit(call),
     )
     arns = control.identity.arns
-    body: dict[str, object] = {
-        "policies": [policy_summary(arns, call.account, n) for n in page.items]
-    }
-    marker = token("attached-policies", page.next_key)
-    if marker is not None:
-        body["nextMarker"] = marker
-    return call.ok(body)
+    return _ATTACHED.answer(call, page, "policies", lambda n: policy_summary(arns, call.account, n))
 
 
 async def list_targets_for_policy(control: Control, call: Call) -> web.Response:
     name = check_policy_name(call.labels[0])
     identity = control.identity
     page = identity.policies.targets(
-        call.account,
-        name,
-        after=call.after_name("marker", "policy-targets"),
-        limit=call.limit("pageSize"),
+        call.account, name, after=_TARGETS.after_name(call), limit=_TARGETS.limit(call)
     )
-    body: dict[str, object] = {
-        "targets": [identity.arns.certificate(call.account, c) for c in page.items]
-    }
-    marker = token("policy-targets", page.next_key)
-    if marker is not None:
-        body["nextMarker"] = marker
-    return call.ok(body)
+    return _TARGETS.answer(
+        call, page, "targets", lambda c: identity.arns.certificate(call.account, c)
+    )
 
 
 async def get_effective_policies(control: Control, call: Call) -> web.Response:

@@ -10,7 +10,8 @@ from aiohttp import web
 
 from ...identity.things import check_attribute_name, check_attributes, check_thing_name
 from ..aws.errors import AwsError
-from .call import Call, Control, principal, token
+from .call import Call, Control, principal
+from .listing import Listing
 from .shapes import thing_attribute, thing_description
 
 __all__ = [
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 _THING_PRINCIPAL_TYPES = {"EXCLUSIVE_THING": True, "NON_EXCLUSIVE_THING": False}
+_THINGS = Listing.by_token("things")
+_PRINCIPALS = Listing.by_token("thing-principals")
+_PRINCIPAL_THINGS = Listing.by_token("principal-things")
 
 
 def _payload(body: Mapping[str, object]) -> tuple[dict[str, str] | None, bool]:
@@ -85,20 +89,15 @@ async def list_things(control: Control, call: Call) -> web.Response:
         check_attribute_name(attribute_name)
     page = control.identity.things.listing(
         call.account,
-        after=call.after_name("nextToken", "things"),
-        limit=call.limit("maxResults"),
+        after=_THINGS.after_name(call),
+        limit=_THINGS.limit(call),
         attribute_name=attribute_name,
         attribute_value=params.get("attributeValue"),
         prefix=bool(call.flag("usePrefixAttributeValue")),
         type_name=params.get("thingTypeName"),
     )
-    body: dict[str, object] = {
-        "things": [thing_attribute(control.identity.arns, t) for t in page.items]
-    }
-    next_token = token("things", page.next_key)
-    if next_token is not None:
-        body["nextToken"] = next_token
-    return call.ok(body)
+    arns = control.identity.arns
+    return _THINGS.answer(call, page, "things", lambda t: thing_attribute(arns, t))
 
 
 async def update_thing(control: Control, call: Call) -> web.Response:
@@ -170,18 +169,11 @@ async def list_thing_principals(control: Control, call: Call) -> web.Response:
     name = check_thing_name(call.labels[0])
     identity = control.identity
     page = identity.things.principals(
-        call.account,
-        name,
-        after=call.after_name("nextToken", "thing-principals"),
-        limit=call.limit("maxResults"),
+        call.account, name, after=_PRINCIPALS.after_name(call), limit=_PRINCIPALS.limit(call)
     )
-    body: dict[str, object] = {
-        "principals": [identity.arns.certificate(call.account, c) for c in page.items]
-    }
-    next_token = token("thing-principals", page.next_key)
-    if next_token is not None:
-        body["nextToken"] = next_token
-    return call.ok(body)
+    return _PRINCIPALS.answer(
+        call, page, "principals", lambda c: identity.arns.certificate(call.account, c)
+    )
 
 
 async def list_principal_things(control: Control, call: Call) -> web.Response:
@@ -189,11 +181,7 @@ async def list_principal_things(control: Control, call: Call) -> web.Response:
     page = control.identity.things.principal_things(
         call.account,
         certificate_id,
-        after=call.after_name("nextToken", "principal-things"),
-        limit=call.limit("maxResults"),
+        after=_PRINCIPAL_THINGS.after_name(call),
+        limit=_PRINCIPAL_THINGS.limit(call),
     )
-    body: dict[str, object] = {"things": list(page.items)}
-    next_token = token("principal-things", page.next_key)
-    if next_token is not None:
-        body["nextToken"] = next_token
-    return call.ok(body)
+    return _PRINCIPAL_THINGS.answer(call, page, "things", str)
