@@ -14,7 +14,9 @@ each recording what the hub answered and what it delivered, so that the test can
                  socket: it answers QoS 1 and QoS 2 by hand and, at QoS 2, hands a message to
                  "the application" at its first PUBLISH and keeps its packet id until PUBREL
                  (MQTT 5.0 §4.3.3, method A), across reconnections as a device's session
-                 state does; a message handed on twice is a duplicate.
+                 state does; a message handed on twice is a duplicate. With ``share``, a
+                 member of that shared group (``$share/<share>/<filter>``): the group's
+                 members together get each message (``wait_for_group``).
 
 Payloads are ``<publisher>:<number>``. Every thread catches what it meets and records it:
 nothing is raised in a thread (pytest turns that into an error far from its cause).
@@ -293,8 +295,11 @@ class Receiver(_Worker):
     """A persistent session at ``qos`` on the load's topics, on ``node`` (the next one up when
     it is gone)."""
 
-    def __init__(self, name: str, hubs: Hubs, node: str, qos: int, version: int) -> None:
+    def __init__(
+        self, name: str, hubs: Hubs, node: str, qos: int, version: int, share: str = ""
+    ) -> None:
         super().__init__(name)
+        self.share = share
         self.hubs = hubs
         self.preferred = node
         self.qos = qos
@@ -304,10 +309,12 @@ class Receiver(_Worker):
         # Delivered again at QoS 2: (payload, packet id, DUP); how many again at QoS 1.
         self.duplicates: list[tuple[bytes, int, bool]] = []
         self.qos1_duplicates = 0
-        # Every PUBLISH by payload: (packet id, DUP, QoS, node, index in ``connections``).
-        self.seen: collections.defaultdict[bytes, list[tuple[int, bool, int, str, int]]] = (
+        # Every PUBLISH by payload: (packet id, DUP, QoS, node, index in ``connections``,
+        # seconds since the receiver started).
+        self.seen: collections.defaultdict[bytes, list[tuple[int, bool, int, str, int, float]]] = (
             collections.defaultdict(list)
         )
+        self._t0 = time.monotonic()
         self.publishes = 0  # PUBLISH packets received (a resend to a QoS 2 PUBREC included)
         self.resends = 0  # QoS 2 PUBLISH again under a packet id awaiting PUBREL: not handed on
         self.dup_flags = 0
@@ -358,7 +365,8 @@ class Receiver(_Worker):
             self.lost_session = True
             self._awaiting_pubrel.clear()  # a new session: no state (§4.1)
         if not present:
-            reasons = client.subscribe([(f, self.qos) for f in FILTERS], mid=1)
+            prefix = f"$share/{self.share}/" if self.share else ""
+            reasons = client.subscribe([(prefix + f, self.qos) for f in FILTERS], mid=1)
             if reasons != [self.qos] * len(FILTERS):
                 raise AssertionError(f"SUBACK {reasons}")
             self._subscribed = True
@@ -387,7 +395,14 @@ class Receiver(_Worker):
     def _publish(self, client: rawmqtt.RawClient, packet: rawmqtt.Packet) -> None:
         self.publishes += 1
         self.seen[packet.payload].append(
-            (packet.mid or 0, packet.dup, packet.qos, self.node, len(self.connections) - 1)
+            (
+                packet.mid or 0,
+                packet.dup,
+                packet.qos,
+                self.node,
+                len(self.connections) - 1,
+                round(time.monotonic() - self._t0, 2),
+            )
         )
         self.dup_flags += packet.dup
         mid = packet.mid or 0
@@ -427,6 +442,21 @@ class Receiver(_Worker):
                 if not missing or left <= 0 or self.failure:
                     return missing
                 self.changed.wait(min(left, 0.5))
+
+
+def wait_for_group(members: list[Receiver], wanted: set[bytes], timeout: float) -> set[bytes]:
+    """Wait until every payload of ``wanted`` was handed on by some member of a shared group;
+    what is still missing."""
+    deadline = time.monotonic() + timeout
+    while True:
+        got: set[bytes] = set()
+        for member in members:
+            with member.changed:
+                got.update(member.got)
+        missing = wanted - got
+        if not missing or time.monotonic() >= deadline or any(m.failure for m in members):
+            return missing
+        time.sleep(0.2)
 
 
 def start_all(workers: list[_Worker]) -> None:

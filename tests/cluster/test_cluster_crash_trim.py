@@ -18,6 +18,8 @@ MakeClient = Callable[..., pahoclient.Client]
 SETTINGS = {
     "CLUSTER_STREAM_REPLICAS": "3",
     "CLUSTER_STREAM_MAX_BYTES": str(64 * 1024 * 1024),
+    # Purged a second after the consumers are done with it, not ten (its default).
+    "CLUSTER_STREAM_TRIM_DELAY": "1",
 }
 
 

@@ -251,6 +251,7 @@ class Bus:
         payload: bytes,
         reply: str = "",
         on_failed: Callable[[], None] | None = None,
+        headers: dict[str, str] | None = None,
     ) -> bool:
         """Queue one message for NATS. False, and nothing queued, when NATS is out of reach
         or ``outbound_buffer_bytes`` are already waiting. ``reply``: where the answer goes (a
@@ -266,7 +267,7 @@ class Bus:
         self._queued_bytes += size
         if self._batches:
             self._seal()
-        self._ops.append(("pub", subject, payload, reply, on_failed))
+        self._ops.append(("pub", subject, payload, reply, on_failed, headers))
         self._wake.set()
         return True
 
@@ -310,7 +311,7 @@ class Bus:
             else:
                 payload = pack_batch(envelopes)
                 self._queued_bytes += len(payload) - sum(map(len, envelopes))
-            ops.append(("pub", subject, payload, "", None))
+            ops.append(("pub", subject, payload, "", None, None))
         self._wake.set()
 
     def subscribe(self, subject: str, handler: Handler, queue: str = "") -> BusSubscription:
@@ -433,7 +434,7 @@ class Bus:
                 payload: bytes = op[2]
                 self._queued_bytes -= len(payload)
                 try:
-                    await nc.publish(op[1], payload, reply=op[3])
+                    await nc.publish(op[1], payload, reply=op[3], headers=op[5])
                 except nats.errors.Error as error:
                     counters.failed += 1
                     log.debug("NATS would not take a message: %s", error)

@@ -67,7 +67,6 @@ import logging
 import secrets
 import time
 import zlib
-from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import partial
@@ -87,6 +86,7 @@ from ..message import Message
 from ..mqtt.packets import Subscription
 from . import envelope
 from .bus import Bus, BusSubscription
+from .completed import Completed
 from .settings import ClusterSettings
 from .stream import UNSPECIFIED, MessageStream, Ticket
 from .subjects import Subjects, escape_level
@@ -102,12 +102,6 @@ FORMAT = 1
 NAK_LATER = b'-NAK {"delay": 1000000000}'  # the receiver's window is full: in a second
 NAK = b"-NAK"
 ACK = b"+ACK"
-#: Stream sequences remembered per session as acknowledged by its receiver (``_Held``): 8 KiB
-#: for each session that received something on this node; a redelivery is looked up in them
-#: (a scan, only for redeliveries). A consumer leader moving to another NATS server redelivers
-#: what it had not seen acknowledged, seconds of a session's traffic.
-COMPLETED = 1024
-_NONE_COMPLETED: array[int] = array("Q")
 
 #: What a change waits on: called with 0 (done) or a refusal's reason code.
 Done = Callable[[int], None]
@@ -162,22 +156,18 @@ class _Held:
     subscriptions: list[BusSubscription] = field(default_factory=list)
     # Stream sequence -> the copy in flight here.
     copies: dict[int, _Copy] = field(default_factory=dict)
-    # The last ``COMPLETED`` stream sequences its receiver acknowledged (a ring, made at the
-    # first): a redelivery that crossed the acknowledgement (sent after consumer_ack_wait, the
-    # "+ACK" lost with a NATS connection, a consumer leader elected on another NATS server)
-    # is acknowledged again, not delivered again, which at QoS 2 would be a second message to
-    # a receiver that completed the flow and forgot the packet id (§4.3.3).
-    completed: array[int] = field(default_factory=lambda: _NONE_COMPLETED)
-    completed_next: int = 0
-    completed_max: int = 0
+    # The stream sequences its receiver acknowledged lately (cluster/completed.py; made at
+    # the first): a redelivery of one is acknowledged again, not delivered again.
+    completed: Completed | None = None
     # QoS 2 copies released (PUBREC received, PUBREL sent), by packet id -> stream sequence:
     # in the session's record before the PUBREL leaves, so that a node resuming the session
     # after this one died sends PUBREL again, not the PUBLISH (§4.3.3, §4.4).
     released: dict[int, int] = field(default_factory=dict)
-    # The consumer of the copies meant for this session alone (``send_retained``), "" until
-    # the first; and whether it is known to exist.
+    # The consumer of the copies meant for this session alone (``send_copy``), "" until the
+    # first; whether it is known to exist; the copies waiting for its creation.
     direct: str = ""
     direct_created: bool = False
+    direct_waiting: list[tuple[str, bytes, dict[str, str] | None, Done]] | None = None
 
 
 class PersistentSessions:
@@ -459,7 +449,7 @@ class PersistentSessions:
         held here, at QoS ``qos`` (1 or 2), as a copy for the session alone (``send_copy``),
         so that it moves with the session until acknowledged. False when it cannot be: the
         broker then delivers it from this node."""
-        return self.send_copy(session, message, qos, True, subscription_ids, None)
+        return self.send_copy(session, message, qos, True, subscription_ids, None, "")
 
     def send_copy(
         self,
@@ -469,14 +459,17 @@ class PersistentSessions:
         retain: bool,
         subscription_ids: tuple[int, ...],
         done: Done | None,
+        message_id: str,
     ) -> bool:
         """A copy of ``message`` for one persistent session held here, at QoS ``qos`` (1 or
         2), published into the message stream on ``<prefix>.q.=d.<its direct consumer>.<its
         subscription identifier>`` (``=d`` is no account's token, so no filter's subject
         matches it) and delivered by that consumer like the session's other QoS 1/2 messages,
         wherever the session is. ``done`` is told once it is stored (0) or not (a reason
-        code); without it a copy not stored is delivered from this node's queue. False when
-        it cannot be tried (NATS or the stream out of reach, too many changes waiting)."""
+        code); without it a copy not stored is delivered from this node's queue. A
+        ``message_id`` makes JetStream store the copy once however often it is sent within
+        the stream's duplicate window (``Nats-Msg-Id``). False when it cannot be tried (NATS
+        or the stream out of reach, too many changes waiting)."""
         held = self._held.get(session.key)
         if (
             held is None
@@ -499,8 +492,29 @@ class PersistentSessions:
             data = envelope.pack(copy, self.node, time.time(), self.broker.clock.time())
         if done is None:
             done = partial(self._direct_stored, held, message, qos, subscription_ids)
-        self._enqueue(held.record_key, ("direct", held, root, f"{root}.{sid}", data, done))
+        headers = {"Nats-Msg-Id": message_id} if message_id else None
+        subject = f"{root}.{sid}"
+        if held.direct_created:
+            return self.stream.publish(subject, data, done, headers)
+        # The first copies wait for the consumer (deliver new) to exist; then they go into
+        # the stream as any QoS 1/2 message does, never waiting on a worker.
+        waiting = held.direct_waiting
+        if waiting is None:
+            waiting = held.direct_waiting = []
+            created = partial(self._direct_created, held)
+            self._enqueue(held.record_key, ("direct_consumer", held, root, created))
+        if len(waiting) >= self.settings.max_unacked_publishes:
+            return False
+        waiting.append((subject, data, headers, done))
         return True
+
+    def _direct_created(self, held: _Held, refused: int) -> None:
+        waiting, held.direct_waiting = held.direct_waiting or [], None
+        for subject, data, headers, done in waiting:
+            if refused:
+                done(refused)
+            elif not self.stream.publish(subject, data, done, headers):
+                done(UNSPECIFIED)
 
     def _direct_stored(
         self,
@@ -587,9 +601,10 @@ class PersistentSessions:
             counters.redeliveries += 1
         else:
             counters.deliveries += 1
-        # Older than the newest acknowledged: a redelivery, also one a newly elected consumer
-        # leader counts as the first when it did not learn of the delivery.
-        if sequence <= held.completed_max and sequence in held.completed:
+        # Acknowledged here lately: a redelivery, also one a newly elected consumer leader
+        # counts as the first when it did not learn of the delivery.
+        completed = held.completed
+        if completed is not None and sequence in completed:
             counters.acknowledged_again += 1
             self.bus.send(reply.decode(), ACK)
             return
@@ -656,11 +671,9 @@ class PersistentSessions:
             if copy.reply:  # a release rebuilt on resume has none until JetStream redelivers
                 self.bus.send(copy.reply.decode(), ACK)
             completed = held.completed
-            if completed is _NONE_COMPLETED:
-                completed = held.completed = array("Q", bytes(8 * COMPLETED))
-            completed[held.completed_next] = sequence
-            held.completed_next = (held.completed_next + 1) % COMPLETED
-            held.completed_max = max(held.completed_max, sequence)
+            if completed is None:
+                completed = held.completed = Completed(self.settings.redelivery_memory)
+            completed.add(sequence, time.monotonic())
 
     # ------------------------------------------------------------------ JetStream work
 
@@ -717,11 +730,9 @@ class PersistentSessions:
                 ),
             )
             self.counters.consumers_created += 1
-        elif kind == "direct":
-            # A copy for one session (``send_retained``): its consumer first (this worker
-            # does the session's changes in order), then the copy, which the consumer
-            # (deliver new) then has.
-            _kind, held, root, subject, data, _done = op
+        elif kind == "direct_consumer":
+            # The consumer of the copies for one session alone (``send_copy``).
+            _kind, held, root, _done = op
             if not held.direct_created:
                 await js.add_consumer(
                     self.stream.name,
@@ -735,7 +746,6 @@ class PersistentSessions:
                 )
                 held.direct_created = True
                 self.counters.consumers_created += 1
-            await js.publish(subject, data, timeout=self.settings.request_timeout)
         elif kind == "delete_consumer":
             try:
                 await js.delete_consumer(self.stream.name, op[1])

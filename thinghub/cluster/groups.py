@@ -34,8 +34,9 @@ until a member anywhere in the cluster has it (MQTT 5 §4.8.2).
   one is stored. A clean member's QoS 2 copy is acknowledged at its PUBCOMP, or when its
   session ends (the message is then dropped).
 * **Redeliveries of what was acknowledged** (the "+ACK" lost with a NATS connection, a new
-  consumer leader): the node remembers the last ``COMPLETED`` (consumer, stream sequence)
-  pairs it acknowledged and acknowledges such a delivery again instead of sending it.
+  consumer leader): each group remembers the stream sequences this node acknowledged within
+  ``cluster.redelivery_memory`` (cluster/completed.py) and acknowledges such a delivery again
+  instead of sending it.
 * **Removal.** The node that trims the stream also removes the consumers of groups nobody
   holds: no member on this node, on any other node (their announced filters,
   cluster/remote.py, all known) or in any persistent session's record, on two sweeps in a row
@@ -47,6 +48,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from functools import partial
@@ -58,6 +60,7 @@ from ..broker.queue import Outgoing
 from ..broker.session import SharedGroup, SubscriptionEntry
 from ..topics import SHARE_PREFIX, parse_shared
 from .bus import Bus, BusSubscription
+from .completed import Completed
 from .consumers import (
     ACK,
     NAK,
@@ -83,8 +86,6 @@ log = logging.getLogger("thinghub.cluster")
 GroupKey = tuple[str, str, str]
 #: (consumer name, stream sequence)
 Delivery = tuple[str, int]
-#: Deliveries remembered as acknowledged by this node (see the module's docstring).
-COMPLETED = 16_384
 
 
 @dataclass
@@ -115,6 +116,9 @@ class _Group:
     creating: bool = False
     subscriptions: list[BusSubscription] = field(default_factory=list)
     turn: int = 0
+    # The stream sequences acknowledged here lately (its consumers' messages are distinct
+    # stream sequences: a message matches one subject).
+    completed: Completed | None = None
 
 
 @dataclass(eq=False)
@@ -123,6 +127,7 @@ class _Copy:
     out: Outgoing
     session: Session
     delivery: Delivery
+    group: _Group
 
 
 class SharedConsumers:
@@ -149,7 +154,8 @@ class SharedConsumers:
         # Copies in flight to this node's members: by delivery, and by session.
         self._inflight: dict[Delivery, _Copy] = {}
         self._by_session: dict[str, dict[Delivery, _Copy]] = {}
-        self._completed: dict[Delivery, None] = {}
+        # QoS 2 copies being handed over to a persistent member: their latest reply subject.
+        self._handing: dict[Delivery, bytes] = {}
         # Consumers found unused on the last sweep (removed if still so on the next).
         self._unused: set[str] = set()
         self._task: asyncio.Task[None] | None = None
@@ -222,7 +228,7 @@ class SharedConsumers:
                 # A clean session's (a persistent one's are its own: ``_delivered``): it ends
                 # with its connection, and no other member may get the message
                 # [MQTT-4.8.2-5]. Its PUBREL, if released, is the session's business.
-                self._complete(copy.reply, delivery)
+                self._complete(copy.group, copy.reply, delivery)
                 continue
             session.delivery.forget(copy.out)
             self.bus.send(copy.reply.decode(), NAK)
@@ -306,13 +312,16 @@ class SharedConsumers:
         count, sequence = ack_metadata(reply)
         delivery = (name, sequence)
         counters = self.counters
-        if delivery in self._completed:
+        if group.completed is not None and sequence in group.completed:
             counters.acknowledged_again += 1
             self.bus.send(reply.decode(), ACK)
             return
         copy = self._inflight.get(delivery)
         if copy is not None:
             copy.reply = reply  # delivered again while in flight here: acknowledged once
+            return
+        if delivery in self._handing:
+            self._handing[delivery] = reply  # delivered again while handed over here
             return
         arrival = read_delivery(self.bus, self.broker, reply, data)
         if arrival is None:
@@ -340,20 +349,26 @@ class SharedConsumers:
             if qos == 0:
                 group.turn += step + 1
                 self.broker.deliver(session, message, 0, retain, ids)
-                self._complete(reply, delivery)
+                self._complete(group, reply, delivery)
                 return
             if qos == 2 and session.persistent:
                 # Once chosen, this member must get it, also after a reconnection on another
                 # node, and no other member may [MQTT-4.8.2-4, -5]: the group's copy becomes
                 # the session's own, delivered by its direct consumer (cluster/consumers.py).
-                done = partial(self._handed_over, reply, delivery)
-                if self.persistent.send_copy(session, message, 2, retain, ids, done):
+                # Stored once for the group (its Nats-Msg-Id), however often JetStream
+                # delivers the group's copy again while the hand-over waits, here or on
+                # another node.
+                done = partial(self._handed_over, group, delivery)
+                message_id = f"{name}.{sequence}"
+                self._handing[delivery] = reply
+                if self.persistent.send_copy(session, message, 2, retain, ids, done, message_id):
                     group.turn += step + 1
                     counters.handed_over += 1
                     return
+                del self._handing[delivery]
                 continue
             out = Outgoing(message, qos, retain, ids)
-            copy = _Copy(reply, out, session, delivery)
+            copy = _Copy(reply, out, session, delivery, group)
             out.on_acked = partial(self._acknowledged, copy)
             if session.delivery.offer_stream(out, sequence % 65535 + 1, count > 1):
                 group.turn += step + 1
@@ -365,14 +380,17 @@ class SharedConsumers:
         counters.given_back += 1
         self.bus.send(reply.decode(), NAK_LATER if members else NAK)
 
-    def _handed_over(self, reply: bytes, delivery: Delivery, refused: int) -> None:
+    def _handed_over(self, group: _Group, delivery: Delivery, refused: int) -> None:
         """The member's own copy is stored (or not: the group's goes back, for whichever
         member is next)."""
+        reply = self._handing.pop(delivery, None)
+        if reply is None:
+            return
         if refused:
             self.counters.given_back += 1
             self.bus.send(reply.decode(), NAK_LATER)
         else:
-            self._complete(reply, delivery)
+            self._complete(group, reply, delivery)
 
     def _acknowledged(self, copy: _Copy) -> None:
         """PUBACK (QoS 1) or PUBCOMP (QoS 2)."""
@@ -382,15 +400,14 @@ class SharedConsumers:
             copies.pop(copy.delivery, None)
             if not copies:
                 del self._by_session[copy.session.key]
-        self._complete(copy.reply, copy.delivery)
+        self._complete(copy.group, copy.reply, copy.delivery)
 
-    def _complete(self, reply: bytes, delivery: Delivery) -> None:
+    def _complete(self, group: _Group, reply: bytes, delivery: Delivery) -> None:
         self.counters.acknowledged += 1
         self.bus.send(reply.decode(), ACK)
-        completed = self._completed
-        completed[delivery] = None
-        if len(completed) > COMPLETED:
-            del completed[next(iter(completed))]
+        if group.completed is None:
+            group.completed = Completed(self.settings.redelivery_memory)
+        group.completed.add(delivery[1], time.monotonic())
 
     # ------------------------------------------------------------------ removal
 
@@ -455,6 +472,7 @@ class SharedConsumers:
             "groups": len(self._groups),
             "bound": sum(1 for group in self._groups.values() if group.subscriptions),
             "in_flight": len(self._inflight),
+            "handing_over": len(self._handing),
             **self.counters.__dict__,
         }
 

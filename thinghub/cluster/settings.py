@@ -76,6 +76,12 @@ class ClusterSettings:
     # Seconds JetStream waits for a persistent session's acknowledgement of a message before
     # delivering it again (its node died with it in flight: cluster/consumers.py).
     consumer_ack_wait: float = 30.0
+    # Seconds a node remembers which stream messages a receiver acknowledged, so that
+    # JetStream delivering one again (an acknowledgement lost with a NATS server, a new
+    # consumer leader) is acknowledged again, not sent again: a QoS 2 receiver would take it
+    # for a new message (cluster/completed.py). At least the consumers' ack wait plus the
+    # time a NATS server takes to be replaced.
+    redelivery_memory: float = 120.0
     # Copies of a shared group's QoS 1/2 messages (cluster/groups.py) its members, on every
     # node together, may have unacknowledged; JetStream delivers no more to the group until
     # some are acknowledged.
@@ -86,6 +92,10 @@ class ClusterSettings:
     # Seconds between two trims of the message stream (cluster/stream.py) by the node whose
     # name sorts first: what the stream holds beyond what the persistent sessions still need.
     stream_trim_interval: float = 1.0
+    # Seconds a message stays in that stream at least, whatever the consumers say: one whose
+    # NATS server is catching up after a restart may say nothing is pending of messages that
+    # server has not received yet (cluster/stream.py, ``_trim``).
+    stream_trim_delay: float = 10.0
 
     @property
     def enabled(self) -> bool:
@@ -113,6 +123,8 @@ class ClusterSettings:
             found.append("cluster.subject_prefix must be dot-separated letters, digits, - or _")
         if not 1024 <= self.batch_bytes <= MIB // 2:
             found.append("cluster.batch_bytes must be 1024..524288")
+        if not 0 <= self.stream_trim_delay <= 86400:
+            found.append("cluster.stream_trim_delay must be 0..86400 seconds")
         if not 0.1 <= self.stream_trim_interval <= 3600:
             found.append("cluster.stream_trim_interval must be 0.1..3600 seconds")
         if self.rpc_max_concurrent < 1:
@@ -125,6 +137,8 @@ class ClusterSettings:
             found.append("cluster.heartbeat_interval must be above 0 and below node_timeout")
         if self.outbound_buffer_bytes < 64 * 1024:
             found.append("cluster.outbound_buffer_bytes must be at least 65536")
+        if self.redelivery_memory < 2 * self.consumer_ack_wait:
+            found.append("cluster.redelivery_memory must be at least twice consumer_ack_wait")
         if self.shared_max_inflight < 1:
             found.append("cluster.shared_max_inflight must be at least 1")
         if self.max_pending_claims < 1:

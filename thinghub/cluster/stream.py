@@ -34,6 +34,7 @@ import asyncio
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ class StreamCounters:
     # floor.
     trims: int = 0
     trimmed: int = 0
+    # Turns that purged nothing because a replica of the stream was offline or behind.
+    trims_skipped: int = 0
 
 
 class MessageStream:
@@ -134,6 +137,9 @@ class MessageStream:
         self._timer: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
         self._logged_refusal = False
+        # (monotonic time, the stream's last sequence then), one per trim: a purge goes no
+        # further than what the stream held ``stream_trim_delay`` seconds ago.
+        self._marks: deque[tuple[float, int]] = deque()
         self.ready = False
         self.problem = "not set up yet"
 
@@ -183,10 +189,29 @@ class MessageStream:
         read before the consumers: a consumer with nothing pending needs nothing up to it (a
         consumer created later delivers only newer messages, deliver policy "new"). Nothing is
         purged when a consumer is missing from the list or has no leader (one being elected
-        after a NATS server went): its floor is unknown."""
+        after a NATS server went): its floor is unknown.
+
+        A consumer's count of what is pending comes from its leader's copy of the stream,
+        which may lag behind the stream's leader (a NATS server catching up after a restart):
+        it then says "nothing pending" of messages it has not seen yet. So nothing is purged
+        while a replica of the stream is offline or not current, and a purge goes no further
+        than the stream's last sequence ``stream_trim_delay`` seconds ago."""
         js = self.bus.jetstream()
-        state = (await js.stream_info(self.name)).state
-        floor = state.last_seq + 1
+        info = await js.stream_info(self.name)
+        state = info.state
+        now = time.monotonic()
+        marks = self._marks
+        marks.append((now, state.last_seq))
+        settled = now - self.settings.stream_trim_delay
+        while len(marks) > 1 and marks[1][0] <= settled:
+            marks.popleft()  # the newest mark old enough stays first
+        replicas = info.cluster.replicas if info.cluster is not None else None
+        if marks[0][0] > settled or any(
+            peer.offline or not peer.current for peer in replicas or ()
+        ):
+            self.counters.trims_skipped += 1
+            return
+        floor = marks[0][1] + 1
         consumers = await self._consumers()
         for consumer in consumers:
             if consumer.cluster is not None and not consumer.cluster.leader:
@@ -273,14 +298,17 @@ class MessageStream:
             and self.bus.can_take(size)
         )
 
-    def publish(self, subject: str, data: bytes, done: Done) -> bool:
+    def publish(
+        self, subject: str, data: bytes, done: Done, headers: dict[str, str] | None = None
+    ) -> bool:
         """Publish into the stream; ``done`` is called with the outcome. False (``done`` not
         called) when the stream cannot take it now."""
         if not self.ready or len(self._waiting) >= self.settings.max_unacked_publishes:
             return False
         token = self._next
         self._next += 1
-        if not self.bus.send(subject, data, f"{self._inbox}.{token}", lambda: self._fail(token)):
+        reply = f"{self._inbox}.{token}"
+        if not self.bus.send(subject, data, reply, lambda: self._fail(token), headers):
             return False
         self._waiting[token] = done
         loop = asyncio.get_running_loop()
@@ -353,4 +381,5 @@ class MessageStream:
             "timed_out": self.counters.timed_out,
             "trims": self.counters.trims,
             "trimmed": self.counters.trimmed,
+            "trims_skipped": self.counters.trims_skipped,
         }
