@@ -295,9 +295,13 @@ def _finish(run: Crash) -> dict[str, object]:
         if receiver.share:
             continue  # its group's members together get each message (below)
         missing = receiver.wait_for(acknowledged, DRAIN_TIMEOUT)
+        # Late or lost: what still has not come after as long again.
+        lost = receiver.wait_for(missing, DRAIN_TIMEOUT) if missing else set()
         assert not missing, (
-            f"{receiver.name} (QoS {receiver.qos}) never got {len(missing)} acknowledged "
-            f"messages: {sorted(missing)[:20]}; packet ids reused while awaiting PUBREL: "
+            f"{receiver.name} (QoS {receiver.qos}) did not get {len(missing)} acknowledged "
+            f"messages within {DRAIN_TIMEOUT:g} s, {len(lost)} of them not within "
+            f"{2 * DRAIN_TIMEOUT:g} s (undelivered in the stream: {run.undelivered()}): "
+            f"{sorted(missing)[:20]}; packet ids reused while awaiting PUBREL: "
             f"{receiver.reused[:10]}; seen as {[receiver.seen.get(m) for m in missing][:5]}; "
             f"consumers: {run.consumers()}\n{run.logs()}"
         )
