@@ -752,6 +752,9 @@ class PersistentSessions:
             except NotFoundError:
                 pass
             self.counters.consumers_deleted += 1
+            # Said, as a consumer made again (deliver new) skips what came in between: the
+            # trail a missing message is traced with (tests/cluster/test_cluster_crash.py).
+            log.info("persistent session consumer %s deleted", op[1])
         elif kind == "put":
             assert kv is not None
             await kv.put(op[1], op[2])
