@@ -105,7 +105,7 @@ ACK = b"+ACK"
 
 #: What a change waits on: called with 0 (done) or a refusal's reason code.
 Done = Callable[[int], None]
-#: The account token of the copies meant for one session (``send_retained``): "=" followed
+#: The account token of the copies meant for one session (``send_copy``): "=" followed
 #: by no two hexadecimal digits is no escaped account's token (cluster/subjects.py), so no
 #: filter's subject, nor an account's wildcard, matches these.
 DIRECT_TOKEN = "=d"
@@ -486,10 +486,7 @@ class PersistentSessions:
         root = f"{self.subjects.prefix}.q.{DIRECT_TOKEN}.{held.direct}"
         sid = subscription_ids[0] if subscription_ids else 0
         copy = replace(message, qos=qos, retain=retain, encoded={})
-        if copy.expires_at is None:
-            data = envelope.pack(copy, self.node, 0.0, 0.0)
-        else:
-            data = envelope.pack(copy, self.node, time.time(), self.broker.clock.time())
+        data = envelope.pack_now(copy, self.node, self.broker.clock.time)
         if done is None:
             done = partial(self._direct_stored, held, message, qos, subscription_ids)
         headers = {"Nats-Msg-Id": message_id} if message_id else None

@@ -39,6 +39,8 @@ NATS' per-message work (a PUB on one node, a MSG parsed on the other) is paid on
 from __future__ import annotations
 
 import struct
+import time
+from collections.abc import Callable
 from dataclasses import replace
 from functools import lru_cache
 from typing import NamedTuple
@@ -93,6 +95,19 @@ class Arrival(NamedTuple):
     expired: bool
     # (ShareName, filter) -> the node that delivers the group's copy (cluster/shared.py).
     shares: dict[tuple[str, str], str]
+
+
+def pack_now(
+    message: Message,
+    node: str,
+    loop_time: Callable[[], float],
+    shares: dict[tuple[str, str], str] | None = None,
+) -> bytes:
+    """``pack`` with the clocks read now (``loop_time``: the clock ``message.expires_at`` is
+    on), and only when the message expires: a message without expiry needs neither."""
+    if message.expires_at is None:
+        return pack(message, node, 0.0, 0.0, shares)
+    return pack(message, node, time.time(), loop_time(), shares)
 
 
 def pack(

@@ -293,10 +293,7 @@ class ClusterNode:
             self.counters.kept_local += 1
             return 0
         shares = plan.shares if isinstance(plan, SharePlan) else None  # made by ``plan``
-        if message.expires_at is None:
-            data = envelope.pack(message, self.name, 0.0, 0.0, shares)  # the clocks unused
-        else:
-            data = envelope.pack(message, self.name, time.time(), self.clock.time(), shares)
+        data = envelope.pack_now(message, self.name, self.clock.time, shares)
         sent = True
         if message.retain:
             # Every node keeps it; a QoS 1/2 one is routed from its "q" publication below

@@ -332,7 +332,7 @@ class ClusterRpc:
         request["v"] = VERSION
         data = json.dumps(request, separators=(",", ":")).encode()
         if message is not None:
-            data += b"\n" + envelope.pack(message, self.node, time.time(), self.broker.clock.time())
+            data += b"\n" + envelope.pack_now(message, self.node, self.broker.clock.time)
         self.counters.sent += 1
         try:
             answer = await nc.request(
