@@ -171,6 +171,38 @@ def test_messages_in_flight_on_a_killed_node_come_back_with_dup_and_the_same_pac
         again.recv(timeout=0.5)
 
 
+def test_a_qos1_publish_for_a_session_whose_node_died_is_accepted_as_matched(
+    victim: HubNode, trio: list[HubNode], client: MakeClient
+) -> None:
+    """Once no live node announces its filter, a persistent session whose node died still
+    waits for its QoS 1 messages in the stream: an MQTT 5 publisher is told Success, not 0x10
+    No matching subscribers (§3.4.2.1; cluster/recordfilters.py), and the session gets the
+    message when it resumes. A topic no session takes is still 0x10."""
+    p1, _p2, p3 = trio
+    settle([*trio, victim])
+    wait_for(lambda: sessions_ready(victim), what="p4's session records")
+    topic = unique("orphan")
+    client_id = unique("orphan-sub")
+    subscriber = _persistent(victim, client_id, client)
+    subscriber.connect()
+    assert subscriber.subscribe(topic, 1) == 1
+    settle([*trio, victim])
+    victim.proc.send_signal(signal.SIGKILL)
+    victim.proc.wait(10)
+    wait_for(
+        lambda: "p4" not in p1.status()["interest"]["nodes"],
+        timeout=30,
+        what="p1 to drop the dead node's interest",
+    )
+    publisher = client(p1)
+    assert publisher.publish(topic, b"kept for it", 1) == 0
+    assert publisher.publish(unique("nobody"), b"for no one", 1) == 0x10
+
+    resumed = _persistent(p3, client_id, client)
+    assert resumed.connect().session_present is True
+    assert resumed.expect_message(timeout=30).payload == b"kept for it"
+
+
 def _unacknowledged(nats: NatsCluster) -> int:
     """Messages the stream's consumers have pending or delivered and not acknowledged."""
 

@@ -87,6 +87,7 @@ from ..mqtt.packets import Subscription
 from . import envelope
 from .bus import Bus, BusSubscription
 from .completed import Completed
+from .recordfilters import RecordFilters
 from .settings import ClusterSettings
 from .stream import UNSPECIFIED, MessageStream, Ticket
 from .subjects import Subjects, escape_level
@@ -193,8 +194,10 @@ class PersistentSessions:
         self.stream = stream
         self.counters = ConsumerCounters()
         self.bucket = subjects.prefix.replace(".", "_") + "_session_state"
-        # Every session record of the cluster, by bucket key (the watch keeps it current).
+        # Every session record of the cluster, by bucket key (the watch keeps it current),
+        # changed through _keep_record / _forget_record only, which keep ``filters`` in step.
         self.records: dict[str, dict[str, Any]] = {}
+        self.filters = RecordFilters()
         self._held: dict[str, _Held] = {}
         # Sessions ending here because another node took them over (kept in JetStream).
         self._moving: set[str] = set()
@@ -403,7 +406,7 @@ class PersistentSessions:
             if held.direct:
                 self._enqueue(key, ("delete_consumer", held.direct, None))
         if held is not None or key in self.records:
-            self.records.pop(key, None)
+            self._forget_record(key)
             self._enqueue(key, ("delete", key, None))
 
     def moving(self, session: Session) -> None:
@@ -438,7 +441,7 @@ class PersistentSessions:
         if held is not None and held.direct:
             record["dc"] = held.direct
         key = _record_key(session.account, session.client_id)
-        self.records[key] = record  # this node's view at once; the watch confirms it
+        self._keep_record(key, record)  # this node's view at once; the watch confirms it
         done = ticket.part() if ticket is not None else None
         self._enqueue(key, ("put", key, json.dumps(record).encode(), done))
 
@@ -785,16 +788,23 @@ class PersistentSessions:
                             if mine is not None:
                                 records[held.record_key] = mine
                         self.records = records
+                        self.filters.reset(records)
                         self._watching = True
                         continue
-                    target = self.records if self._watching else records
                     if entry.operation in ("DEL", "PURGE") or not entry.value:
-                        target.pop(entry.key, None)
+                        if self._watching:
+                            self._forget_record(entry.key)
+                        else:
+                            records.pop(entry.key, None)
                         continue
                     try:
-                        target[entry.key] = json.loads(entry.value)
+                        record = json.loads(entry.value)
                     except ValueError:
                         continue
+                    if self._watching:
+                        self._keep_record(entry.key, record)
+                    else:
+                        records[entry.key] = record
             finally:
                 try:
                     await watcher.stop()  # type: ignore[no-untyped-call]
@@ -833,8 +843,21 @@ class PersistentSessions:
         if record.get("dc"):
             self._enqueue(key, ("delete_consumer", str(record["dc"]), None))
         if not keep_record:
-            self.records.pop(key, None)
+            self._forget_record(key)
             self._enqueue(key, ("delete", key, None))
+
+    def _keep_record(self, key: str, record: dict[str, Any]) -> None:
+        self.records[key] = record
+        self.filters.put(key, record)
+
+    def _forget_record(self, key: str) -> None:
+        self.records.pop(key, None)
+        self.filters.drop(key)
+
+    def takes(self, account: str, topic: str) -> bool:
+        """True when a persistent session of the cluster, connected or not, on a live node
+        or a dead one, waits for QoS 1/2 messages of ``topic`` (cluster/recordfilters.py)."""
+        return self.filters.takes(account, topic)
 
     def status(self) -> dict[str, Any]:
         return {

@@ -280,7 +280,8 @@ class ClusterNode:
     def forward(self, message: Message, plan: BrokerSharePlan | None = None) -> int:
         """After local fan-out: send ``message`` to the nodes with interest, with ``plan``'s
         choice of node for each shared group. Returns 1 when some other node may deliver it
-        (a v5 publisher is then not told 0x10), else 0. Raises ClusterUnavailable for a QoS
+        (a v5 publisher is then not told 0x10), or, for QoS 1/2, when a persistent session
+        anywhere waits for it in the stream, else 0. Raises ClusterUnavailable for a QoS
         1/2 message that NATS cannot take now."""
         topic = message.topic
         if topic.startswith(NODE_LOCAL_PREFIX):
@@ -314,7 +315,11 @@ class ClusterNode:
                 self.counters.forwarded += 1
             else:
                 self.counters.kept_local += 1
-            return 1 if interested else 0
+            if interested:
+                return 1
+            # No node announces a matching filter, yet a persistent session offline, or
+            # whose node died, may wait for it in the stream: not "no subscribers" then.
+            return 1 if queued is not None and self.persistent.takes(account, topic) else 0
         self.counters.not_forwarded += 1
         if message.qos:
             raise ClusterUnavailable(
