@@ -801,6 +801,8 @@ class PersistentSessions:
                         record = json.loads(entry.value)
                     except ValueError:
                         continue
+                    if not isinstance(record, dict):
+                        continue  # not a session record
                     if self._watching:
                         self._keep_record(entry.key, record)
                     else:

@@ -170,6 +170,7 @@ class ClusterNode:
             broker,
             self.owners.bucket,
             lambda: self.interest.remote.nodes,
+            number,
         )
         self._logged_unreadable = False
 
@@ -420,6 +421,9 @@ class ClusterNode:
                 continue  # no_echo keeps these away; a second node of the same name would not
             counters.received += 1
             message = arrival.message
+            # Its copies here are traced under the id the publishing node traced it with, so
+            # that a trace asked of any node finds this node's part (cluster/rpc.py).
+            message.id = arrival.origin_message_id
             if retained:
                 self.retained.live(message.account, message.topic)
                 if message.qos and self.subjects.queued(message.account, message.topic):

@@ -13,6 +13,17 @@ node is asked whether it holds it. A session that no node holds is "not connecte
 that cannot be asked (NATS out of reach, the node gone or too slow) makes the call fail with
 ``ClusterUnreachable``, which the dialects answer 503, never "offline".
 
+**A message's trace** (``trace``: ``GET /thinghub/trace/{MessageId}``, http/trace_routes.py)
+is in parts, one on each node that routed the message (docs/architecture.md, *Delivery
+trace*): this node's part, and every other live node's, asked in parallel, each answering
+only for the asking key's account. A node that does not answer within ``request_timeout``
+is named as such in the merged answer (trace/report.py, ``merge``); it never fails the call.
+So is a node that left the cluster (stopped, or not heard of for ``node_timeout``) after the
+message was published (the time in its MessageId, registry/ids.py): its part, if it had one,
+went with it. Which nodes left, and when, is sampled every ``heartbeat_interval`` (at most
+``_LEFT_KEPT`` of them, for as long as a trace is kept). A part is at most
+``report.PART_BYTES`` of JSON (``report.fit``: the sessions beyond are counted, not listed).
+
 **Wire, version 1.** A request is a JSON object ``{"v": 1, "op": ..., ...}``; when it carries
 a message (SendDirectMessage, RRpc), a newline and the message's envelope follow
 (cluster/envelope.py: topic, payload, QoS, MQTT 5 properties, MessageId). A reply is a JSON
@@ -20,7 +31,9 @@ object ``{"v": 1, ...result}``, followed by a newline and the device's reply pay
 RRpc; or ``{"v": 1, "e": kind, "m": text}`` with kind "busy" (the node has
 ``max_concurrent`` requests in hand), "bad" (unreadable), "failed" (a fault of the node),
 "unavailable" (its store takes no QoS 1 work now) or "refused" (its admission gate refused
-the message; "k" names the refusal, "rc" its MQTT reason code). A reader of another version
+the message; "k" names the refusal, "rc" its MQTT reason code). A trace's reply is
+``{"v": 1, "tracing": bool, "n": the node's number in MessageIds, "part": its report or null,
+"cut": sessions left out of it}``. A reader of another version
 answers "bad": the nodes of one cluster run one version.
 
 **Bounds.** At most ``max_concurrent`` requests are in hand on a node (RRpc and confirmed
@@ -51,6 +64,8 @@ from ..broker.admission import PublishRefused, Refusal
 from ..message import Message
 from ..mqtt.types import ReasonCode
 from ..registry.errors import StoreUnavailable
+from ..registry.ids import decode_message_id
+from ..trace import report as trace_report
 from . import envelope, sessionops
 from .bus import Bus
 from .owners import _kv_key, _owner
@@ -67,6 +82,9 @@ VERSION = 1
 #: Requests nats-py holds unread for this node's subscription.
 _PENDING_MSGS = 4096
 _BROADCAST_CHUNK = 1000
+#: Nodes that left the cluster remembered at most (the trace names those that left after the
+#: message it shows was published); past it the oldest departures are forgotten.
+_LEFT_KEPT = 1024
 #: The key under which a reply's binary part (an RRpc reply's payload), which follows its
 #: JSON after a newline on the wire, is handed around.
 _TAIL = "tail"
@@ -98,6 +116,7 @@ class ClusterRpc:
         broker: Broker,
         owners_bucket: str,
         live_nodes: Callable[[], Collection[str]],
+        number: int = 0,
     ) -> None:
         self.bus = bus
         self.subjects = subjects
@@ -105,6 +124,9 @@ class ClusterRpc:
         self.node = node
         self.broker = broker
         self.owners_bucket = owners_bucket
+        # The number in this node's MessageIds (cluster/numbers.py): tells which part of a
+        # trace is the publishing node's.
+        self.number = number
         #: The other nodes heard from within ``node_timeout`` (cluster/interest.py).
         self.live_nodes = live_nodes
         # Requests in hand at once (each RRpc or confirmed direct message waits for its
@@ -114,6 +136,11 @@ class ClusterRpc:
         self._active = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._starting: asyncio.Task[None] | None = None
+        self._watching: asyncio.Task[None] | None = None
+        # The other nodes at the last look, and those that have left since: name -> when
+        # (time.time()) this node first missed it.
+        self._members: set[str] = set()
+        self._left: dict[str, float] = {}
         self._sub: Subscription | None = None
         self._kv: KeyValue | None = None
 
@@ -127,10 +154,13 @@ class ClusterRpc:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        self._starting = asyncio.get_running_loop().create_task(self._subscribe())
+        loop = asyncio.get_running_loop()
+        self._starting = loop.create_task(self._subscribe())
+        self._watching = loop.create_task(self._watch())
 
     async def stop(self) -> None:
-        tasks = [*self._tasks, *([self._starting] if self._starting else [])]
+        started = [task for task in (self._starting, self._watching) if task is not None]
+        tasks = [*self._tasks, *started]
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -270,6 +300,72 @@ class ClusterRpc:
         if failed:
             raise ClusterUnreachable(f"{len(failed)} node(s) could not be told: {failed[0]}")
         return sent
+
+    async def trace(self, account: str, message_id: int) -> list[trace_report.Part]:
+        """Every node's part of a message's trace, this node's first: the others are asked in
+        parallel and waited for ``request_timeout`` at most; one that did not answer is a
+        part with ``answered`` False and why. For trace/report.py's ``merge``."""
+        here = self._trace_part(account, message_id)
+        parts = [_trace_part_of(self.node, here, message_id)]
+        self._look()
+        others = sorted(self._members)
+        ask = {"op": "trace", "a": account, "m": message_id}
+        results = await asyncio.gather(
+            *(self._ask(node, dict(ask)) for node in others), return_exceptions=True
+        )
+        for node, result in zip(others, results, strict=True):
+            if isinstance(result, dict):
+                parts.append(_trace_part_of(node, result, message_id))
+            elif isinstance(result, Exception):
+                parts.append(trace_report.Part(node, answered=False, error=str(result)))
+            else:
+                raise result  # cancelled: the HTTP request went away
+        published = decode_message_id(message_id).unix_ms / 1000
+        now = time.time()
+        for node, left in sorted(self._left.items()):
+            if left >= published:
+                error = (
+                    f"node {node} left the cluster {now - left:.0f} s ago (stopped, or not "
+                    "heard of for cluster.node_timeout): its part, if it had one, went with it"
+                )
+                parts.append(trace_report.Part(node, answered=False, error=error))
+        return parts
+
+    async def _watch(self) -> None:
+        while True:
+            self._look()
+            await asyncio.sleep(self.settings.heartbeat_interval)
+
+    def _look(self) -> None:
+        """Note which nodes left the cluster since the last look (and forget those that
+        came back, and departures older than any trace here: ``[trace] max_age_s``)."""
+        members = set(self.live_nodes())
+        now = time.time()
+        for node in self._members - members:
+            self._left[node] = now
+        for node in members:
+            self._left.pop(node, None)
+        self._members = members
+        recorder = self.broker.trace
+        oldest = now - recorder.max_age_s if recorder is not None else 0.0
+        for node, left in list(self._left.items()):
+            if left < oldest or len(self._left) > _LEFT_KEPT:
+                del self._left[node]  # in the order they left: the oldest first
+
+    def _trace_part(self, account: str, message_id: int) -> dict[str, Any]:
+        """This node's part of a message's trace, as a reply carries it: its report if this
+        node traced the message for ``account`` (another account's is not shown, as on a hub
+        of its own: http/trace_routes.py), fit for the wire."""
+        recorder = self.broker.trace
+        if recorder is None:
+            return {"tracing": False}
+        answer: dict[str, Any] = {"tracing": True, "n": self.number}
+        record = recorder.get(message_id)
+        if record is None or record.account != account:
+            return answer
+        state = trace_report.session_state(self.broker, account)
+        answer["part"], answer["cut"] = trace_report.fit(trace_report.report(record, state))
+        return answer
 
     # ------------------------------------------------------------------ which node
 
@@ -426,6 +522,8 @@ class ClusterRpc:
             raise ValueError(f"not a version {VERSION} request")
         op = request["op"]
         broker = self.broker
+        if op == "trace":
+            return self._trace_part(str(request["a"]), int(request["m"]))
         if op == "has":
             return {"has": broker.session_of(str(request["a"]), str(request["c"])) is not None}
         if op == "info":
@@ -470,3 +568,27 @@ class ClusterRpc:
         message = arrival.message
         message.id = arrival.origin_message_id
         return message
+
+
+def _trace_part_of(node: str, reply: dict[str, Any], message_id: int) -> trace_report.Part:
+    """A node's reply to "trace" as a ``Part``; one that is not what this version sends is a
+    node that did not answer (readably)."""
+    document = reply.get("part")
+    number = reply.get("n")
+    cut = reply.get("cut", 0)
+    if (
+        not isinstance(reply.get("tracing"), bool)
+        or not (number is None or isinstance(number, int))
+        or not isinstance(cut, int)
+        or not (document is None or isinstance(document, dict))
+        or (document is not None and document.get("messageId") != str(message_id))
+    ):
+        return trace_report.Part(node, answered=False, error=f"node {node} answered unreadably")
+    return trace_report.Part(
+        node,
+        answered=True,
+        document=document,
+        number=number,
+        tracing=bool(reply["tracing"]),
+        cut=cut,
+    )

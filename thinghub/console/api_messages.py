@@ -40,7 +40,7 @@ from ..message import Message
 from ..mqtt.properties import NO_PROPERTIES, Properties
 from ..shadow.names import parse_request_topic
 from ..topics import validate_topic_name
-from ..trace.report import CONNECTED, ENDED, OFFLINE, SessionState, report, summary
+from ..trace.report import merge, report, session_state, summary
 from .errors import CONFLICT, UNAVAILABLE, ConsoleError
 from .params import json_body, query_int, text_field
 from .sessions import ConsoleSession
@@ -269,26 +269,28 @@ async def list_traces(console: Console, request: web.Request, session: ConsoleSe
 async def get_trace(console: Console, request: web.Request, session: ConsoleSession) -> Any:
     broker = console.ctx.broker
     recorder = broker.trace
-    if recorder is None:
+    cluster = console.ctx.cluster
+    if recorder is None and cluster is None:
         raise ConsoleError.not_found(TRACE_OFF)
     label = request.match_info["messageId"].strip()
     if not label.isascii() or not label.isdigit() or not 0 < int(label) <= _MAX_ID:
         raise ConsoleError.bad("A MessageId is a positive whole number.")
-    record = recorder.get(int(label))
-    if record is None or record.account != session.account_id:
+    account = session.account_id
+    if cluster is not None:
+        # Every node's part, as GET /thinghub/trace/{MessageId} answers (http/trace_routes.py).
+        merged = merge(int(label), await cluster.trace(account, int(label)))
+        if merged is not None:
+            return {"trace": merged}
+    record = recorder.get(int(label)) if recorder is not None else None
+    if record is None or record.account != account:
+        where = " on any node of the cluster" if cluster is not None else ""
+        kept = (
+            f"the hub keeps the last {recorder.max_messages} messages for {recorder.max_age_s:g} s"
+            if recorder is not None
+            else "this hub keeps none"
+        )
         raise ConsoleError.not_found(
-            f"No trace of message {label}: the hub keeps the last {recorder.max_messages} "
-            f"messages for {recorder.max_age_s:g} s and forgets them when it restarts; "
+            f"No trace of message {label}{where}: {kept} and forgets them when it restarts; "
             "a MessageId of another account is not shown either."
         )
-    return {"trace": report(record, _session_state(broker, session.account_id))}
-
-
-def _session_state(broker: Broker, account: str) -> SessionState:
-    def state(client_id: str) -> str:
-        found = broker.session_of(account, client_id)
-        if found is None:
-            return ENDED
-        return CONNECTED if found.client is not None else OFFLINE
-
-    return state
+    return {"trace": report(record, session_state(broker, account))}

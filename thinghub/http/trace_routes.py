@@ -12,6 +12,12 @@ it sees: another account's MessageId gets the same 404 as an unknown one (tenanc
 signature, 404 ``ResourceNotFoundException`` for a message without a trace (and for every
 MessageId while tracing is off, saying so), 400 for a malformed id, 405 for another verb,
 429 past the account's rate (``api.aws_rate_limits``, key ``GetTrace``).
+
+In a cluster a message's trace is in parts, one on each node that routed it: one message's
+trace is asked of every live node (cluster/rpc.py, ``trace``) and merged into one document
+(trace/report.py, ``merge``) that names each session's node and which nodes answered; 404
+only when no node has any part. The list stays this node's own: it shows the messages this
+node routed (their MessageIds are the cluster's, so each one's trace is whole).
 """
 
 from __future__ import annotations
@@ -20,8 +26,8 @@ import logging
 
 from aiohttp import web
 
-from ..broker.broker import Broker
-from ..trace.report import CONNECTED, ENDED, OFFLINE, SessionState, report, summary
+from ..trace.recorder import TraceRecorder
+from ..trace.report import merge, report, session_state, summary
 from .aws import sigv4
 from .aws.api import RequestIds
 from .aws.errors import (
@@ -97,23 +103,51 @@ async def _serve(ctx: HubContext, request: web.Request, request_id: str) -> web.
         raise AwsError.throttled()
     broker = ctx.broker
     recorder = broker.trace
-    if recorder is None:
+    cluster = ctx.cluster
+    if recorder is None and cluster is None:
         raise AwsError.not_found(TRACE_OFF)
     if raw_path in (PREFIX, PREFIX + "/"):
+        if recorder is None:
+            raise AwsError.not_found(TRACE_OFF)
         topic, limit = _list_params(query)
         found = recorder.recent(account, topic, limit)
         return json_response({"messages": [summary(record) for record in found]}, request_id)
     label = raw_path[len(PREFIX) + 1 :]
     if not label.isascii() or not label.isdigit() or not 0 < int(label) <= _MAX_ID:
         raise AwsError.invalid("The MessageId must be a positive decimal number.")
-    record = recorder.get(int(label))
-    if record is None or record.account != account:
+    message_id = int(label)
+    if cluster is not None:
+        # Every node's part, this one's included; a node that does not answer in time is
+        # named in the answer (``nodes``, ``complete``), never taken for one without a part.
+        parts = await cluster.trace(account, message_id)
+        merged = merge(message_id, parts)
+        if merged is not None:
+            return json_response(merged, request_id)
+        silent = sorted(part.node for part in parts if not part.answered)
+        if not silent and not any(part.tracing for part in parts):
+            raise AwsError.not_found(TRACE_OFF)
+        missing = f" Nodes {', '.join(silent)} did not answer." if silent else ""
         raise AwsError.not_found(
-            f"No trace of message {label}: the hub keeps the last {recorder.max_messages} "
-            f"messages for {recorder.max_age_s:g} s and forgets them when it restarts; "
-            "a MessageId of another account is not shown either."
+            _not_found(label, recorder, " on any node of the cluster") + missing
         )
-    return json_response(report(record, _session_state(broker, account)), request_id)
+    assert recorder is not None
+    record = recorder.get(message_id)
+    if record is None or record.account != account:
+        raise AwsError.not_found(_not_found(label, recorder))
+    return json_response(report(record, session_state(broker, account)), request_id)
+
+
+def _not_found(label: str, recorder: TraceRecorder | None, where: str = "") -> str:
+    kept = (
+        f"the hub keeps the last {recorder.max_messages} messages for "
+        f"{recorder.max_age_s:g} s and forgets them when it restarts"
+        if recorder is not None
+        else "tracing is off on this node"
+    )
+    return (
+        f"No trace of message {label}{where}: {kept}; "
+        "a MessageId of another account is not shown either."
+    )
 
 
 def _list_params(query: list[tuple[str, str]]) -> tuple[str | None, int]:
@@ -125,13 +159,3 @@ def _list_params(query: list[tuple[str, str]]) -> tuple[str | None, int]:
             raise AwsError.invalid(f"maxResults must be a number from 1 to {MAX_LIST}.")
         limit = int(raw)
     return params.get("topic"), limit
-
-
-def _session_state(broker: Broker, account: str) -> SessionState:
-    def state(client_id: str) -> str:
-        session = broker.session_of(account, client_id)
-        if session is None:
-            return ENDED
-        return CONNECTED if session.client is not None else OFFLINE
-
-    return state

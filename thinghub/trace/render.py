@@ -1,4 +1,6 @@
-"""A trace (the JSON of report.py) as text for people: what ``thinghub trace`` prints."""
+"""A trace (the JSON of report.py) as text for people: what ``thinghub trace`` prints. A
+cluster's trace (report.py, ``merge``) also names each session's node and says which nodes
+answered."""
 
 from __future__ import annotations
 
@@ -44,6 +46,15 @@ def render(trace: dict[str, Any]) -> str:
     totals += [f"dropped ({reason}) {n}" for reason, n in counts.get("dropped", {}).items()]
     if totals:
         lines.append("  counts     " + ", ".join(totals))
+    nodes = trace.get("nodes")
+    if nodes:
+        lines.append(
+            "  nodes      " + ", ".join(_node(name, node, trace) for name, node in nodes.items())
+        )
+        if not trace.get("complete", True):
+            lines.append(
+                "  PARTIAL    not every node answered (or traces): it may have had more sessions"
+            )
     sessions = trace.get("sessions", [])
     if sessions:
         lines.append("")
@@ -57,8 +68,9 @@ def render(trace: dict[str, Any]) -> str:
                 text += f" (reason code 0x{entry['reasonCode']:02X})"
         else:
             text = _FATE.get(fate, fate)
+        where = f"  on {entry['node']}" if "node" in entry else ""
         lines.append(
-            f"  {entry['clientId']}  QoS {entry['qos']}, session {entry['session']}: {text}"
+            f"  {entry['clientId']}{where}  QoS {entry['qos']}, session {entry['session']}: " + text
         )
         lines.extend(
             f"      +{event['afterMs']:>10.3f} ms  {event['event']}"
@@ -68,6 +80,20 @@ def render(trace: dict[str, Any]) -> str:
     if omitted:
         lines.append(f"  ... and {omitted} more session(s), counted above ([trace] max_sessions)")
     return "\n".join(lines)
+
+
+def _node(name: str, node: dict[str, Any], trace: dict[str, Any]) -> str:
+    """One node of a cluster's trace: what it said."""
+    if not node.get("answered"):
+        return f"{name} DID NOT ANSWER ({node.get('error') or 'no reason given'})"
+    if node.get("tracing") is False:
+        return f"{name} (tracing off)"
+    if not node.get("found"):
+        return f"{name} (no trace of it)"
+    notes = ["published here"] if name == trace.get("publishedOn") else []
+    if node.get("sessionsCut"):
+        notes.append(f"{node['sessionsCut']} session(s) left out to fit")
+    return f"{name} ({', '.join(notes)})" if notes else name
 
 
 def render_list(summaries: list[dict[str, Any]]) -> str:

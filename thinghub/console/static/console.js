@@ -80,6 +80,7 @@
   /** A table; one of more than three columns becomes labelled cards on a phone (class rt,
    *  console.css), a narrower one stays a table. */
   function table(columns, rows, empty) {
+    columns = columns.filter(Boolean); // a column that does not apply is null
     if (!rows.length) return h("p", { class: "empty" }, empty);
     return h("div", { class: "table-wrap" }, h("table", { class: columns.length > 3 ? "rt" : null },
       h("thead", {}, h("tr", {}, columns.map((c) => h("th", { scope: "col", class: c.num ? "num" : null }, c.label)))),
@@ -947,7 +948,9 @@
           ["Published", when(Date.parse(t.publishedAt))],
           ["Outcome", [pill(t.outcome), " ", OUTCOMES[t.outcome] || ""]],
           t.reason ? ["Why", t.reason] : null,
+          t.nodes ? ["Nodes", traceNodes(t)] : null,
         ]),
+        t.complete === false ? h("p", { class: "hint" }, "Partial: not every node of the cluster answered, or one has tracing off.") : null,
         h("div", { class: "counts", style: null },
           [["matched", c.matched], ["sent", c.sent], ["queued", c.queued], ["acknowledged", c.acknowledged], ["dropped", drops.reduce((a, [, v]) => a + v, 0)]]
             .map(([label, value]) => h("div", {}, h("b", {}, num(value)), label))),
@@ -955,6 +958,7 @@
       h("section", { class: "card", "aria-labelledby": "ts-h" }, h("h2", { id: "ts-h" }, "Sessions"),
         table([
           { label: "Client", cell: (s) => h("span", { class: "mono" }, s.clientId) },
+          t.nodes ? { label: "Node", cell: (s) => s.node || "—" } : null,
           { label: "QoS", num: true, cell: (s) => s.qos },
           { label: "Fate", cell: (s) => [pill(s.fate), s.reason ? ` ${s.reason.replace(/_/g, " ")}` : ""] },
           { label: "Session now", cell: (s) => s.session },
@@ -962,6 +966,15 @@
         ], t.sessions, "No session got a copy."),
         t.sessionsOmitted ? h("p", { class: "hint" }, `${num(t.sessionsOmitted)} more sessions got a copy; the trace keeps the first ones only.`) : null),
     ];
+  }
+
+  // In a cluster: which nodes answered (trace/report.py, merge).
+  function traceNodes(t) {
+    return Object.entries(t.nodes).map(([name, n]) => {
+      if (!n.answered) return `${name} did not answer`;
+      if (n.tracing === false) return `${name} (tracing off)`;
+      return name === t.publishedOn ? `${name} (published here)` : name;
+    }).join(", ");
   }
 
   // ------------------------------------------------------------------ start
