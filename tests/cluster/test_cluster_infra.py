@@ -17,7 +17,7 @@ from hubnodes import ROOT, HubNode, settle
 from natscluster import NATS_SERVER, NatsCluster, free_port
 from pgserver import PgServer
 
-from thinghub.cluster.natsserver import MIN_VERSION, parse_version, too_old
+from thinghub.cluster.natsserver import MIN_VERSION, find_binary, parse_version, too_old
 from thinghub.cluster.numbers import CACHE_FILE, node_number
 from thinghub.cluster.settings import ClusterSettings
 from thinghub.config import ConfigError, load_settings
@@ -75,6 +75,20 @@ def test_a_node_names_the_nats_server_version_it_runs_on(
 )  # fmt: skip
 def test_nats_servers_before_2_11_are_too_old(announced: str, old: bool) -> None:
     assert too_old(announced) is old
+
+
+def test_nats_server_picks_the_program_and_the_venvs_comes_first(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("NATS_SERVER", raising=False)
+    # The dev dependencies install the official release beside this Python.
+    assert find_binary() == str(Path(sys.prefix) / "bin" / "nats-server")
+    chosen = tmp_path / "nats-server"
+    chosen.write_text("")
+    monkeypatch.setenv("NATS_SERVER", str(chosen))
+    assert find_binary() == str(chosen)
+    monkeypatch.setenv("NATS_SERVER", str(tmp_path / "missing"))
+    assert find_binary() is None
 
 
 def test_postgresql_serves_the_hub_user_over_tcp_with_its_password(postgres: PgServer) -> None:

