@@ -5,8 +5,9 @@ Modelled on how nats-server keeps MQTT sessions (server/mqtt.go), written for Th
 * **Where a session's QoS 1/2 messages wait.** Each QoS 1/2 subscription (not shared) of a
   persistent session (Session Expiry Interval above 0; 3.1.1: clean session 0) is a durable
   JetStream consumer on the cluster's message stream (cluster/stream.py): filter = the
-  subscription's "q" subject (two consumers for "a/#", which maps to two subjects:
-  nats-server 2.9 takes one filter per consumer), deliver new, explicit acknowledgement,
+  subscription's "q" subject (two consumers for "a/#", which maps to two subjects: one
+  filter per consumer, as nats-server 2.9 needed; 2.10 and later could take both in one,
+  not used yet), deliver new, explicit acknowledgement,
   ``max_ack_pending`` = the hub's inflight bound (``mqtt.max_inflight``), ``ack_wait`` =
   ``cluster.consumer_ack_wait``. The stream keeps a message until every consumer it matches
   has acknowledged it (cluster/stream.py trims below their floors). The consumer is created
