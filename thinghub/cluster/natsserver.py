@@ -6,7 +6,7 @@ keep what the cluster relies on.
 package): in 4 long runs of 13, one persistent session's consumer (cluster/consumers.py)
 skipped a contiguous range of them for good, then reported nothing pending and nothing
 unacknowledged, with no purge and no re-created consumer behind it. On 2.12.8 it lost
-nothing in 9 long runs. That matches a replicated-consumer defect nats-server fixed in 2.11:
+nothing in 12 long runs. That matches a replicated-consumer defect nats-server fixed in 2.11:
 deliveries had gone out but the replicas had not agreed on them yet, the consumer's leader
 changed, and the acknowledgement of a later message moved the consumer past the earlier ones,
 which were never delivered again. A client cannot tell it happened. A node connected to an
