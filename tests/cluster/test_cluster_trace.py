@@ -28,7 +28,7 @@ import pytest
 from aliyunsdkcore.client import AcsClient
 from aliyunsdkiot.request.v20180120.PubRequest import PubRequest
 from click.testing import CliRunner
-from hubnodes import KEY_ID, SECRET, TIMEOUT, HubNode, settle
+from hubnodes import KEY_ID, SECRET, TIMEOUT, HubNode, settle, wait_for
 from pahoclient import unique
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "console"))
@@ -137,15 +137,18 @@ def wait_acknowledged(
 ) -> dict[str, Any]:
     """``node``'s trace once every (node, client id) of ``expected`` has acknowledged its
     copy: a PUBACK's effect is seen by nobody but the hub."""
-    deadline = time.monotonic() + TIMEOUT
-    while True:
-        found = trace(node, message_id)
-        fates = {key: entry["fate"] for key, entry in sessions(found).items()}
-        if set(fates) == expected and set(fates.values()) == {"acknowledged"}:
-            return found
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not every copy was acknowledged: {found}")
-        time.sleep(0.05)
+    last: list[dict[str, Any]] = []
+
+    def acknowledged() -> bool:
+        last[:] = [trace(node, message_id)]
+        fates = {key: entry["fate"] for key, entry in sessions(last[0]).items()}
+        return set(fates) == expected and set(fates.values()) == {"acknowledged"}
+
+    try:
+        wait_for(acknowledged, TIMEOUT, f"every copy of {message_id} to be acknowledged")
+    except AssertionError as error:
+        raise AssertionError(f"{error}: {last}") from None
+    return last[0]
 
 
 def subscribers(
